@@ -24,6 +24,7 @@ export type ErrorCode =
   | 'HOOK'
   | 'HEALTH'
   | 'UNSUPPORTED'
+  | 'INTERRUPTED'
   | 'INTERNAL';
 
 export class UpgradeError extends Error {

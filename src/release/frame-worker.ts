@@ -1,0 +1,128 @@
+import { createHash } from 'node:crypto';
+import { readSync, writeSync } from 'node:fs';
+import { parentPort } from 'node:worker_threads';
+import { decodeFrame, encodeFrame } from './lz4.js';
+
+/**
+ * CPU work of publish and prepare, off the main thread (which keeps the network busy). lz4-napi's
+ * sync calls only: its async API holds ~1.5 GB of native memory (FACTS.md).
+ */
+export type FrameTask =
+  | { op: 'compress'; raw: Uint8Array }
+  | { op: 'decode-write'; frame: Uint8Array; rawLength: number; sha256: string; fd: number; position: number }
+  | { op: 'hash-range'; fd: number; start: number; end: number }
+  | { op: 'write-blocks'; data: Uint8Array; fd: number; position: number }
+  | { op: 'hash-feed'; fd: number; start: number; end: number }
+  | { op: 'hash-digest' };
+
+export type FrameResult =
+  | { op: 'compress'; frame: Uint8Array; sha256: string; /** Bytes outside all-zero 4 KiB blocks. */ allocated: number }
+  | { op: 'decode-write'; ok: true; written: number }
+  | { op: 'decode-write'; ok: false; got: string; reason: string }
+  | { op: 'hash-range'; sha256: string }
+  | { op: 'write-blocks'; written: number }
+  | { op: 'hash-feed' }
+  | { op: 'hash-digest'; sha256: string };
+
+/** Filesystem block: zero runs of this size become holes in the sparse image. */
+export const HOLE_GRAIN = 4096;
+const ZERO = Buffer.alloc(HOLE_GRAIN);
+const CHUNK = 4 << 20;
+
+function allocatedBytes(buf: Buffer): number {
+  let n = 0;
+  for (let o = 0; o < buf.length; o += HOLE_GRAIN) {
+    const end = Math.min(o + HOLE_GRAIN, buf.length);
+    if (buf.compare(ZERO, 0, end - o, o, end) !== 0) n += end - o;
+  }
+  return n;
+}
+
+/**
+ * Write `data` at `position`, skipping 4 KiB blocks that are all zero: the file was created at its
+ * full size, so skipped blocks stay holes and read back as zeros.
+ */
+function writeNonZero(fd: number, data: Buffer, position: number): number {
+  let written = 0;
+  let runStart = -1;
+  const flush = (end: number) => {
+    if (runStart < 0) return;
+    let off = runStart;
+    while (off < end) off += writeSync(fd, data, off, end - off, position + off);
+    written += end - runStart;
+    runStart = -1;
+  };
+  for (let o = 0; o < data.length; o += HOLE_GRAIN) {
+    const end = Math.min(o + HOLE_GRAIN, data.length);
+    const zero = data.compare(ZERO, 0, end - o, o, end) === 0;
+    if (zero) flush(o);
+    else if (runStart < 0) runStart = o;
+  }
+  flush(data.length);
+  return written;
+}
+
+function hashFile(hash: ReturnType<typeof createHash>, fd: number, start: number, end: number): void {
+  const buf = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(end - start, 1)));
+  let pos = start;
+  while (pos < end) {
+    const n = readSync(fd, buf, 0, Math.min(buf.length, end - pos), pos);
+    if (n === 0) throw new Error(`unexpected end of file at ${pos}`);
+    hash.update(buf.subarray(0, n));
+    pos += n;
+  }
+}
+
+let running: ReturnType<typeof createHash> | undefined;
+
+export function handle(task: FrameTask): { result: FrameResult; transfer: ArrayBuffer[] } {
+  switch (task.op) {
+    case 'compress': {
+      const raw = Buffer.from(task.raw.buffer, task.raw.byteOffset, task.raw.byteLength);
+      const frame = encodeFrame(raw);
+      const sha256 = createHash('sha256').update(raw).digest('hex');
+      return { result: { op: 'compress', frame, sha256, allocated: allocatedBytes(raw) }, transfer: [] };
+    }
+    case 'decode-write': {
+      const frame = Buffer.from(task.frame.buffer, task.frame.byteOffset, task.frame.byteLength);
+      let raw: Buffer;
+      try {
+        raw = decodeFrame(frame, task.rawLength);
+      } catch (err) {
+        return { result: { op: 'decode-write', ok: false, got: '', reason: (err as Error).message }, transfer: [] };
+      }
+      const got = createHash('sha256').update(raw).digest('hex');
+      if (got !== task.sha256) return { result: { op: 'decode-write', ok: false, got, reason: 'SHA-256 mismatch' }, transfer: [] };
+      return { result: { op: 'decode-write', ok: true, written: writeNonZero(task.fd, raw, task.position) }, transfer: [] };
+    }
+    case 'hash-range': {
+      const hash = createHash('sha256');
+      hashFile(hash, task.fd, task.start, task.end);
+      return { result: { op: 'hash-range', sha256: hash.digest('hex') }, transfer: [] };
+    }
+    case 'write-blocks': {
+      const data = Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength);
+      return { result: { op: 'write-blocks', written: writeNonZero(task.fd, data, task.position) }, transfer: [] };
+    }
+    case 'hash-feed': {
+      running ??= createHash('sha256');
+      hashFile(running, task.fd, task.start, task.end);
+      return { result: { op: 'hash-feed' }, transfer: [] };
+    }
+    case 'hash-digest': {
+      const sha256 = (running ?? createHash('sha256')).digest('hex');
+      running = undefined;
+      return { result: { op: 'hash-digest', sha256 }, transfer: [] };
+    }
+  }
+}
+
+parentPort?.on('message', (msg: { id: number; task: FrameTask }) => {
+  try {
+    const { result } = handle(msg.task);
+    const transfer = result.op === 'compress' ? [result.frame.buffer as ArrayBuffer] : [];
+    parentPort!.postMessage({ id: msg.id, result }, transfer);
+  } catch (err) {
+    parentPort!.postMessage({ id: msg.id, error: { message: (err as Error).message, code: (err as NodeJS.ErrnoException).code } });
+  }
+});

@@ -1,0 +1,69 @@
+import { UpgradeError } from '../upgradectl/errors.js';
+import { MAX_BLOCK } from './lz4.js';
+import { MANIFEST_FORMAT, assertVersion, type Manifest } from './manifest.js';
+
+/**
+ * Check every field a machine relies on before it downloads a byte: a manifest that is signed but
+ * malformed (a publisher bug) must fail here with its field named, not as a confusing error later.
+ */
+export function validateManifest(doc: unknown, where: string): Manifest {
+  const fail = (field: string, want: string): never => {
+    throw new UpgradeError('MANIFEST', `${where}: ${field} is missing or invalid (expected ${want})`, {
+      hint: 're-publish the release with upgradectl publish; docs/release-format.md describes the format',
+    });
+  };
+  const obj = (v: unknown, field: string): Record<string, unknown> =>
+    v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : fail(field, 'an object');
+  const str = (v: unknown, field: string): string => (typeof v === 'string' && v.length > 0 ? v : fail(field, 'a string'));
+  const count = (v: unknown, field: string): number =>
+    typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : fail(field, 'a whole number ≥ 0');
+  const sha = (v: unknown, field: string): string => (typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? v : fail(field, 'a SHA-256 in hex'));
+
+  const m = obj(doc, 'the manifest');
+  if (m.format !== MANIFEST_FORMAT) fail('format', `"${MANIFEST_FORMAT}"`);
+  const version = str(m.version, 'version');
+  assertVersion(version, `${where}: version`);
+  const created = str(m.created, 'created');
+  if (m.expires !== undefined) str(m.expires, 'expires');
+  const image = obj(m.image, 'image');
+  const size = count(image.size, 'image.size');
+  if (size === 0) fail('image.size', 'a size above 0');
+  sha(image.sha256, 'image.sha256');
+  count(image.allocated, 'image.allocated');
+  const payload = obj(m.payload, 'payload');
+  str(payload.path, 'payload.path');
+  const payloadSize = count(payload.size, 'payload.size');
+  sha(payload.sha256, 'payload.sha256');
+  if (payload.compression === 'lz4-frames') {
+    const frameSize = count(payload.frameSize, 'payload.frameSize');
+    if (frameSize === 0 || frameSize > MAX_BLOCK || frameSize % 4096) fail('payload.frameSize', `a multiple of 4096 up to ${MAX_BLOCK}`);
+    if (!Array.isArray(payload.frames)) fail('payload.frames', 'an array');
+    const frames = payload.frames as unknown[];
+    if (frames.length !== Math.ceil(size / frameSize)) fail('payload.frames', `${Math.ceil(size / frameSize)} frames for ${size} bytes`);
+    // Frames tile both the payload and the image exactly, in order: no gap, overlap or overhang.
+    let offset = 0;
+    let raw = 0;
+    frames.forEach((f, i) => {
+      const frame = obj(f, `payload.frames[${i}]`);
+      if (count(frame.offset, `payload.frames[${i}].offset`) !== offset) fail(`payload.frames[${i}].offset`, `${offset}`);
+      offset += count(frame.length, `payload.frames[${i}].length`);
+      const rawLength = count(frame.rawLength, `payload.frames[${i}].rawLength`);
+      const want = Math.min(frameSize, size - raw);
+      if (rawLength !== want) fail(`payload.frames[${i}].rawLength`, `${want}`);
+      raw += rawLength;
+      sha(frame.sha256, `payload.frames[${i}].sha256`);
+    });
+    if (offset !== payloadSize) fail('payload.size', `${offset}, the end of the last frame`);
+  } else if (payload.compression !== 'lz4') {
+    fail('payload.compression', '"lz4-frames" or "lz4"');
+  }
+  const boot = obj(m.boot, 'boot');
+  for (const k of ['kernel', 'initrd'] as const) {
+    const p = str(boot[k], `boot.${k}`);
+    if (!p.startsWith('/') || p.includes('..')) fail(`boot.${k}`, 'an absolute path inside the image');
+  }
+  if (typeof boot.cmdline !== 'string') fail('boot.cmdline', 'a string');
+  if (typeof m.reflash !== 'boolean') fail('reflash', 'true or false');
+  if (Number.isNaN(Date.parse(created))) fail('created', 'an ISO 8601 date');
+  return m as unknown as Manifest;
+}

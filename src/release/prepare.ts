@@ -1,0 +1,127 @@
+import { promises as fs } from 'node:fs';
+import type { Config } from '../upgradectl/config.js';
+import { UpgradeError } from '../upgradectl/errors.js';
+import { runEvent } from '../upgradectl/lifecycle.js';
+import { log } from '../upgradectl/log.js';
+import type { Layout } from '../upgradectl/paths.js';
+import { loadState, type State } from '../upgradectl/state.js';
+import { bootedVersion } from './booted.js';
+import type { Progress } from './progress.js';
+import { checkChannel, fetchRelease, type ResolvedRelease, type TrustPolicy } from './resolve.js';
+import { ensureSpace } from './space.js';
+import { stageImage, stagingPaths, type StageResult } from './stage.js';
+import { openSource } from './sources/index.js';
+import type { Source } from './sources/source.js';
+
+export interface PrepareOptions {
+  layout: Layout;
+  config: Config;
+  version?: string;
+  policy: TrustPolicy;
+  progress?: (total: number) => Progress;
+  signal?: AbortSignal;
+}
+
+export type PrepareResult =
+  | { action: 'prepared'; version: string; image: string; stage: StageResult; removed: string[]; signedBy?: string }
+  | { action: 'already-prepared'; version: string; image: string }
+  | { action: 'nothing-to-do'; version: string; reason: string };
+
+export function openConfiguredSource(layout: Layout, config: Config): Source {
+  if (!config.source.url) {
+    throw new UpgradeError('CONFIG', `no release source configured in ${layout.configFile}`, {
+      hint: `add a [source] section with url = s3://BUCKET/PREFIX, https://HOST/PREFIX or file:///DIR`,
+    });
+  }
+  return openSource(config.source.url, {
+    region: config.source.region,
+    endpoint: config.source.endpoint,
+    forcePathStyle: config.source.forcePathStyle,
+    retry: { retries: config.prepare.retries, stallTimeoutMs: config.prepare.stallTimeout * 1000 },
+  });
+}
+
+/**
+ * prepare [VERSION]: channel → manifest → signature, expiry and downgrade checks → space → frames
+ * fetched, decoded, verified, written sparse under .staging → fsync → renamed to images/<v>.img →
+ * phase `prepared`. Idempotent: a release already on disk and verified is not fetched again.
+ */
+export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResult> {
+  const { layout, config } = opts;
+  const source = openConfiguredSource(layout, config);
+  try {
+    // Resolve first, without the lock: it only reads, and "nothing to do" must not touch the state.
+    const before = await loadState(layout);
+    let release: ResolvedRelease;
+    if (opts.version) {
+      release = await fetchRelease(source, opts.version, layout, before, opts.policy);
+    } else {
+      const offer = await checkChannel(source, config, layout, before, opts.policy);
+      if (offer.kind === 'up-to-date') return { action: 'nothing-to-do', version: offer.version, reason: offer.reason };
+      release = offer.release;
+    }
+    const version = release.manifest.version;
+    if (before.phase === 'prepared' && before.next === version && (await sameManifest(layout, version, release))) {
+      return { action: 'already-prepared', version, image: layout.imageFile(version) };
+    }
+    if (before.current === version) return { action: 'nothing-to-do', version, reason: `${version} is already the current image` };
+
+    let result: PrepareResult | undefined;
+    await runEvent(layout, 'prepare', async (state) => {
+      const superseded = state.phase === 'prepared' && state.next && state.next !== version ? state.next : undefined;
+      const keep = keepSet(state, layout, version);
+      const staged = await stagedBytes(layout, version);
+      const { removed } = await ensureSpace(layout, Math.max(0, release.manifest.image.allocated - staged), keep, version);
+      const progress = opts.progress?.(release.manifest.image.size);
+      log.info(`preparing ${version} from ${release.where}`);
+      const stage = await stageImage({ layout, source, release, parallel: config.prepare.parallel, progress, signal: opts.signal });
+      if (superseded) {
+        // A prepared image that was never committed has no boot entry and nothing refers to it any more.
+        await fs.rm(layout.imageFile(superseded), { force: true });
+        await fs.rm(layout.manifestFile(superseded), { force: true });
+        removed.push(layout.imageFile(superseded));
+      }
+      result = { action: 'prepared', version, image: stage.imageFile, stage, removed, signedBy: release.signedBy };
+      return {
+        version,
+        detail: {
+          fetched: stage.fetched,
+          reusedFrames: stage.reusedFrames,
+          holeFrames: stage.holeFrames,
+          seconds: stage.seconds,
+          signedBy: release.signedBy,
+          removed,
+        },
+        update: (s: State) => {
+          s.next = version;
+        },
+      };
+    });
+    return result!;
+  } finally {
+    await source.close();
+  }
+}
+
+function keepSet(state: State, layout: Layout, version: string): Set<string> {
+  const keep = new Set<string>([version]);
+  for (const v of [state.current, state.previous, state.next, bootedVersion(layout)]) if (v) keep.add(v);
+  return keep;
+}
+
+async function stagedBytes(layout: Layout, version: string): Promise<number> {
+  try {
+    return (await fs.stat(stagingPaths(layout, version).image)).blocks * 512;
+  } catch {
+    return 0;
+  }
+}
+
+async function sameManifest(layout: Layout, version: string, release: ResolvedRelease): Promise<boolean> {
+  try {
+    const [local] = await Promise.all([fs.readFile(layout.manifestFile(version)), fs.access(layout.imageFile(version))]);
+    return local.equals(release.manifestBytes);
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,55 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { UpgradeError } from '../upgradectl/errors.js';
+import { log } from '../upgradectl/log.js';
+import type { Layout } from '../upgradectl/paths.js';
+import { compareVersions } from './manifest.js';
+
+const MARGIN = 64 * 1024 * 1024; // ext4 metadata for a new large file, and room for the state and boot files
+
+export async function freeBytes(dir: string): Promise<number> {
+  const s = await fs.statfs(dir);
+  return s.bavail * s.bsize;
+}
+
+/**
+ * Make room for `needed` bytes under HOST/images: if there is not enough, remove images that are
+ * neither current, previous, prepared nor booted (oldest first), and staged downloads of other
+ * versions; if still not enough, say how much is needed and where.
+ */
+export async function ensureSpace(layout: Layout, needed: number, keep: Set<string>, stagingOf: string): Promise<{ removed: string[] }> {
+  const want = needed + MARGIN;
+  let free = await freeBytes(layout.imagesDir);
+  const removed: string[] = [];
+  if (free >= want) return { removed };
+
+  const candidates: Array<{ file: string; version: string }> = [];
+  for (const name of await fs.readdir(layout.stagingDir).catch(() => [] as string[])) {
+    const version = name.replace(/\.(img|progress\.json)$/, '');
+    if (version !== stagingOf) candidates.push({ file: path.join(layout.stagingDir, name), version });
+  }
+  const images = (await fs.readdir(layout.imagesDir))
+    .filter((n) => n.endsWith('.img'))
+    .map((n) => n.slice(0, -4))
+    .filter((v) => !keep.has(v))
+    .sort(compareVersions);
+  for (const version of images) candidates.push({ file: layout.imageFile(version), version });
+
+  for (const c of candidates) {
+    if (free >= want) break;
+    log.warn(`removing ${c.file} to make room for the new image`);
+    await fs.rm(c.file, { force: true });
+    await fs.rm(layout.manifestFile(c.version), { force: true }).catch(() => undefined);
+    removed.push(c.file);
+    free = await freeBytes(layout.imagesDir);
+  }
+  if (free < want) {
+    const kept = [...keep].filter(Boolean).join(', ') || 'none';
+    throw new UpgradeError('NO_SPACE', `not enough space in ${layout.imagesDir}: the image needs ${mib(want)} (with margin), ${mib(free)} is free`, {
+      hint: `free ${mib(want - free)} on the host partition (images kept: ${kept}); nothing was downloaded`,
+    });
+  }
+  return { removed };
+}
+
+const mib = (n: number) => `${(n / 1048576).toFixed(0)} MiB`;

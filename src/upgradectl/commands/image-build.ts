@@ -1,0 +1,34 @@
+import type { Command } from '../cli.js';
+import { UpgradeError } from '../errors.js';
+import { buildImage } from '../../release/image-build.js';
+import { parseSize } from './args.js';
+
+export const imageBuildCommand: Command = {
+  summary: 'a reproducible ext4 image from a directory tree',
+  usage: 'image build ROOTFS_DIR OUT.img [--size SIZE] [--uuid UUID] [--label L] [--kernel PATH] [--initrd PATH]',
+  options: {
+    size: { type: 'string' },
+    uuid: { type: 'string' },
+    label: { type: 'string' },
+    time: { type: 'string' },
+    kernel: { type: 'string' },
+    initrd: { type: 'string' },
+  },
+  async run({ options, positionals }) {
+    const [rootfs, out] = positionals;
+    if (!rootfs || !out || positionals.length > 2) {
+      throw new UpgradeError('USAGE', 'image build needs ROOTFS_DIR and OUT.img', { hint: 'e.g. upgradectl image build ./rootfs ./2.0.img' });
+    }
+    const result = await buildImage({
+      rootfs,
+      out,
+      size: typeof options.size === 'string' ? parseSize(options.size, '--size') : undefined,
+      uuid: options.uuid as string | undefined,
+      label: options.label as string | undefined,
+      time: typeof options.time === 'string' ? Number(options.time) : undefined,
+      kernel: options.kernel as string | undefined,
+      initrd: options.initrd as string | undefined,
+    });
+    return { data: result, text: `${result.out}: ${result.size} bytes, ${result.files} files, UUID ${result.uuid}, sha256 ${result.sha256}` };
+  },
+};

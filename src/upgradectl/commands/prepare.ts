@@ -1,0 +1,42 @@
+import type { Command } from '../cli.js';
+import { loadConfig } from '../config.js';
+import { prepareRelease } from '../../release/prepare.js';
+import { terminalProgress, fmtBytes } from '../progress-view.js';
+import { trustPolicy, TRUST_OPTIONS } from './trust.js';
+
+export const prepareCommand: Command = {
+  summary: "download, verify, stage into HOST/images/<VERSION>.img (default: channel's newest)",
+  usage: 'prepare [VERSION] [--allow-downgrade] [--allow-unsigned] [--allow-expired] [--force]',
+  options: { ...TRUST_OPTIONS },
+  async run({ layout, options, positionals }) {
+    const config = await loadConfig(layout);
+    const controller = new AbortController();
+    const stop = () => controller.abort();
+    // Interrupted downloads stop at a frame boundary and save their progress; the next run resumes.
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    try {
+      const r = await prepareRelease({
+        layout,
+        config,
+        version: positionals[0],
+        policy: trustPolicy(options, config),
+        progress: (total) => terminalProgress('downloading', total),
+        signal: controller.signal,
+      });
+      let text: string;
+      if (r.action === 'prepared') {
+        const s = r.stage;
+        text = `prepared ${r.version}: ${r.image}\n  fetched ${fmtBytes(s.fetched)} in ${s.seconds.toFixed(1)} s (${s.reusedFrames} frames resumed, ${s.holeFrames} zero frames skipped)${r.signedBy ? `\n  signed by ${r.signedBy}` : ''}\n  next: upgradectl commit`;
+      } else if (r.action === 'already-prepared') {
+        text = `${r.version} is already prepared at ${r.image}`;
+      } else {
+        text = `nothing to prepare: ${r.reason}`;
+      }
+      return { data: r, text };
+    } finally {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+    }
+  },
+};

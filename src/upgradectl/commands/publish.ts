@@ -1,0 +1,71 @@
+import type { Command } from '../cli.js';
+import { UpgradeError } from '../errors.js';
+import { publishRelease } from '../../release/publish.js';
+import { loadPrivateKey } from '../../release/signing.js';
+import { parseSize, parseWhole } from './args.js';
+import { terminalProgress } from '../progress-view.js';
+import { promises as fs } from 'node:fs';
+
+export const publishCommand: Command = {
+  summary: 'compress, index, sign and upload a release (file:// or s3://)',
+  usage: 'publish IMAGE --version V --to URL --key KEY [--channel NAME] [--rollout PCT] [--kernel P] [--initrd P] [--cmdline ARGS] [--reflash] [--expires-days N]',
+  options: {
+    version: { type: 'string' },
+    to: { type: 'string' },
+    key: { type: 'string' },
+    channel: { type: 'string' },
+    rollout: { type: 'string' },
+    kernel: { type: 'string' },
+    initrd: { type: 'string' },
+    cmdline: { type: 'string' },
+    reflash: { type: 'boolean' },
+    'expires-days': { type: 'string' },
+    'frame-size': { type: 'string' },
+    region: { type: 'string' },
+    endpoint: { type: 'string' },
+    'path-style': { type: 'boolean' },
+  },
+  async run({ options, positionals }) {
+    const [image] = positionals;
+    const need = (name: string) => {
+      const v = options[name];
+      if (typeof v !== 'string' || !v) throw new UpgradeError('USAGE', `publish needs --${name}`, { hint: `usage: upgradectl ${publishCommand.usage}` });
+      return v;
+    };
+    if (!image || positionals.length > 1) throw new UpgradeError('USAGE', 'publish needs exactly one IMAGE (file or block device)', { hint: `usage: upgradectl ${publishCommand.usage}` });
+    const key = await loadPrivateKey(need('key'));
+    const size = await fs.stat(image).then((s) => s.size).catch(() => 0);
+    const result = await publishRelease({
+      image,
+      version: need('version'),
+      to: need('to'),
+      key,
+      channel: options.channel as string | undefined,
+      rollout: parseWhole(options.rollout as string | undefined, '--rollout', 100, 0, 100),
+      boot: {
+        kernel: (options.kernel as string | undefined) ?? '/vmlinuz',
+        initrd: (options.initrd as string | undefined) ?? '/initrd.img',
+        cmdline: (options.cmdline as string | undefined) ?? '',
+      },
+      reflash: Boolean(options.reflash),
+      expiresInDays: parseWhole(options['expires-days'] as string | undefined, '--expires-days', 365, 1, 36500),
+      frameSize: options['frame-size'] ? parseSize(options['frame-size'] as string, '--frame-size') : 4 << 20,
+      sourceOptions: {
+        region: options.region as string | undefined,
+        endpoint: options.endpoint as string | undefined,
+        forcePathStyle: Boolean(options['path-style']),
+      },
+      progress: terminalProgress('compressing', size),
+    });
+    const m = result.manifest;
+    return {
+      data: result,
+      text: [
+        `published ${m.version} to ${result.url} in ${result.seconds.toFixed(1)} s`,
+        `  image   ${m.image.size} bytes (${m.image.allocated} allocated), sha256 ${m.image.sha256}`,
+        `  payload ${m.payload.size} bytes, ${m.payload.compression}${m.payload.frames ? `, ${m.payload.frames.length} frames` : ''}`,
+        result.channel ? `  channel ${result.channel.channel} → ${m.version} (rollout ${result.channel.rollout.percent}%)` : '',
+      ].filter(Boolean).join('\n'),
+    };
+  },
+};
