@@ -5,7 +5,14 @@ import { log } from '../upgradectl/log.js';
 import type { Layout } from '../upgradectl/paths.js';
 import { compareVersions } from './manifest.js';
 
-const MARGIN = 64 * 1024 * 1024; // ext4 metadata for a new large file, and room for the state and boot files
+/**
+ * Headroom beyond the image's own blocks: ext4 metadata of a large file, the state and boot files.
+ * 2% of the filesystem, between 4 and 64 MiB, so that small test or appliance partitions still work.
+ */
+async function margin(dir: string): Promise<number> {
+  const s = await fs.statfs(dir);
+  return Math.min(64 << 20, Math.max(4 << 20, Math.floor(s.blocks * s.bsize * 0.02)));
+}
 
 export async function freeBytes(dir: string): Promise<number> {
   const s = await fs.statfs(dir);
@@ -18,7 +25,7 @@ export async function freeBytes(dir: string): Promise<number> {
  * versions; if still not enough, say how much is needed and where.
  */
 export async function ensureSpace(layout: Layout, needed: number, keep: Set<string>, stagingOf: string): Promise<{ removed: string[] }> {
-  const want = needed + MARGIN;
+  const want = needed + (await margin(layout.imagesDir));
   let free = await freeBytes(layout.imagesDir);
   const removed: string[] = [];
   if (free >= want) return { removed };

@@ -206,13 +206,22 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
 
   const queue = frames.map((_, i) => i).filter((i) => !done.has(i));
   let fetched = 0;
-  let lastCheckpoint = Date.now();
   let failure: unknown;
+  let saving: Promise<void> | undefined;
   const persist = async () => {
+    // One save at a time; the snapshot is taken before the fsync, so it never claims unsynced frames.
+    while (saving) await saving;
     ctx.state.done = [...done].sort((a, b) => a - b);
     ctx.state.bytesDone = ctx.progress?.done ?? 0;
-    await ctx.checkpoint();
+    saving = ctx.checkpoint().finally(() => {
+      saving = undefined;
+    });
+    await saving;
   };
+  // On a timer, not per frame: a stalled frame must not hold back saving what the others finished.
+  const timer = setInterval(() => {
+    persist().catch((err: unknown) => log.warn(`could not save download progress: ${(err as Error).message}`));
+  }, CHECKPOINT_MS);
 
   const worker = async () => {
     while (queue.length && !failure && !ctx.signal?.aborted) {
@@ -233,10 +242,6 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
       done.add(i);
       ctx.progress?.advance(f.rawLength);
       advanceHash();
-      if (Date.now() - lastCheckpoint > CHECKPOINT_MS) {
-        lastCheckpoint = Date.now();
-        await persist();
-      }
     }
   };
   const lanes = Array.from({ length: Math.max(1, ctx.parallel) }, () =>
@@ -245,6 +250,7 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
     }),
   );
   await Promise.all(lanes);
+  clearInterval(timer);
   // Whatever happened, keep what was verified so the next run does not fetch it again.
   await persist().catch((err: unknown) => log.warn(`could not save download progress: ${(err as Error).message}`));
   if (failure) throw failure;

@@ -1,0 +1,42 @@
+/** Helpers over response bodies seen as async iterables of Buffers (undici, node:http, the AWS SDK). */
+
+/**
+ * The bytes of `chunks` after skipping `skip` and up to `limit` more. Stopping early releases the
+ * underlying body (the for-await `return`), which matters when a server ignored a Range.
+ */
+export async function* byteWindow(chunks: AsyncIterable<Buffer>, skip: number, limit: number): AsyncGenerator<Buffer> {
+  let toSkip = skip;
+  let left = limit;
+  if (left <= 0) return;
+  for await (const raw of chunks) {
+    let chunk = raw;
+    if (toSkip > 0) {
+      if (chunk.length <= toSkip) {
+        toSkip -= chunk.length;
+        continue;
+      }
+      chunk = chunk.subarray(toSkip);
+      toSkip = 0;
+    }
+    if (chunk.length >= left) {
+      yield chunk.subarray(0, left);
+      return;
+    }
+    left -= chunk.length;
+    yield chunk;
+  }
+}
+
+/** The whole of a body in one buffer. */
+export async function collect(chunks: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const chunk of chunks) parts.push(chunk);
+  return Buffer.concat(parts);
+}
+
+/** View any Uint8Array chunk as a Buffer without copying (the AWS SDK types its bodies loosely). */
+export async function* asBuffers(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
+  for await (const chunk of chunks) {
+    yield Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  }
+}

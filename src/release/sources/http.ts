@@ -1,0 +1,283 @@
+import { isIP } from 'node:net';
+import { Agent, request, type Dispatcher } from 'undici';
+import { UpgradeError } from '../../upgradectl/errors.js';
+import { log } from '../../upgradectl/log.js';
+import { byteWindow, collect } from './body.js';
+import { checkRange, encodeKey } from './keys.js';
+import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
+import type { ObjectInfo, RetryPolicy, Source, SourceOptions } from './source.js';
+
+type Response = Dispatcher.ResponseData;
+
+const RETRY_HINT = 'check the network and that the server is up, then run the command again';
+
+/**
+ * Releases over https:// (and http:// to this machine only: plain HTTP elsewhere could be tampered
+ * with before the signature check, and would leak what the machine runs). One keep-alive Agent per
+ * source; undici's headersTimeout/bodyTimeout are the stall detector (its body timer pauses while
+ * the consumer applies backpressure, so a slow disk is not mistaken for a stalled server).
+ */
+export class HttpSource implements Source {
+  readonly url: string;
+  private readonly base: URL;
+  private readonly authorization: string | undefined;
+  private readonly policy: RetryPolicy;
+  private readonly agent: Agent;
+  private warnedRangeIgnored = false;
+
+  constructor(url: URL, opts: SourceOptions = {}) {
+    refuseInsecure(url);
+    this.policy = resolvePolicy(opts.retry);
+    const base = new URL(url.href);
+    if (base.username !== '' || base.password !== '') {
+      const user = decodeURIComponent(base.username);
+      const password = decodeURIComponent(base.password);
+      this.authorization = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+      base.username = '';
+      base.password = '';
+    }
+    base.hash = '';
+    if (!base.pathname.endsWith('/')) base.pathname += '/';
+    this.base = base;
+    this.url = printable(base);
+    this.agent = new Agent({
+      keepAliveTimeout: 30_000,
+      headersTimeout: this.policy.stallTimeoutMs,
+      bodyTimeout: this.policy.stallTimeoutMs,
+      connect: { timeout: this.policy.stallTimeoutMs },
+      connections: 16,
+    });
+  }
+
+  async get(key: string): Promise<Buffer> {
+    const url = this.urlOf(key);
+    return withRetry(
+      async () => {
+        const res = await this.send('GET', url, {});
+        return collect((await this.accept(res, url, undefined)).chunks);
+      },
+      this.policy,
+      `GET ${printable(url)}`,
+      RETRY_HINT,
+    );
+  }
+
+  async head(key: string): Promise<ObjectInfo> {
+    const url = this.urlOf(key);
+    return withRetry(
+      async () => {
+        const res = await this.send('HEAD', url, {});
+        await res.body.dump();
+        throwForStatus(res, url, undefined);
+        const length = header(res, 'content-length');
+        if (length === undefined || !/^\d+$/.test(length)) {
+          throw new UpgradeError('NETWORK', `HEAD ${printable(url)} answered without a Content-Length`, {
+            hint: 'the server must report object sizes; serve the release from a plain static file server',
+          });
+        }
+        return { size: Number(length), etag: header(res, 'etag') };
+      },
+      this.policy,
+      `HEAD ${printable(url)}`,
+      RETRY_HINT,
+    );
+  }
+
+  async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {
+    const url = this.urlOf(key);
+    checkRange(printable(url), start, end);
+    if (start === end) return Buffer.alloc(0);
+    return withRetry(
+      async () => {
+        const opened = await this.open(url, start, end, etag);
+        const bytes = await collect(opened.chunks);
+        if (bytes.length < end - start) {
+          // The body ended cleanly but early: only an object shorter than asked does that.
+          throw shorterThan(url, start + bytes.length, end);
+        }
+        return bytes;
+      },
+      this.policy,
+      `GET ${printable(url)} bytes ${start}-${end - 1}`,
+      RETRY_HINT,
+    );
+  }
+
+  stream(key: string, start: number, etag?: string): AsyncIterable<Buffer> {
+    const url = this.urlOf(key);
+    checkRange(printable(url), start);
+    const retrier = new Retrier(this.policy, `GET ${printable(url)}`, RETRY_HINT);
+    return resumingStream((position, pinned) => this.open(url, position, undefined, pinned), start, etag, retrier);
+  }
+
+  /** Abandons requests still in flight (a consumer that stopped reading) rather than wait for them. */
+  async close(): Promise<void> {
+    await this.agent.destroy();
+  }
+
+  private urlOf(key: string): URL {
+    return new URL(encodeKey(key), this.base);
+  }
+
+  private async send(method: 'GET' | 'HEAD', url: URL, headers: Record<string, string>): Promise<Response> {
+    if (this.authorization !== undefined) headers.authorization = this.authorization;
+    return request(url, { dispatcher: this.agent, method, headers });
+  }
+
+  /**
+   * GET bytes [start, end) (end undefined: to the object's end) of version `etag`, and return the body
+   * positioned exactly at `start`, whatever the server did with the Range.
+   */
+  private async open(url: URL, start: number, end: number | undefined, etag: string | undefined): Promise<OpenedBody> {
+    const headers: Record<string, string> = {};
+    if (start > 0 || end !== undefined) headers.range = `bytes=${start}-${end === undefined ? '' : end - 1}`;
+    if (etag !== undefined) headers['if-match'] = etag;
+    const res = await this.send('GET', url, headers);
+    if (res.statusCode === 416 && end === undefined) {
+      // Asked from the very end of the object (a finished download resumed): nothing left to send.
+      await res.body.dump();
+      const total = /^bytes \*\/(\d+)$/.exec(header(res, 'content-range') ?? '')?.[1];
+      if (total !== undefined && Number(total) === start) return { chunks: emptyChunks(), etag };
+    }
+    return this.accept(res, url, etag, start, end);
+  }
+
+  /** Check status, version and Content-Range of a GET response; return its body from `start`. */
+  private async accept(res: Response, url: URL, etag: string | undefined, start = 0, end?: number): Promise<OpenedBody> {
+    try {
+      throwForStatus(res, url, etag);
+      const actual = header(res, 'etag');
+      // Some servers ignore If-Match; compare ourselves so two versions are never spliced together.
+      if (etag !== undefined && actual !== undefined && actual !== etag) throw changed(url, etag, actual);
+      const limit = end === undefined ? Infinity : end - start;
+      if (res.statusCode === 206) {
+        checkContentRange(res, url, start, end);
+        // Read to the end of the (verified) body rather than stop at the limit: cutting a body
+        // short costs the keep-alive connection.
+        return { chunks: res.body, etag: actual ?? etag };
+      }
+      if (start > 0 || end !== undefined) {
+        // 200 to a Range: the whole object follows. Skip to `start` rather than write it at `start`.
+        if (!this.warnedRangeIgnored) {
+          this.warnedRangeIgnored = true;
+          log.warn(`${this.url} ignores HTTP Range requests; resuming and parallel downloads will re-read from the start`);
+        }
+      }
+      return { chunks: byteWindow(res.body, start, limit), etag: actual ?? etag };
+    } catch (err) {
+      discard(res);
+      throw err;
+    }
+  }
+}
+
+/** http:// is only for this machine (tests, a local mirror through a tunnel); elsewhere https is required. */
+function refuseInsecure(url: URL): void {
+  if (url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
+    throw new UpgradeError('USAGE', `refusing plain http:// to ${url.hostname} in ${printable(url)}`, {
+      hint: `use https://${url.host}${url.pathname} (http:// is only allowed for 127.0.0.0/8, ::1 and localhost)`,
+    });
+  }
+}
+
+export function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  if (isIP(host) === 6) return host === '::1';
+  return false;
+}
+
+/** The URL without credentials or query (signed tokens) for messages and logs. */
+function printable(url: URL): string {
+  const shown = new URL(url.href);
+  shown.username = '';
+  shown.password = '';
+  shown.search = '';
+  shown.hash = '';
+  return shown.href;
+}
+
+function header(res: Response, name: string): string | undefined {
+  const value = res.headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** Map a non-success status to the error the operator should see; transient ones are retried. */
+function throwForStatus(res: Response, url: URL, etag: string | undefined): void {
+  const status = res.statusCode;
+  if (status === 200 || status === 206) return;
+  const shown = printable(url);
+  if (status === 404 || status === 410) {
+    throw new UpgradeError('NOT_FOUND', `${shown} does not exist (HTTP ${status})`, {
+      hint: 'check [source] url and that the release was published there',
+    });
+  }
+  if (status === 412) throw changed(url, etag ?? '?', header(res, 'etag') ?? 'another version');
+  if (status === 416) {
+    throw new UpgradeError('CHANGED', `${shown} is shorter than the range asked (HTTP 416, ${header(res, 'content-range') ?? 'no size given'})`, {
+      hint: 'the object was truncated or replaced by another version; run the command again to start over',
+    });
+  }
+  if (status === 401 || status === 403) {
+    throw new UpgradeError('NETWORK', `${shown} refused access (HTTP ${status})`, {
+      hint: 'check the URL, and the credentials if the server needs them (https://user:password@host/prefix in [source] url)',
+    });
+  }
+  if (status === 408 || status === 429 || status >= 500) {
+    throw new TransientError(`HTTP ${status}`, { retryAfterMs: retryAfterMs(header(res, 'retry-after')) });
+  }
+  if (status >= 300 && status < 400) {
+    throw new UpgradeError('NETWORK', `${shown} redirects (HTTP ${status}) to ${header(res, 'location') ?? 'nowhere'}`, {
+      hint: 'upgradectl does not follow redirects: set [source] url to the final location',
+    });
+  }
+  throw new UpgradeError('NETWORK', `${shown} answered HTTP ${status}`, {
+    hint: 'check [source] url; the server does not serve it as a plain file',
+  });
+}
+
+function checkContentRange(res: Response, url: URL, start: number, end: number | undefined): void {
+  const value = header(res, 'content-range') ?? '';
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(value);
+  const first = m ? Number(m[1]) : NaN;
+  const last = m ? Number(m[2]) : NaN;
+  const total = m && m[3] !== '*' ? Number(m[3]) : undefined;
+  if (first !== start) {
+    throw new UpgradeError('NETWORK', `${printable(url)} answered the range from ${start} with "Content-Range: ${value}"`, {
+      hint: 'the server or a proxy in between mangles range requests; serve the release from a plain static file server',
+    });
+  }
+  if (end !== undefined && last !== end - 1) {
+    if (total !== undefined && total < end) throw shorterThan(url, total, end);
+    throw new UpgradeError('NETWORK', `${printable(url)} answered bytes ${start}-${end - 1} with "Content-Range: ${value}"`, {
+      hint: 'the server or a proxy in between shortens range responses; serve the release from a plain static file server',
+    });
+  }
+}
+
+function changed(url: URL, expected: string, actual: string): UpgradeError {
+  return new UpgradeError('CHANGED', `${printable(url)} changed: ETag ${actual}, expected ${expected}`, {
+    hint: 'the release was re-published while downloading; run the command again to start over',
+  });
+}
+
+function shorterThan(url: URL, size: number, wanted: number): UpgradeError {
+  return new UpgradeError('CHANGED', `${printable(url)} has only ${size} bytes, ${wanted} were expected`, {
+    hint: 'the object was truncated or replaced by another version; run the command again to start over',
+  });
+}
+
+function retryAfterMs(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (/^\d+$/.test(value)) return Number(value) * 1000;
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
+}
+
+/** Drop a body we will not read: a short one keeps its connection for reuse, a long one is cut. */
+function discard(res: Response): void {
+  res.body.dump().catch(() => undefined);
+}
+
+async function* emptyChunks(): AsyncGenerator<Buffer> {}

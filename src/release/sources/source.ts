@@ -1,0 +1,51 @@
+/**
+ * Where releases come from and go to. One implementation per URL scheme: file://, http(s)://, s3://.
+ * Keys are paths relative to the source prefix, e.g. `releases/2.0/manifest.json`.
+ * Implementations retry transient failures (5xx, resets, stalls) with backoff themselves and throw
+ * UpgradeError: NOT_FOUND (no such object), CHANGED (the object's ETag is not the expected one),
+ * NETWORK (after the last retry, or a non-retryable HTTP status), naming the URL.
+ */
+export interface ObjectInfo {
+  size: number;
+  /** Opaque version tag (HTTP ETag, S3 ETag, or size+mtime for files); compared for resume. */
+  etag: string | undefined;
+}
+
+export interface Source {
+  /** Printable location of the prefix, for messages (no credentials). */
+  readonly url: string;
+  /** A whole small object (channel, manifest, signature). */
+  get(key: string): Promise<Buffer>;
+  head(key: string): Promise<ObjectInfo>;
+  /** Bytes [start, end) of an object. With `etag`, fails with CHANGED when the object is not that version. */
+  range(key: string, start: number, end: number, etag?: string): Promise<Buffer>;
+  /** The object from `start` to its end, as a stream of chunks (sequential payloads). */
+  stream(key: string, start: number, etag?: string): AsyncIterable<Buffer>;
+  close(): Promise<void>;
+}
+
+export interface Target {
+  readonly url: string;
+  putBytes(key: string, body: Uint8Array): Promise<void>;
+  /** Upload a local file (multipart for large ones). */
+  putFile(key: string, file: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface RetryPolicy {
+  retries: number;
+  /** Milliseconds without progress before a transfer counts as stalled. */
+  stallTimeoutMs: number;
+  /** First backoff delay in ms; doubles each retry, with jitter, capped at 30 s. */
+  baseDelayMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { retries: 5, stallTimeoutMs: 30_000, baseDelayMs: 500 };
+
+export interface SourceOptions {
+  retry?: Partial<RetryPolicy>;
+  /** S3 only. */
+  region?: string;
+  endpoint?: string;
+  forcePathStyle?: boolean;
+}

@@ -1,0 +1,197 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import t from 'tap';
+import { setLogLevel } from '../../../src/upgradectl/log.js';
+import { openSource, openTarget, type SourceOptions } from '../../../src/release/sources/index.js';
+import { startS3Server, useS3rverCredentials, type TestS3Server } from '../../helpers/s3-server.js';
+
+/** The s3:// transport against s3rver on 127.0.0.1. */
+
+setLogLevel('error');
+useS3rverCredentials();
+
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+async function readAll(src: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const chunk of src) parts.push(chunk);
+  return Buffer.concat(parts);
+}
+
+async function failure(p: Promise<unknown>): Promise<{ code?: string; message: string; hint?: string }> {
+  try {
+    await p;
+  } catch (err) {
+    return err as { code?: string; message: string; hint?: string };
+  }
+  throw new Error('expected a failure');
+}
+
+async function s3(t: Tap): Promise<{ server: TestS3Server; opts: SourceOptions; url: string }> {
+  const server = await startS3Server('upgrades');
+  t.teardown(() => server.close());
+  const opts: SourceOptions = {
+    endpoint: server.endpoint,
+    forcePathStyle: true,
+    region: 'us-east-1',
+    retry: { retries: 2, baseDelayMs: 10, stallTimeoutMs: 2000 },
+  };
+  return { server, opts, url: `s3://${server.bucket}/fleet/stable` };
+}
+
+t.test('putFile of a 40 MB file goes multipart and reads back byte-identical', async (t) => {
+  const { server, opts, url } = await s3(t);
+  const file = path.join(t.testdir(), 'image.lz4');
+  const payload = randomBytes(40 * 1024 * 1024 + 12345);
+  await fs.writeFile(file, payload);
+
+  const target = openTarget(url, opts);
+  t.teardown(() => target.close());
+  await target.putFile('releases/3.0/image.lz4', file);
+
+  const source = openSource(url, opts);
+  t.teardown(() => source.close());
+  const info = await source.head('releases/3.0/image.lz4');
+  t.equal(info.size, payload.length);
+  const parts = server.requests.filter((r) => r.startsWith('PUT ') && /[?&]partNumber=\d+/.test(r));
+  t.equal(parts.length, 3, 'uploaded as three 16 MiB parts');
+  t.ok(server.requests.some((r) => r.startsWith('POST ') && /[?&]uploadId=/.test(r)), 'and completed as a multipart upload');
+
+  const partEdge = 16 * 1024 * 1024;
+  t.same(await source.range('releases/3.0/image.lz4', partEdge - 100, partEdge + 100, info.etag), payload.subarray(partEdge - 100, partEdge + 100), 'across a part boundary');
+  t.same(await source.range('releases/3.0/image.lz4', payload.length - 5000, payload.length, info.etag), payload.subarray(-5000), 'the tail');
+  t.equal(sha256(await readAll(source.stream('releases/3.0/image.lz4', 0, info.etag))), sha256(payload), 'the whole stream');
+  t.equal(sha256(await readAll(source.stream('releases/3.0/image.lz4', 30_000_000, info.etag))), sha256(payload.subarray(30_000_000)), 'a stream from an offset');
+});
+
+t.test('a small putFile and putBytes store exactly the bytes (no aws-chunked framing)', async (t) => {
+  const { opts, url } = await s3(t);
+  const file = path.join(t.testdir(), 'manifest.json');
+  const manifest = Buffer.from(JSON.stringify({ version: '3.0', size: 123 }));
+  await fs.writeFile(file, manifest);
+  const target = openTarget(url, opts);
+  t.teardown(() => target.close());
+  await target.putFile('releases/3.0/manifest.json', file);
+  await target.putBytes('releases/3.0/manifest.json.sig', Buffer.from([1, 2, 3, 255]));
+
+  const source = openSource(url, opts);
+  t.teardown(() => source.close());
+  t.same(await source.get('releases/3.0/manifest.json'), manifest);
+  t.same(await source.get('releases/3.0/manifest.json.sig'), Buffer.from([1, 2, 3, 255]));
+  t.equal((await source.head('releases/3.0/manifest.json')).size, manifest.length);
+});
+
+t.test('putFile of a missing local file is NOT_FOUND naming it', async (t) => {
+  const { opts, url } = await s3(t);
+  const target = openTarget(url, opts);
+  t.teardown(() => target.close());
+  const missing = path.join(t.testdir(), 'nope.img');
+  const err = await failure(target.putFile('releases/x/image.lz4', missing));
+  t.equal(err.code, 'NOT_FOUND');
+  t.match(err.message, missing);
+});
+
+t.test('a missing bucket is NOT_FOUND naming the bucket', async (t) => {
+  const { opts } = await s3(t);
+  const source = openSource('s3://no-such-bucket/p', opts);
+  t.teardown(() => source.close());
+  const err = await failure(source.get('channels/stable.json'));
+  t.equal(err.code, 'NOT_FOUND');
+  t.match(err.message, /no-such-bucket/);
+});
+
+t.test('wrong credentials: NETWORK with a hint about credentials, no retries', async (t) => {
+  const { server, opts, url } = await s3(t);
+  // s3rver checks the access key id only (it does not verify SigV4 signatures).
+  const saved = process.env.AWS_ACCESS_KEY_ID;
+  process.env.AWS_ACCESS_KEY_ID = 'NOT-A-KEY';
+  t.teardown(() => {
+    process.env.AWS_ACCESS_KEY_ID = saved;
+  });
+  const source = openSource(url, opts);
+  t.teardown(() => source.close());
+  const err = await failure(source.get('channels/stable.json'));
+  t.equal(err.code, 'NETWORK', err.message);
+  t.match(err.message, /HTTP 403/);
+  t.match(err.hint ?? '', /credentials/);
+  t.equal(server.requests.filter((r) => r.includes('channels/stable.json')).length, 1, 'a refusal is not retried');
+});
+
+t.test('an endpoint that is down: NETWORK after the retries, naming the object', async (t) => {
+  const { server, opts, url } = await s3(t);
+  await server.close();
+  const source = openSource(url, opts);
+  t.teardown(() => source.close());
+  const err = await failure(source.range('releases/3.0/image.lz4', 0, 10));
+  t.equal(err.code, 'NETWORK');
+  t.match(err.message, 's3://upgrades/fleet/stable/releases/3.0/image.lz4');
+  t.match(err.message, /3 attempts.*ECONNREFUSED/);
+});
+
+/**
+ * A TCP proxy in front of s3rver that spoils the first connections' responses: after `afterBytes`
+ * bytes it cuts the connection (drop) or forwards nothing more (stall). s3rver itself cannot fail
+ * on demand; later connections pass through untouched.
+ */
+async function startSpoilingProxy(t: Tap, upstreamPort: number, plan: { afterBytes: number; mode: 'drop' | 'stall' }[]): Promise<string> {
+  const sockets = new Set<net.Socket>();
+  let accepted = 0;
+  const proxy = net.createServer((client) => {
+    const rule = plan[accepted++];
+    const upstream = net.connect(upstreamPort, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => s.destroy());
+      s.on('close', () => sockets.delete(s));
+    }
+    client.pipe(upstream);
+    client.on('close', () => upstream.destroy());
+    let forwarded = 0;
+    upstream.on('data', (chunk: Buffer) => {
+      if (rule === undefined) {
+        client.write(chunk);
+        return;
+      }
+      const room = rule.afterBytes - forwarded;
+      if (room <= 0) return;
+      client.write(chunk.subarray(0, room));
+      forwarded += Math.min(room, chunk.length);
+      if (forwarded >= rule.afterBytes && rule.mode === 'drop') {
+        client.end(() => client.destroy());
+        upstream.destroy();
+      }
+    });
+    upstream.on('close', () => {
+      if (rule === undefined) client.end();
+    });
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.teardown(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => proxy.close(() => resolve()));
+  });
+  return `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+}
+
+for (const mode of ['drop', 'stall'] as const) {
+  t.test(`a GetObject body that ${mode}s mid-way is resumed from the byte reached`, async (t) => {
+    const { server, opts, url } = await s3(t);
+    const payload = randomBytes(3 * 1024 * 1024);
+    const target = openTarget(url, opts);
+    t.teardown(() => target.close());
+    await target.putBytes('releases/4.0/image.lz4', payload);
+
+    const proxied = await startSpoilingProxy(t, Number(new URL(server.endpoint).port), [{ afterBytes: 1_000_000, mode }]);
+    const source = openSource(url, { ...opts, endpoint: proxied, retry: { retries: 2, baseDelayMs: 10, stallTimeoutMs: 300 } });
+    t.teardown(() => source.close());
+    const before = server.requests.length;
+    const got = await readAll(source.stream('releases/4.0/image.lz4', 0));
+    t.equal(sha256(got), sha256(payload), 'bytes identical');
+    const gets = server.requests.slice(before).filter((r) => r.startsWith('GET '));
+    t.equal(gets.length, 2, 'one resume');
+  });
+}
