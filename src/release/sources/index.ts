@@ -1,8 +1,8 @@
 import { UpgradeError } from '../../upgradectl/errors.js';
 import { FileStore } from './file.js';
 import { HttpSource } from './http.js';
-import { S3Store } from './s3.js';
-import type { Source, SourceOptions, Target } from './source.js';
+import type { ObjectInfo, Source, SourceOptions, Target } from './source.js';
+import type { S3Store } from './s3.js';
 
 export type { ObjectInfo, RetryPolicy, Source, SourceOptions, Target } from './source.js';
 export { DEFAULT_RETRY } from './source.js';
@@ -20,7 +20,7 @@ export function openSource(url: string, opts: SourceOptions = {}): Source {
     case 'https:':
       return new HttpSource(parsed, opts);
     case 's3:':
-      return new S3Store(parsed, opts);
+      return new LazyS3(parsed, opts);
     default:
       throw unknownScheme(parsed, SOURCE_FORMS);
   }
@@ -33,7 +33,7 @@ export function openTarget(url: string, opts: SourceOptions = {}): Target {
     case 'file:':
       return new FileStore(parsed);
     case 's3:':
-      return new S3Store(parsed, opts);
+      return new LazyS3(parsed, opts);
     case 'http:':
     case 'https:':
       throw new UpgradeError('USAGE', `cannot publish to ${redact(parsed)}: HTTP sources are read-only`, {
@@ -67,4 +67,47 @@ function redact(url: URL): string {
   const shown = new URL(url.href);
   shown.password = '***';
   return shown.href;
+}
+
+/**
+ * The AWS SDK costs ~27 MB of memory and a noticeable start-up: load it only for s3:// URLs, on the
+ * first call, so HTTP and file machines stay within prepare's memory budget.
+ */
+class LazyS3 implements Source, Target {
+  readonly url: string;
+  private store: Promise<S3Store> | undefined;
+
+  constructor(
+    private readonly parsed: URL,
+    private readonly opts: SourceOptions,
+  ) {
+    this.url = `s3://${parsed.host}${parsed.pathname.replace(/\/+$/, '')}`;
+  }
+
+  private load(): Promise<S3Store> {
+    this.store ??= import('./s3.js').then((m) => new m.S3Store(this.parsed, this.opts));
+    return this.store;
+  }
+
+  async get(key: string): Promise<Buffer> {
+    return (await this.load()).get(key);
+  }
+  async head(key: string): Promise<ObjectInfo> {
+    return (await this.load()).head(key);
+  }
+  async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {
+    return (await this.load()).range(key, start, end, etag);
+  }
+  async *stream(key: string, start: number, etag?: string): AsyncIterable<Buffer> {
+    yield* (await this.load()).stream(key, start, etag);
+  }
+  async putBytes(key: string, body: Uint8Array): Promise<void> {
+    return (await this.load()).putBytes(key, body);
+  }
+  async putFile(key: string, file: string): Promise<void> {
+    return (await this.load()).putFile(key, file);
+  }
+  async close(): Promise<void> {
+    if (this.store) await (await this.store).close();
+  }
 }

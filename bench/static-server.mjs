@@ -1,0 +1,28 @@
+// A plain static file server with single-range support, for benchmarks: the same server feeds curl and
+// upgradectl, in its own process. Usage: node static-server.mjs DIR  → prints the port.
+import { createReadStream, promises as fs } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+
+const root = path.resolve(process.argv[2]);
+const server = http.createServer(async (req, res) => {
+  const file = path.join(root, decodeURIComponent(new URL(req.url, 'http://x').pathname));
+  if (!file.startsWith(root)) return res.writeHead(403).end();
+  let st;
+  try {
+    st = await fs.stat(file);
+  } catch {
+    return res.writeHead(404).end();
+  }
+  const etag = `"${st.size}-${st.mtimeMs}"`;
+  const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+  const start = m ? Number(m[1]) : 0;
+  const end = m && m[2] ? Number(m[2]) : st.size - 1;
+  const headers = { 'content-length': end - start + 1, etag, 'accept-ranges': 'bytes' };
+  if (m) headers['content-range'] = `bytes ${start}-${end}/${st.size}`;
+  res.writeHead(m ? 206 : 200, headers);
+  if (req.method === 'HEAD') return res.end();
+  createReadStream(file, { start, end, highWaterMark: 1 << 20 }).pipe(res);
+});
+server.keepAliveTimeout = 60_000;
+server.listen(0, '127.0.0.1', () => console.log(server.address().port));

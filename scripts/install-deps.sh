@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# System packages upgradectl's tests and demo use, on Debian 12. Run as root; prints the apt-get line
+# and stops when not root. One list, used by CI (.ci/run), the demo and by hand.
+set -euo pipefail
+PACKAGES=(
+  e2fsprogs util-linux fdisk      # mke2fs, e2fsck, debugfs, losetup, mount, sfdisk
+  grub-common grub-pc-bin         # grub-editenv, grub-script-check, grub-mkimage and i386-pc modules
+  lz4 curl                        # the reference tools the payload format and benchmarks are held to
+  qemu-system-x86                 # boot tests (TCG)
+  linux-image-amd64 initramfs-tools busybox-static kmod cpio   # the kernel and initramfs booted in QEMU
+  debootstrap                     # a realistic Debian tree for migration and boot tests
+  acl attr                        # ACLs and xattrs carried by migration
+)
+if [ "$(id -u)" != 0 ]; then
+  echo "run as root, or install by hand: apt-get install -y --no-install-recommends ${PACKAGES[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
