@@ -15,7 +15,9 @@ class FrameWorker {
   busy = 0;
 
   constructor() {
-    this.worker = new Worker(WORKER_URL);
+    // A small young generation: decoded frames are native buffers V8 barely sees, so without frequent
+    // scavenges their garbage piles up (hundreds of MB) before anything collects it.
+    this.worker = new Worker(WORKER_URL, { resourceLimits: { maxYoungGenerationSizeMb: 2 } });
     this.worker.on('message', (msg: { id: number; result?: FrameResult; error?: { message: string; code?: string } }) => {
       const p = this.pending.get(msg.id);
       if (!p) return;
@@ -68,15 +70,84 @@ export class FramePool {
   }
 }
 
-/** One dedicated worker that hashes an image in order, from the file, while frames land out of order. */
+/** A slice of the image for the in-order hash: bytes in memory, zeros, or bytes already in the file. */
+export type HashSlice = { data: Uint8Array } | { zero: number } | { file: { start: number; end: number } };
+
+/** Decoded frames held for the hash while an earlier one is late; beyond this they are read back from the file. */
+const MAX_HELD = 4;
+/** Bytes queued for the hash worker before downloads wait for it (backpressure keeps memory flat). */
+export const HASH_BACKLOG = 24 << 20;
+
+/**
+ * One dedicated worker that hashes the whole image in order while frames land out of order. Decoded
+ * frames are handed over in memory (no read-back); zero frames are hashed from a zero buffer.
+ */
 export class OrderedHasher {
   private worker = new FrameWorker();
   private chain: Promise<unknown> = Promise.resolve();
   private hashedTo = 0;
+  private nextSlice = 0;
+  private held = new Map<number, HashSlice>();
 
   constructor(private readonly fd: number) {}
 
-  /** Hash the file up to `end` (everything before it is final). Calls are serialised. */
+  /** Slice number `index` (frames: the frame index) is final; slices are hashed in index order. */
+  add(index: number, slice: HashSlice): void {
+    this.held.set(index, slice);
+    let inMemory = 0;
+    for (const s of this.held.values()) if ('data' in s) inMemory++;
+    if (inMemory > MAX_HELD) {
+      // A late frame (a stalled request) must not make memory grow with the image: drop the copies.
+      for (const [i, s] of this.held) if ('data' in s) this.held.set(i, { file: this.rangeOf(i, s) });
+    }
+    for (let s = this.held.get(this.nextSlice); s; s = this.held.get(this.nextSlice)) {
+      this.held.delete(this.nextSlice++);
+      this.feed(s);
+    }
+  }
+
+  private ranges = new Map<number, { start: number; end: number }>();
+
+  /** The image range of slice `index`, so that a held slice can be re-read from the file. */
+  setRange(index: number, start: number, end: number): void {
+    this.ranges.set(index, { start, end });
+  }
+
+  private rangeOf(index: number, s: { data: Uint8Array }): { start: number; end: number } {
+    const r = this.ranges.get(index);
+    if (!r || r.end - r.start !== s.data.byteLength) throw new Error(`no file range for image slice ${index}`);
+    return r;
+  }
+
+  private queued = 0;
+  private waiters: Array<() => void> = [];
+
+  /** Resolves once the hash worker's backlog of in-memory bytes is below `limit`. */
+  async belowBacklog(limit = HASH_BACKLOG): Promise<void> {
+    while (this.queued >= limit) await new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+
+  private feed(slice: HashSlice): void {
+    if ('data' in slice) {
+      const data = slice.data;
+      const bytes = data.byteLength;
+      this.queued += bytes;
+      this.chain = this.chain
+        .then(() => this.worker.run({ op: 'hash-data', data }, transferable(data)))
+        .finally(() => {
+          this.queued -= bytes;
+          for (const w of this.waiters.splice(0)) w();
+        });
+    } else if ('zero' in slice) {
+      const length = slice.zero;
+      this.chain = this.chain.then(() => this.worker.run({ op: 'hash-zero', length }));
+    } else {
+      const { start, end } = slice.file;
+      this.chain = this.chain.then(() => this.worker.run({ op: 'hash-feed', fd: this.fd, start, end }));
+    }
+  }
+
+  /** Sequential use (plain LZ4 streams): hash the file up to `end`, everything before it being final. */
   advanceTo(end: number): void {
     if (end <= this.hashedTo) return;
     const start = this.hashedTo;
@@ -85,6 +156,7 @@ export class OrderedHasher {
   }
 
   async digest(): Promise<string> {
+    if (this.held.size) throw new Error(`image hash is missing slice ${this.nextSlice}`);
     await this.chain;
     const r = (await this.worker.run({ op: 'hash-digest' })) as Extract<FrameResult, { op: 'hash-digest' }>;
     return r.sha256;
@@ -94,4 +166,9 @@ export class OrderedHasher {
     await this.chain.catch(() => undefined);
     await this.worker.worker.terminate();
   }
+}
+
+/** A buffer's memory can be handed to another thread without a copy when the buffer owns all of it. */
+export function transferable(b: Uint8Array): ArrayBuffer[] {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? [b.buffer] : [];
 }

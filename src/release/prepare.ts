@@ -5,7 +5,7 @@ import { runEvent } from '../upgradectl/lifecycle.js';
 import { log } from '../upgradectl/log.js';
 import type { Layout } from '../upgradectl/paths.js';
 import { loadState, type State } from '../upgradectl/state.js';
-import { bootedVersion } from './booted.js';
+import { bootedVersion } from '../grub/boot-control.js';
 import type { Progress } from './progress.js';
 import { checkChannel, fetchRelease, type ResolvedRelease, type TrustPolicy } from './resolve.js';
 import { ensureSpace } from './space.js';
@@ -69,7 +69,7 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
     let result: PrepareResult | undefined;
     await runEvent(layout, 'prepare', async (state) => {
       const superseded = state.phase === 'prepared' && state.next && state.next !== version ? state.next : undefined;
-      const keep = keepSet(state, layout, version);
+      const keep = keepSet(state, version, await bootedVersion(layout));
       const staged = await stagedBytes(layout, version);
       const { removed } = await ensureSpace(layout, Math.max(0, release.manifest.image.allocated - staged), keep, version);
       const progress = opts.progress?.(release.manifest.image.size);
@@ -103,9 +103,9 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
   }
 }
 
-function keepSet(state: State, layout: Layout, version: string): Set<string> {
+function keepSet(state: State, version: string, booted: string | undefined): Set<string> {
   const keep = new Set<string>([version]);
-  for (const v of [state.current, state.previous, state.next, bootedVersion(layout)]) if (v) keep.add(v);
+  for (const v of [state.current, state.previous, state.next, booted]) if (v) keep.add(v);
   return keep;
 }
 

@@ -5,7 +5,7 @@ import { UpgradeError, errnoOf, isUpgradeError } from '../upgradectl/errors.js';
 import { readJsonIfExists, removeQuietly, renameDurable, writeFileDurable } from '../upgradectl/durable.js';
 import { log } from '../upgradectl/log.js';
 import type { Layout } from '../upgradectl/paths.js';
-import { FramePool, OrderedHasher } from './frame-pool.js';
+import { FramePool, OrderedHasher, transferable } from './frame-pool.js';
 import { Lz4StreamDecoder } from './lz4.js';
 import { releaseKeys } from './layout.js';
 import type { Frame, Manifest } from './manifest.js';
@@ -197,12 +197,13 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
   });
   ctx.progress?.advance(frames.reduce((n, f, i) => n + (done.has(i) ? f.rawLength : 0), 0));
 
-  let contiguous = 0;
-  const advanceHash = () => {
-    while (contiguous < frames.length && done.has(contiguous)) contiguous++;
-    ctx.hasher.advanceTo(Math.min(contiguous * frameSize, manifest.image.size));
-  };
-  advanceHash();
+  // Every frame reaches the image hash exactly once: resumed ones from the file, holes as zeros,
+  // fetched ones from memory when they are decoded.
+  frames.forEach((f, i) => {
+    ctx.hasher.setRange(i, i * frameSize, i * frameSize + f.rawLength);
+    if (!done.has(i)) return;
+    ctx.hasher.add(i, isHole(f) ? { zero: f.rawLength } : { file: { start: i * frameSize, end: i * frameSize + f.rawLength } });
+  });
 
   const queue = frames.map((_, i) => i).filter((i) => !done.has(i));
   let fetched = 0;
@@ -225,13 +226,15 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
 
   const worker = async () => {
     while (queue.length && !failure && !ctx.signal?.aborted) {
-      const i = queue.shift()!;
+      await ctx.hasher.belowBacklog();
+      const i = queue.shift();
+      if (i === undefined) break;
       const f = frames[i]!;
       const bytes = await ctx.source.range(ctx.payloadKey, f.offset, f.offset + f.length, ctx.etag);
       const r = await ctx.pool.run(
         { op: 'decode-write', frame: bytes, rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, position: i * frameSize },
         // Hand the frame's memory to the worker when it owns its buffer outright (no copy).
-        bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? [bytes.buffer as ArrayBuffer] : [],
+        transferable(bytes),
       );
       if (!r.ok) {
         throw new UpgradeError('CORRUPT', `frame ${i} of ${ctx.payloadUrl} (bytes ${f.offset}–${f.offset + f.length}) is corrupt: ${r.reason}`, {
@@ -241,7 +244,7 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
       fetched += f.length;
       done.add(i);
       ctx.progress?.advance(f.rawLength);
-      advanceHash();
+      ctx.hasher.add(i, { data: r.raw });
     }
   };
   const lanes = Array.from({ length: Math.max(1, ctx.parallel) }, () =>

@@ -32,6 +32,12 @@ export interface Config {
     /** e.g. `ttyS0,115200`; empty for none. */
     serialConsole: string;
     menuTimeout: number;
+    /** Filesystem UUID of the host partition; detected (findmnt/blkid) when unset. */
+    hostUuid: string | undefined;
+    /** GRUB can write grubenv (save_env) on the host filesystem; false on md RAID, LVM, LUKS, btrfs (docs/grub.md). */
+    saveEnv: boolean;
+    /** The command that reboots the machine (argv, split on spaces); UPGRADECTL_REBOOT_COMMAND overrides it. */
+    rebootCommand: string;
   };
   health: { timeout: number };
   hooks: { timeout: number };
@@ -96,6 +102,9 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       kernelArgs: str('boot', 'kernel_args') ?? '',
       serialConsole: str('boot', 'serial_console') ?? '',
       menuTimeout: int('boot', 'menu_timeout', 0, 0, 600),
+      hostUuid: str('boot', 'host_uuid'),
+      saveEnv: bool('boot', 'save_env', true),
+      rebootCommand: str('boot', 'reboot_command') ?? 'systemctl reboot',
     },
     health: { timeout: int('health', 'timeout', 300, 1, 86400) },
     hooks: { timeout: int('hooks', 'timeout', 120, 1, 86400) },

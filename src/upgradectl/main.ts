@@ -5,12 +5,22 @@ import { publishCommand } from './commands/publish.js';
 import { prepareCommand } from './commands/prepare.js';
 import { checkCommand } from './commands/check.js';
 import { statusCommand } from './commands/status.js';
+import { commitCommand } from './commands/commit.js';
+import { confirmCommand } from './commands/confirm.js';
+import { rollbackCommand } from './commands/rollback.js';
+import { grubConfigCommand } from './commands/grub-config.js';
+import { doctorCommand } from './commands/doctor.js';
 
 /** The command table (DESIGN.md §11): add, don't rename. */
 export const COMMANDS: Record<string, Command> = {
   status: statusCommand,
   check: checkCommand,
   prepare: prepareCommand,
+  commit: commitCommand,
+  confirm: confirmCommand,
+  rollback: rollbackCommand,
+  'grub-config': grubConfigCommand,
+  doctor: doctorCommand,
   keygen: keygenCommand,
   publish: publishCommand,
   'image build': imageBuildCommand,

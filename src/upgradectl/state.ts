@@ -17,6 +17,15 @@ export interface HistoryEntry {
   detail?: Record<string, unknown>;
 }
 
+export interface Pending {
+  event: string;
+  step: string;
+  version?: string;
+  since: string;
+  /** The boot in which the step was reached: an intent from an earlier boot was cut by a reset. */
+  bootId?: string;
+}
+
 /** `HOST/images/.upgradectl/state.json`: the lifecycle's persisted truth, replaced atomically. */
 export interface State {
   schema: 1;
@@ -31,6 +40,15 @@ export interface State {
   bad: Record<string, { reason: string; at: string }>;
   /** Re-entries of the step in progress; bounds crash loops (STYLE.md: Mender's loop breaker). */
   reentries?: { event: string; count: number };
+  /**
+   * The step an operation is about to do, persisted BEFORE it acts: after a crash or reset, the
+   * re-run and the boot-time reconciliation read it to tell what was done from what was not.
+   */
+  pending?: Pending;
+  /** The kernel boot id when the phase was entered: a different id later means the machine rebooted. */
+  phaseBootId?: string;
+  /** What a committed/trying trial is: an upgrade to next, or a rollback to the previous image. */
+  trialKind?: 'upgrade' | 'rollback';
   history: HistoryEntry[];
 }
 

@@ -65,10 +65,12 @@ export async function startHttpServer(root: string): Promise<TestHttpServer> {
   const faults: Fault[] = [];
   const requests: RequestRecord[] = [];
 
-  const take = (urlPath: string): FaultKind[] => {
+  const take = (urlPath: string, method: string): FaultKind[] => {
     const hit: FaultKind[] = [];
     for (const f of faults) {
       if (f.path !== undefined && f.path !== urlPath) continue;
+      // Body faults mean nothing to a HEAD request: leave them for the next GET.
+      if (method === 'HEAD' && (f.kind === 'drop' || f.kind === 'stall')) continue;
       if (f.times !== undefined) {
         if (f.times <= 0) continue;
         f.times -= 1;
@@ -94,7 +96,7 @@ export async function startHttpServer(root: string): Promise<TestHttpServer> {
       record.status = status;
       return (origWriteHead as (s: number, ...r: unknown[]) => http.ServerResponse)(status, ...rest);
     }) as typeof res.writeHead;
-    serve(root, urlPath, req, res, take(urlPath)).catch((err: unknown) => {
+    serve(root, urlPath, req, res, take(urlPath, req.method ?? 'GET')).catch((err: unknown) => {
       if (!res.headersSent) {
         res.writeHead(500, { 'content-type': 'text/plain' });
         res.end(String(err));

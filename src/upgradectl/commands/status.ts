@@ -1,9 +1,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from '../cli.js';
-import { loadState } from '../state.js';
+import { reconcile } from '../reconcile.js';
 import type { Layout } from '../paths.js';
-import { bootedVersion } from '../../release/booted.js';
+import { bootedVersion } from '../../grub/boot-control.js';
 import { fmtBytes } from '../progress-view.js';
 
 interface Download {
@@ -42,8 +42,9 @@ export const statusCommand: Command = {
   summary: 'phase, booted/current/previous/next, progress, last result and its reason',
   usage: 'status',
   async run({ layout }) {
-    const state = await loadState(layout);
-    const booted = bootedVersion(layout);
+    // What actually booted may have moved the lifecycle on (trial came up, or GRUB fell back).
+    const state = await reconcile(layout);
+    const booted = await bootedVersion(layout);
     const [dl, imgs] = await Promise.all([downloads(layout), images(layout)]);
     const last = state.history.at(-1);
     const data = {

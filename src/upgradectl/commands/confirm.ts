@@ -1,0 +1,23 @@
+import type { Command } from '../cli.js';
+import { loadConfig } from '../config.js';
+import { confirm } from '../transitions.js';
+
+export const confirmCommand: Command = {
+  summary: 'on a trial boot: health checks, then make it the default (or roll back)',
+  usage: 'confirm [--no-reboot]',
+  options: { 'no-reboot': { type: 'boolean' } },
+  async run({ layout, options }) {
+    const config = await loadConfig(layout);
+    const r = await confirm(layout, config, { reboot: !options['no-reboot'] });
+    const ok = r.event === 'confirm-ok';
+    const last = r.state.history[r.state.history.length - 1];
+    return {
+      data: { event: r.event, version: r.version, phase: r.state.phase, rebooted: r.rebooted, reason: ok ? undefined : last?.reason, ...r.detail },
+      text: ok
+        ? `${r.version} confirmed: it is now the default image (previous: ${r.state.previous ?? 'none'})`
+        : `${r.version} failed its health checks and was marked bad (${last?.reason ?? 'no reason recorded'}); ` +
+          (r.rebooted ? `rebooting into ${r.state.current}` : `reboot to return to ${r.state.current}`),
+      exitCode: ok ? 0 : 1,
+    };
+  },
+};

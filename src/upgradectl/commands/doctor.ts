@@ -1,0 +1,176 @@
+import { promises as fs, existsSync } from 'node:fs';
+import path from 'node:path';
+import { collectEntries, imageVersions } from '../../grub/boot-files.js';
+import { readGrubEnvFile } from '../../grub/env.js';
+import { detectHostUuid, saveEnvCapability } from '../../grub/host-fs.js';
+import { versionOfEntry } from '../../grub/render.js';
+import type { Command } from '../cli.js';
+import { loadConfig, type Config } from '../config.js';
+import { messageOf } from '../errors.js';
+import { run } from '../exec.js';
+import type { Layout } from '../paths.js';
+import { loadState, type State } from '../state.js';
+
+export interface Finding {
+  check: string;
+  level: 'ok' | 'warn' | 'error';
+  message: string;
+  /** What to do about it (warn and error only). */
+  fix?: string;
+}
+
+export const doctorCommand: Command = {
+  summary: 'check this machine can do all of the above, and say what is missing',
+  usage: 'doctor',
+  async run({ layout }) {
+    const findings = await diagnose(layout);
+    const errors = findings.filter((f) => f.level === 'error').length;
+    const text = findings
+      .map((f) => `${f.level === 'ok' ? 'ok   ' : f.level === 'warn' ? 'WARN ' : 'ERROR'} ${f.check}: ${f.message}${f.fix ? `\n      fix: ${f.fix}` : ''}`)
+      .join('\n');
+    return { data: { ok: errors === 0, findings }, text, exitCode: errors ? 1 : 0 };
+  },
+};
+
+export async function diagnose(layout: Layout): Promise<Finding[]> {
+  const out: Finding[] = [];
+  const step = async (check: string, fn: () => Promise<Omit<Finding, 'check'> | Array<Omit<Finding, 'check'>>>) => {
+    try {
+      const r = await fn();
+      for (const f of Array.isArray(r) ? r : [r]) out.push({ check, ...f });
+    } catch (err) {
+      out.push({ check, level: 'error', message: messageOf(err), fix: (err as { hint?: string }).hint });
+    }
+  };
+  let config: Config | undefined;
+  let state: State | undefined;
+  await step('config', async () => {
+    config = await loadConfig(layout);
+    return { level: 'ok', message: existsSync(layout.configFile) ? layout.configFile : `${layout.configFile} absent: defaults apply` };
+  });
+  await step('state', async () => {
+    state = await loadState(layout);
+    return { level: 'ok', message: `phase ${state.phase}, current ${state.current ?? 'unknown'}, previous ${state.previous ?? 'none'}` };
+  });
+  await step('save_env', () => checkSaveEnv(layout, config));
+  await step('host uuid', async () => ({ level: 'ok', message: await detectHostUuid(layout.host, config?.boot.hostUuid) }));
+  await step('grub tools', checkGrubTools);
+  await step('grub installed', async () => checkGrubInstalled(layout));
+  await step('grubenv', async () => checkGrubEnv(layout, state));
+  await step('images', async () => checkImages(layout, state ?? { schema: 1, phase: 'idle', bad: {}, history: [] }));
+  await step('space', async () => checkSpace(layout));
+  return out;
+}
+
+async function checkSaveEnv(layout: Layout, config: Config | undefined): Promise<Omit<Finding, 'check'>> {
+  const v = await saveEnvCapability(layout.host);
+  const where = `${layout.host} is on ${v.mount.source} (${v.mount.fstype}, mounted at ${v.mount.target})`;
+  if (!v.ok) {
+    if (config && !config.boot.saveEnv) {
+      return { level: 'warn', message: `${where}: GRUB cannot save_env through ${v.layers.join(', ')}; fallback mode is on (save_env = false)`, fix: 'a trial that fails before userspace needs the console: see docs/grub.md' };
+    }
+    return {
+      level: 'error',
+      message: `${where}: GRUB cannot save_env through ${v.layers.join(', ')}, so a one-shot trial would never be cleared`,
+      fix: 'set save_env = false in the [boot] section of upgradectl.conf (fallback mode, docs/grub.md), or keep /boot/grub on a plain partition',
+    };
+  }
+  if (config && !config.boot.saveEnv) {
+    return { level: 'warn', message: `${where}: save_env works here but is switched off`, fix: 'set save_env = true in [boot] for automatic fallback from failed trials' };
+  }
+  return { level: 'ok', message: `${where}: GRUB can save_env` };
+}
+
+async function checkGrubTools(): Promise<Array<Omit<Finding, 'check'>>> {
+  const out: Array<Omit<Finding, 'check'>> = [];
+  for (const tool of ['grub-editenv', 'grub-script-check']) {
+    try {
+      await run(tool, ['--version']);
+      out.push({ level: 'ok', message: `${tool} found` });
+    } catch {
+      out.push({ level: 'error', message: `${tool} is not installed`, fix: 'apt-get install grub-common' });
+    }
+  }
+  return out;
+}
+
+function checkGrubInstalled(layout: Layout): Omit<Finding, 'check'> {
+  const platforms = ['i386-pc', 'x86_64-efi', 'arm64-efi', 'i386-efi'].filter((p) => existsSync(path.join(layout.grubDir, p)));
+  if (platforms.length === 0) {
+    return {
+      level: 'error',
+      message: `no GRUB modules under ${layout.grubDir}: GRUB is not installed for the disk holding ${layout.host}`,
+      fix: `grub-install --boot-directory=${path.join(layout.host, 'boot')} /dev/<disk> (BIOS) or with --target=x86_64-efi (UEFI)`,
+    };
+  }
+  if (!existsSync(layout.grubCfg)) {
+    return { level: 'warn', message: `GRUB (${platforms.join(', ')}) has no ${layout.grubCfg}`, fix: 'upgradectl grub-config --write' };
+  }
+  return { level: 'ok', message: `GRUB ${platforms.join(', ')} with ${layout.grubCfg}` };
+}
+
+async function checkGrubEnv(layout: Layout, state: State | undefined): Promise<Omit<Finding, 'check'>> {
+  const r = await readGrubEnvFile(layout.grubEnv);
+  if (r.kind === 'missing') return { level: 'warn', message: `${layout.grubEnv} is missing`, fix: 'upgradectl grub-config --write' };
+  if (r.kind === 'corrupt') return { level: 'error', message: r.error.message, fix: 'upgradectl grub-config --write (rebuilds it from the state)' };
+  const def = versionOfEntry(r.env.saved_entry);
+  if (!def) return { level: state?.current ? 'error' : 'warn', message: `${layout.grubEnv} names no upgradectl default (saved_entry=${r.env.saved_entry ?? ''})`, fix: 'upgradectl grub-config --write' };
+  if (!existsSync(layout.imageFile(def))) return { level: 'error', message: `the default image ${layout.imageFile(def)} is missing`, fix: 'upgradectl grub-config --write, or upgradectl rollback' };
+  return { level: 'ok', message: `default ${def}${r.env.next_entry ? `, one-shot ${r.env.next_entry}` : ''}` };
+}
+
+async function checkImages(layout: Layout, state: State): Promise<Array<Omit<Finding, 'check'>>> {
+  const versions = await imageVersions(layout);
+  if (versions.length === 0) return [{ level: 'warn', message: `no images under ${layout.imagesDir}`, fix: 'upgradectl prepare' }];
+  const out: Array<Omit<Finding, 'check'>> = [];
+  for (const e of await collectEntries(layout, state)) {
+    const file = layout.imageFile(e.version);
+    const missing: string[] = [];
+    for (const p of [e.kernel, e.initrd]) {
+      const why = await missingInImage(file, p);
+      if (why) missing.push(`${p} (${why})`);
+    }
+    if (!existsSync(layout.manifestFile(e.version))) {
+      out.push({ level: 'warn', message: `${e.version} has no manifest: its entry uses /vmlinuz and /initrd.img`, fix: `upgradectl prepare ${e.version} restores it` });
+    }
+    out.push(
+      missing.length
+        ? { level: 'error', message: `${file} lacks ${missing.join(', ')}: its boot entry cannot start`, fix: 'rebuild the image with a kernel and initrd at those paths (upgradectl image build)' }
+        : { level: 'ok', message: `${e.version}: ${e.kernel} and ${e.initrd} present` },
+    );
+  }
+  return out;
+}
+
+/** Why `p` is not a file in the ext4 image (following symlinks), or undefined when it is. Read-only: debugfs. */
+async function missingInImage(image: string, p: string): Promise<string | undefined> {
+  let target = p.startsWith('/') ? p : `/${p}`;
+  for (let hops = 0; hops < 8; hops++) {
+    let text: string;
+    try {
+      const r = await run('debugfs', ['-R', `stat ${target}`, image]);
+      text = r.stdout + r.stderr;
+    } catch (err) {
+      return messageOf(err);
+    }
+    if (/File not found/.test(text)) return 'not found';
+    if (/Filesystem not open|Bad magic/.test(text)) return 'the image is not an ext4 filesystem';
+    const link = /Fast link dest: "([^"]*)"/.exec(text);
+    if (!link) return /Type: regular/.test(text) ? undefined : 'not a regular file';
+    target = path.posix.resolve(path.posix.dirname(target), link[1]!);
+  }
+  return 'too many symlinks';
+}
+
+async function checkSpace(layout: Layout): Promise<Omit<Finding, 'check'>> {
+  if (!existsSync(layout.imagesDir)) return { level: 'warn', message: `${layout.imagesDir} does not exist`, fix: 'upgradectl prepare creates it' };
+  const st = await fs.statfs(layout.imagesDir);
+  const free = st.bavail * st.bsize;
+  let largest = 0;
+  for (const v of await imageVersions(layout)) largest = Math.max(largest, (await fs.stat(layout.imageFile(v))).size);
+  const gib = (n: number) => `${(n / 2 ** 30).toFixed(1)} GiB`;
+  if (largest > 0 && free < largest) {
+    return { level: 'warn', message: `${gib(free)} free under ${layout.imagesDir}, less than one image (${gib(largest)})`, fix: 'remove images that are neither current nor previous, or grow the host partition' };
+  }
+  return { level: 'ok', message: `${gib(free)} free under ${layout.imagesDir}${largest ? ` (largest image ${gib(largest)})` : ''}` };
+}

@@ -1,0 +1,26 @@
+import type { Config } from './config.js';
+import { UpgradeError, messageOf } from './errors.js';
+import { run } from './exec.js';
+import { log } from './log.js';
+
+/**
+ * Reboot the machine: `systemctl reboot` by default, `[boot] reboot_command` in the config, or
+ * UPGRADECTL_REBOOT_COMMAND (tests and demos point it at a harmless command so that nothing they run
+ * can reboot the machine they run on).
+ */
+export async function rebootMachine(config: Config, why: string): Promise<string[]> {
+  const spec = process.env.UPGRADECTL_REBOOT_COMMAND ?? config.boot.rebootCommand;
+  const argv = spec.split(/\s+/).filter(Boolean);
+  const [cmd, ...args] = argv;
+  if (!cmd) throw new UpgradeError('CONFIG', 'the reboot command is empty', { hint: 'set [boot] reboot_command = systemctl reboot' });
+  log.info(`rebooting (${why}): ${argv.join(' ')}`);
+  try {
+    await run(cmd, args, { timeoutMs: 120_000 });
+  } catch (err) {
+    throw new UpgradeError('EXEC', `could not reboot with ${argv.join(' ')}: ${messageOf(err)}`, {
+      cause: err,
+      hint: 'the boot files are written and durable: reboot the machine by hand to continue',
+    });
+  }
+  return argv;
+}

@@ -1,0 +1,210 @@
+import { existsSync } from 'node:fs';
+import { readBootEnv } from '../grub/boot-files.js';
+import { bootedVersion, disarmTrial } from '../grub/boot-control.js';
+import { checkpointHost } from '../grub/host-fs.js';
+import { entryId } from '../grub/render.js';
+import { loadConfig, type Config } from './config.js';
+import { isUpgradeError, messageOf } from './errors.js';
+import { applyEvent, readBootId, record } from './lifecycle.js';
+import { acquireLock } from './lock.js';
+import { log } from './log.js';
+import type { Layout } from './paths.js';
+import { loadState, saveState, type State } from './state.js';
+
+/**
+ * Boot-time reconciliation (DESIGN.md §4): compare the persisted state with what actually booted
+ * (DIR/proc/cmdline) and record what happened across the reboot. Run by confirm, rollback, commit,
+ * status and the daemon; idempotent, and a no-op (no lock, no write) when there is nothing to learn.
+ */
+export async function reconcile(layout: Layout): Promise<State> {
+  const seen = await loadState(layout);
+  const booted = await bootedVersion(layout);
+  const bootId = readBootId(layout);
+  if (!mayChange(layout, seen, booted, bootId)) return seen;
+  let lock;
+  try {
+    lock = await acquireLock(layout, 'reconcile');
+  } catch (err) {
+    // Another operation holds the lock (a long prepare): it will see the same facts later.
+    if (isUpgradeError(err, 'LOCKED')) {
+      log.debug(`reconcile skipped: ${messageOf(err)}`);
+      return seen;
+    }
+    throw err;
+  }
+  try {
+    const state = await loadState(layout);
+    const config = await loadConfig(layout);
+    if (await reconcileState(layout, config, state, booted, bootId)) await saveState(layout, state);
+    return state;
+  } finally {
+    await lock.release();
+  }
+}
+
+function mayChange(layout: Layout, s: State, booted: string | undefined, bootId: string | undefined): boolean {
+  if (s.phase === 'committed' || s.phase === 'trying') return true;
+  if (s.pending && s.pending.bootId !== bootId) return true;
+  return !s.current && booted !== undefined && existsSync(layout.imageFile(booted));
+}
+
+/** Mark a version bad: never offered again unless forced, and no longer a rollback target. */
+export function markBad(state: State, version: string, reason: string): void {
+  state.bad[version] = { reason, at: new Date().toISOString() };
+  if (state.previous === version) state.previous = undefined;
+}
+
+/**
+ * The rules, applied to a state in memory (caller holds the lock). Returns whether anything changed.
+ * "A new boot" means the kernel boot id differs from the one recorded when the phase was entered; the
+ * same boot (e.g. after commit --no-reboot) never counts as a failed trial.
+ */
+export async function reconcileState(
+  layout: Layout,
+  config: Config,
+  state: State,
+  booted: string | undefined,
+  bootId: string | undefined,
+): Promise<boolean> {
+  const newBoot = bootId !== undefined && bootId !== state.phaseBootId;
+  const env = await readBootEnv(layout);
+  // Armed and not consumed: GRUB has not run the one-shot yet (with save_env off, "armed" is the default).
+  const stillArmed = (v: string | undefined) => v !== undefined && config.boot.saveEnv && env?.next_entry === entryId(v);
+  const bootedAs = booted ?? 'an image upgradectl does not manage';
+
+  const trialFailed = async (version: string, reason: string) => {
+    applyEvent(state, 'boot-old', {
+      version,
+      ok: false,
+      reason,
+      update: (s) => {
+        markBad(s, version, reason);
+        s.next = undefined;
+        s.trialKind = undefined;
+        s.phaseBootId = bootId;
+      },
+    });
+    await restoreDefault(layout, config, state);
+  };
+
+  switch (state.phase) {
+    case 'committed': {
+      const next = state.next;
+      if (!next) return false;
+      if (booted === next) {
+        applyEvent(state, 'boot-trial', { version: next, update: (s) => void (s.phaseBootId = bootId) });
+        return true;
+      }
+      if (!newBoot) return false;
+      if (state.pending?.event === 'rollback' && state.pending.step === 'cancel') {
+        applyEvent(state, 'cancel', { version: next, reason: 'cancelled by the operator', update: clearTrial(bootId) });
+        await restoreDefault(layout, config, state);
+        return true;
+      }
+      if (stillArmed(next)) {
+        log.warn(`the trial boot of ${next} is armed but GRUB has not taken it yet (this boot runs ${bootedAs}); it runs at the next reboot`);
+        return false;
+      }
+      await trialFailed(next, `the trial boot of ${next} did not come up: the machine booted ${bootedAs} instead`);
+      return true;
+    }
+    case 'trying': {
+      const next = state.next;
+      if (!next) return false;
+      if (state.pending?.event === 'confirm' && state.pending.step === 'set-default' && env?.saved_entry === entryId(next) && newBoot && booted === next) {
+        // Confirm had passed the health checks and made `next` GRUB's default when it was cut off.
+        applyEvent(state, 'confirm-ok', {
+          version: next,
+          reason: 'the interrupted confirm had already made it the default',
+          update: (s) => {
+            s.previous = s.current;
+            s.current = next;
+            s.next = undefined;
+            s.trialKind = undefined;
+            s.phaseBootId = bootId;
+          },
+        });
+        return true;
+      }
+      if (booted === next) {
+        if (!newBoot) return false;
+        // Another attempt of the trial (trial_attempts > 1) or a reboot before confirm: still trying.
+        state.phaseBootId = bootId;
+        record(state, { event: 'boot-trial', from: 'trying', to: 'trying', version: next, ok: true, reason: 'the trial image booted again before it was confirmed' });
+        return true;
+      }
+      if (!newBoot) return false;
+      await trialFailed(next, `the trial image ${next} came up but was not confirmed before the machine booted ${bootedAs}`);
+      return true;
+    }
+    case 'prepared': {
+      const p = state.pending;
+      if (p?.event !== 'commit' || p.bootId === bootId || !state.next) break;
+      const next = state.next;
+      // A commit was cut by a reset. Where did it get to? Only GRUB's one-shot can tell.
+      if (booted === next) {
+        applyEvent(state, 'boot-trial', { version: next, reason: 'the interrupted commit had armed the trial', update: (s) => void (s.phaseBootId = bootId) });
+        return true;
+      }
+      if (stillArmed(next)) {
+        applyEvent(state, 'commit', { version: next, reason: 'the interrupted commit had armed the trial; it runs at the next reboot', update: (s) => {
+          s.phaseBootId = bootId;
+          s.trialKind = 'upgrade';
+        } });
+        return true;
+      }
+      applyEvent(state, 'commit-interrupted', {
+        version: next,
+        ok: false,
+        reason: `commit of ${next} was interrupted at step '${p.step}' by a reset; ${next} is still prepared: run upgradectl commit again`,
+      });
+      await restoreDefault(layout, config, state);
+      return true;
+    }
+    case 'idle':
+    case 'rolled-back': {
+      const p = state.pending;
+      if (p?.event === 'rollback' && p.bootId !== bootId && p.version) {
+        const target = p.version;
+        if (booted === target || stillArmed(target)) {
+          applyEvent(state, 'rollback', { version: target, reason: 'the interrupted rollback had armed the trial', update: (s) => {
+            s.next = target;
+            s.trialKind = 'rollback';
+            s.phaseBootId = bootId;
+          } });
+          if (booted === target) applyEvent(state, 'boot-trial', { version: target });
+          return true;
+        }
+        state.pending = undefined;
+        record(state, { event: 'rollback', from: state.phase, to: state.phase, version: target, ok: false, reason: `rollback to ${target} was interrupted at step '${p.step}' by a reset; nothing changed` });
+        await restoreDefault(layout, config, state);
+        return true;
+      }
+      if (!state.current && booted && existsSync(layout.imageFile(booted))) {
+        applyEvent(state, 'adopt', { version: booted, reason: `${booted} is running and no default was recorded`, update: (s) => void (s.current = booted) });
+        return true;
+      }
+      break;
+    }
+  }
+  return false;
+}
+
+function clearTrial(bootId: string | undefined) {
+  return (s: State) => {
+    s.next = undefined;
+    s.trialKind = undefined;
+    s.phaseBootId = bootId;
+  };
+}
+
+/** After a trial ended (or never started): grubenv names the current image and no trial. */
+async function restoreDefault(layout: Layout, config: Config, state: State): Promise<void> {
+  try {
+    await disarmTrial(layout, config, state);
+    await checkpointHost(layout.host);
+  } catch (err) {
+    // The state is the truth either way; the boot files are rewritten at the next operation.
+    log.warn(`could not reset ${layout.grubEnv} to the default image: ${messageOf(err)}`);
+  }
+}

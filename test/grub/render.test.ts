@@ -1,0 +1,120 @@
+import t from 'tap';
+import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { skipUnless } from '../helpers/requirements.js';
+import { renderGrubConfig, renderGrubFragment, entryId, versionOfEntry, type GrubConfigInput } from '../../src/grub/render.js';
+import { checkGrubScript, collectEntries, installGrubConfig, renderForLayout } from '../../src/grub/boot-files.js';
+import { parseBootedVersion } from '../../src/grub/boot-control.js';
+import { parseConfig } from '../../src/upgradectl/config.js';
+import { Layout } from '../../src/upgradectl/paths.js';
+import { makeMachine, HOST_UUID } from '../upgradectl/fixtures/machine.js';
+
+const skip = skipUnless({ commands: ['grub-script-check'] });
+
+const base: GrubConfigInput = {
+  hostUuid: HOST_UUID,
+  entries: [
+    { version: '2026.11.1', title: 'upgradectl image 2026.11.1 (built 2026-11-02)', kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: 'quiet' },
+    { version: '2026.11.2', title: "it's new", kernel: 'boot/vmlinuz-6.1.0-28-amd64', initrd: '/boot/initrd.img-6.1.0-28-amd64', cmdline: '' },
+    { version: '2026.10.9~rc1', title: 'old', kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: 'dyndbg="file x.c +p" net.ifnames=0' },
+  ],
+  panicTimeout: 10,
+  trialAttempts: 1,
+  kernelArgs: 'console=ttyS1 $notavar',
+  serialConsole: '',
+  menuTimeout: 0,
+  fallbackVersion: '2026.10.9~rc1',
+};
+
+const cases: Array<[string, GrubConfigInput]> = [
+  ['one attempt, no serial', base],
+  ['three attempts, serial console, menu', { ...base, trialAttempts: 3, serialConsole: 'ttyS0,115200', menuTimeout: 5 }],
+  ['two attempts, save_env off', { ...base, trialAttempts: 2, saveEnv: false }],
+  ['a single image, no fallback', { ...base, entries: [base.entries[0]!], fallbackVersion: undefined }],
+  ['no images at all', { ...base, entries: [], fallbackVersion: undefined }],
+  ['with the flasher', { ...base, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: 'upgradectl.flasher=1' } }],
+];
+
+for (const [name, input] of cases) {
+  t.test(`rendered config passes grub-script-check: ${name}`, { skip }, async (t) => {
+    const cfg = renderGrubConfig(input);
+    await checkGrubScript(cfg);
+    await checkGrubScript(renderGrubFragment(input));
+    for (const [i, e] of input.entries.entries()) {
+      t.match(cfg, `--id ${entryId(e.version)} {`);
+      t.match(cfg, `loopback ucl${i} /images/${e.version}.img`);
+      t.match(cfg, `root=UUID=${HOST_UUID} upgradectl.loop=/images/${e.version}.img ro panic=10`);
+    }
+    t.equal(new Set([...cfg.matchAll(/loopback (\S+)/g)].map((m) => m[1])).size, input.entries.length, 'a distinct loop name per entry');
+    t.notMatch(cfg, /expr|\$\(\(|\+\+|-= /, 'no arithmetic');
+    const saves = cfg.match(/save_env/g)?.length ?? 0;
+    t.equal(saves, input.saveEnv === false ? 0 : input.trialAttempts, 'one save_env per one-shot link');
+  });
+}
+
+t.test('trial attempts are a chain of literal flags', async (t) => {
+  const cfg = renderGrubConfig({ ...base, trialAttempts: 3 });
+  t.match(cfg, /if \[ "\$\{next_entry\}" \]; then\n  set default="\$\{next_entry\}"\n  set next_entry=\n  save_env next_entry/);
+  t.match(cfg, /elif \[ "\$\{upgradectl_tries\}" = "2" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_tries=1\n  save_env upgradectl_tries/);
+  t.match(cfg, /elif \[ "\$\{upgradectl_tries\}" = "1" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_tries=\n/);
+  t.match(cfg, /set fallback="\$\{saved_entry\}"/);
+  t.match(cfg, /set fallback="upgradectl-2026.10.9~rc1"/);
+  t.notMatch(renderGrubConfig(base), /upgradectl_tries/, 'one attempt: no chain');
+});
+
+t.test('kernel arguments are quoted for GRUB; plain ones stay bare', async (t) => {
+  const cfg = renderGrubConfig({ ...base, serialConsole: 'ttyS0,115200' });
+  t.match(cfg, `'dyndbg="file x.c +p"' net.ifnames=0`);
+  t.match(cfg, `console=ttyS1 '$notavar'`);
+  t.match(cfg, 'console=tty0 console=ttyS0,115200');
+  t.match(cfg, "menuentry 'it'\\''s new' --id upgradectl-2026.11.2");
+  t.match(cfg, 'linux (ucl1)/boot/vmlinuz-6.1.0-28-amd64 ');
+  t.match(cfg, 'serial --unit=0 --speed=115200');
+});
+
+t.test('input that would inject GRUB commands is refused', async (t) => {
+  t.throws(() => renderGrubConfig({ ...base, hostUuid: 'x; reboot' }), /host UUID/);
+  t.throws(() => renderGrubConfig({ ...base, entries: [{ ...base.entries[0]!, version: '1.0 }' }] }), /not a valid version/);
+  t.throws(() => renderGrubConfig({ ...base, entries: [{ ...base.entries[0]!, kernel: '/vmlinuz; halt' }] }), /plain path/);
+  t.throws(() => renderGrubConfig({ ...base, trialAttempts: 4 }), /1–3/);
+  t.throws(() => renderGrubConfig({ ...base, entries: [base.entries[0]!, base.entries[0]!] }), /twice/);
+});
+
+t.test('a broken config is refused by grub-script-check and the old grub.cfg is kept', { skip }, async (t) => {
+  const layout = new Layout(t.testdir());
+  await installGrubConfig(layout, renderGrubConfig(base));
+  const good = readFileSync(layout.grubCfg, 'utf8');
+  await t.rejects(installGrubConfig(layout, `${good}\nmenuentry 'broken' {\n  linux /vmlinuz\n`), {
+    code: 'GRUB',
+    message: /does not pass grub-script-check/,
+  });
+  t.equal(readFileSync(layout.grubCfg, 'utf8'), good);
+  await t.rejects(installGrubConfig(layout, 'if [ x ]; then\n'), { code: 'GRUB' });
+  t.equal(readFileSync(layout.grubCfg, 'utf8'), good);
+});
+
+t.test('entries from the images on disk: manifests give paths and dates, missing files drop entries', { skip }, async (t) => {
+  const layout = makeMachine(t.testdir(), { images: ['1.0', '2.0', '0.9'], current: '1.0', previous: '0.9', next: '2.0' });
+  mkdirSync(layout.stagingDir, { recursive: true });
+  writeFileSync(`${layout.stagingDir}/3.0.img`, 'partial');
+  const config = parseConfig(`[boot]\nhost_uuid = ${HOST_UUID}\n`);
+  const state = { schema: 1 as const, phase: 'prepared' as const, current: '1.0', previous: '0.9', next: '2.0', bad: {}, history: [] };
+  t.same((await collectEntries(layout, state)).map((e) => e.version), ['1.0', '2.0', '0.9'], 'current, next, previous');
+  const cfg = await renderForLayout(layout, config, state);
+  t.match(cfg, "menuentry 'upgradectl image 1.0 (built 2026-11-02)' --id upgradectl-1.0");
+  t.notMatch(cfg, /3\.0/, 'staging downloads get no entry');
+  rmSync(layout.manifestFile('2.0'));
+  rmSync(layout.imageFile('0.9'));
+  const cfg2 = await renderForLayout(layout, config, state);
+  t.notMatch(cfg2, /upgradectl-0\.9/, 'missing image: no entry and no fallback to it');
+  t.match(cfg2, "menuentry 'upgradectl image 2.0' --id upgradectl-2.0", 'no manifest: standard paths, no date');
+  t.match(cfg2, 'linux (ucl1)/vmlinuz ');
+  await checkGrubScript(cfg2);
+});
+
+t.test('which image booted, from the kernel command line', async (t) => {
+  t.equal(parseBootedVersion('BOOT_IMAGE=(ucl0)/vmlinuz root=UUID=x upgradectl.loop=/images/2026.11.1.img ro panic=10\n'), '2026.11.1');
+  t.equal(parseBootedVersion('root=/dev/sda1 ro quiet'), undefined);
+  t.equal(versionOfEntry('upgradectl-1.2'), '1.2');
+  t.equal(versionOfEntry('upgradectl-flasher'), undefined);
+  t.equal(versionOfEntry('gnulinux-simple'), undefined);
+});

@@ -1,0 +1,59 @@
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { skipUnless } from '../helpers/requirements.js';
+import { diagnose } from '../../src/upgradectl/commands/doctor.js';
+import { grubConfigCommand } from '../../src/upgradectl/commands/grub-config.js';
+import { makeMachine, envList } from './fixtures/machine.js';
+
+const skip = skipUnless({ commands: ['grub-editenv', 'grub-script-check', 'mke2fs', 'debugfs', 'findmnt', 'lsblk'] });
+
+t.test('doctor: each finding with its fix', { skip }, async (t) => {
+  const dir = t.testdir();
+  const layout = makeMachine(dir, { images: ['1.0', '2.0'], current: '1.0' });
+  // 2.0 lacks its initrd; its kernel is a symlink that resolves.
+  const tree = path.join(dir, 'tree2');
+  mkdirSync(path.join(tree, 'boot'), { recursive: true });
+  writeFileSync(path.join(tree, 'boot/vmlinuz-6.1'), 'k');
+  execFileSync('ln', ['-s', 'boot/vmlinuz-6.1', path.join(tree, 'vmlinuz')]);
+  execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', tree, layout.imageFile('2.0'), '4M']);
+  const f = await diagnose(layout);
+  const by = (check: string) => f.filter((x) => x.check === check);
+
+  t.match(by('host uuid'), [{ level: 'ok', message: /0c6d2a3e/ }], 'configured UUID');
+  t.match(by('save_env'), [{ level: 'ok', message: /GRUB can save_env/ }], 'ext4 on a plain disk');
+  t.match(by('grub installed'), [{ level: 'error', fix: /grub-install --boot-directory=/ }]);
+  t.match(by('grubenv'), [{ level: 'ok', message: 'default 1.0' }]);
+  const images = by('images');
+  t.match(images.find((x) => /1\.0/.test(x.message)), { level: 'ok' });
+  t.match(images.find((x) => /2\.0\.img lacks/.test(x.message)), { level: 'error', message: /\/initrd\.img \(not found\)/, fix: /image build/ });
+  t.notMatch(images.find((x) => /2\.0\.img lacks/.test(x.message))?.message ?? '', /vmlinuz/, 'the kernel symlink resolves');
+  t.match(by('space'), [{ level: 'ok', message: /GiB free/ }]);
+
+  // A broken default is an error with the repair command.
+  mkdirSync(path.join(layout.grubDir, 'i386-pc'), { recursive: true });
+  editDefault(layout.grubEnv, 'upgradectl-9.9');
+  const g = await diagnose(layout);
+  t.match(g.find((x) => x.check === 'grubenv'), { level: 'error', message: /9\.9\.img is missing/, fix: /grub-config --write/ });
+  t.match(g.find((x) => x.check === 'grub installed'), { level: 'ok' });
+});
+
+t.test('grub-config prints a checked config; --write installs it and repairs grubenv', { skip }, async (t) => {
+  const layout = makeMachine(t.testdir(), { images: ['1.0', '2.0'], current: '1.0', previous: '2.0' });
+  const printed = await grubConfigCommand.run({ layout, json: false, options: {}, positionals: [] });
+  t.match(printed.text, /--id upgradectl-1\.0 \{/);
+  t.match(printed.text, /set fallback="upgradectl-2\.0"/);
+  const fragment = await grubConfigCommand.run({ layout, json: false, options: { fragment: true }, positionals: [] });
+  t.match(fragment.text, /boot_once/);
+  t.notMatch(fragment.text, /load_env/, 'the fragment leaves the environment to 00_header');
+
+  rmSync(layout.grubEnv);
+  await grubConfigCommand.run({ layout, json: false, options: { write: true }, positionals: [] });
+  t.same(envList(layout), { saved_entry: 'upgradectl-1.0' }, 'rebuilt from state');
+  t.equal(statSync(layout.grubEnv).size, 1024);
+});
+
+function editDefault(file: string, id: string): void {
+  execFileSync('grub-editenv', [file, 'set', `saved_entry=${id}`]);
+}
