@@ -1,13 +1,21 @@
 import type { Command } from '../cli.js';
 import { loadConfig } from '../config.js';
+import { reconcile } from '../reconcile.js';
 import { confirm } from '../transitions.js';
 
 export const confirmCommand: Command = {
   summary: 'on a trial boot: health checks, then make it the default (or roll back)',
-  usage: 'confirm [--no-reboot]',
-  options: { 'no-reboot': { type: 'boolean' } },
+  usage: 'confirm [--no-reboot] [--if-trial]',
+  options: { 'no-reboot': { type: 'boolean' }, 'if-trial': { type: 'boolean' } },
   async run({ layout, options }) {
     const config = await loadConfig(layout);
+    if (options['if-trial']) {
+      // For the boot unit, which runs on every boot: outside a trial there is nothing to confirm.
+      const state = await reconcile(layout);
+      if (state.phase !== 'trying') {
+        return { data: { event: 'none', phase: state.phase }, text: `not a trial boot (phase ${state.phase}); nothing to confirm` };
+      }
+    }
     const r = await confirm(layout, config, { reboot: !options['no-reboot'] });
     const ok = r.event === 'confirm-ok';
     const last = r.state.history[r.state.history.length - 1];
