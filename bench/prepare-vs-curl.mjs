@@ -65,13 +65,18 @@ function reference() {
   return {};
 }
 
-async function ours() {
+function freshRoot() {
   const root = path.join(work, 'root');
   rmSync(root, { recursive: true, force: true });
   mkdirSync(path.join(root, 'etc/upgradectl/keys.d'), { recursive: true });
   mkdirSync(path.join(root, 'images'), { recursive: true });
   writeFileSync(path.join(root, 'etc/upgradectl/keys.d/bench.pub'), readFileSync(path.join(work, 'key.pub')));
   writeFileSync(path.join(root, 'etc/upgradectl/upgradectl.conf'), `[source]\nurl = ${url}\n`);
+  return root;
+}
+
+/** Timed: the prepare process and a sync, as for the reference. Not timed: setting up and checking. */
+async function ours(root) {
   const child = spawn(process.execPath, [bin, '--root', root, '-q', 'prepare', '1'], { stdio: ['ignore', 'ignore', 'inherit'] });
   let peak = 0;
   const poll = setInterval(() => {
@@ -84,10 +89,13 @@ async function ours() {
   clearInterval(poll);
   if (code !== 0) throw new Error(`prepare exited ${code}`);
   sh('sync', []);
+  return { peak };
+}
+
+function verify(root) {
   const got = createHash('sha256').update(readFileSync(path.join(root, 'images/1.img'))).digest('hex');
   if (got !== imageSha) throw new Error('prepared image differs from the source image');
   rmSync(root, { recursive: true, force: true });
-  return { peak };
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -97,7 +105,9 @@ const peaks = [];
 try {
   for (let i = 0; i < runs; i++) {
     refTimes.push((await timeIt(reference)).seconds);
-    const r = await timeIt(ours);
+    const root = freshRoot();
+    const r = await timeIt(() => ours(root));
+    verify(root);
     ourTimes.push(r.seconds);
     peaks.push(r.peak);
   }
@@ -110,3 +120,4 @@ console.log(`curl | lz4 -d > file && sync : ${refTimes.map((s) => s.toFixed(2)).
 console.log(`upgradectl prepare (+sync)   : ${ourTimes.map((s) => s.toFixed(2)).join(' ')} s (median ${median(ourTimes).toFixed(2)})`);
 console.log(`ratio prepare / reference    : ${(median(ourTimes) / median(refTimes)).toFixed(2)}  (target <= 1.0)`);
 console.log(`prepare peak RSS             : ${mib(Math.max(...peaks))} MiB  (target <= 250)`);
+console.log(`load average during the run  : ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (2 cores; other work on the machine skews both sides)`);
