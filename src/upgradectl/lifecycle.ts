@@ -174,12 +174,7 @@ export async function runLocked(
     throw err;
   }
   const event = outcome.event ?? events[0]!;
-  const to = targetPhase(from, event);
-  outcome.update?.(state);
-  state.phase = to;
-  state.pending = undefined;
-  state.reentries = undefined;
-  record(state, { event, from, to, ok: outcome.ok ?? true, version: outcome.version, reason: outcome.reason, detail: outcome.detail });
+  applyEvent(state, event, outcome);
   await saveState(layout, state);
   crashPoint(`${op}:done`);
   return { state, outcome, event };

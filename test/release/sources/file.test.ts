@@ -1,22 +1,14 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import t from 'tap';
 import { openSource, openTarget } from '../../../src/release/sources/index.js';
+import { failure, sha256 } from '../../helpers/assert.js';
 
 /** The file:// transport: durable writes for publish, version-pinned reads. */
 
-const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-async function failure(p: Promise<unknown>): Promise<{ code?: string; message: string; hint?: string }> {
-  try {
-    await p;
-  } catch (err) {
-    return err as { code?: string; message: string; hint?: string };
-  }
-  throw new Error('expected a failure');
-}
 
 /** Every file under `dir`, relative, sorted: to see that no temporary is left behind. */
 async function tree(dir: string): Promise<string[]> {

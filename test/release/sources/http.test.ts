@@ -1,10 +1,11 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { setLogLevel } from '../../../src/upgradectl/log.js';
 import { openSource, type Source } from '../../../src/release/sources/index.js';
 import { startHttpServer, type TestHttpServer } from '../../helpers/http-server.js';
+import { failure, sha256 } from '../../helpers/assert.js';
 
 /** The https/http transport against a real server on 127.0.0.1 that fails on demand. */
 
@@ -17,7 +18,6 @@ const KEY = 'releases/2.0/image.lz4';
 const PATH = `/${KEY}`;
 const RETRY = { retries: 3, baseDelayMs: 10, stallTimeoutMs: 300 };
 
-const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 async function readAll(src: AsyncIterable<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -36,14 +36,6 @@ async function serve(t: Tap, retry: Partial<typeof RETRY> = {}): Promise<{ serve
   return { server, source, dir };
 }
 
-async function failure(p: Promise<unknown>): Promise<{ code?: string; message: string; hint?: string }> {
-  try {
-    await p;
-  } catch (err) {
-    return err as { code?: string; message: string; hint?: string };
-  }
-  throw new Error('expected a failure');
-}
 
 t.test('503 twice, then success', async (t) => {
   const { server, source } = await serve(t);

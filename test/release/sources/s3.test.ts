@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -6,6 +6,7 @@ import t from 'tap';
 import { setLogLevel } from '../../../src/upgradectl/log.js';
 import { openSource, openTarget, type SourceOptions } from '../../../src/release/sources/index.js';
 import { startS3Server, useS3rverCredentials, type TestS3Server } from '../../helpers/s3-server.js';
+import { failure, sha256 } from '../../helpers/assert.js';
 
 /** The s3:// transport against s3rver on 127.0.0.1. */
 
@@ -14,7 +15,6 @@ useS3rverCredentials();
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
 
-const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 async function readAll(src: AsyncIterable<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -22,14 +22,6 @@ async function readAll(src: AsyncIterable<Buffer>): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-async function failure(p: Promise<unknown>): Promise<{ code?: string; message: string; hint?: string }> {
-  try {
-    await p;
-  } catch (err) {
-    return err as { code?: string; message: string; hint?: string };
-  }
-  throw new Error('expected a failure');
-}
 
 async function s3(t: Tap): Promise<{ server: TestS3Server; opts: SourceOptions; url: string }> {
   const server = await startS3Server('upgrades');
