@@ -140,10 +140,17 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   if (lastResort) lines.push('else', `  set default="${lastResort}"`);
   lines.push('fi');
   // fallback: GRUB boots it when the chosen entry fails to load (missing kernel, bad loopback).
-  lines.push('if [ "${upgradectl_oneshot}" ]; then', '  if [ "${saved_entry}" ]; then', '    set fallback="${saved_entry}"');
-  if (lastResort) lines.push('  else', `    set fallback="${lastResort}"`);
-  lines.push('  fi');
-  if (input.fallbackVersion) lines.push('else', `  set fallback="${entryId(input.fallbackVersion)}"`);
+  // Upstream GRUB (Debian's too) takes only entry NUMBERS here; ids and titles work in `default` but
+  // not in `fallback` (matching them is a Fedora patch): "Failed to boot both default and fallback
+  // entries". So the saved default's id is mapped to its position, which this config fixes.
+  const position = (version: string) => input.entries.findIndex((e) => e.version === version);
+  if (input.entries.length === 0) return lines;
+  lines.push('if [ "${upgradectl_oneshot}" ]; then');
+  input.entries.forEach((e, i) => {
+    lines.push(`  ${i === 0 ? 'if' : 'elif'} [ "\${saved_entry}" = "${entryId(e.version)}" ]; then`, `    set fallback=${i}`);
+  });
+  lines.push('  else', '    set fallback=0', '  fi');
+  if (input.fallbackVersion && position(input.fallbackVersion) >= 0) lines.push('else', `  set fallback=${position(input.fallbackVersion)}`);
   lines.push('fi');
   return lines;
 }
