@@ -56,8 +56,10 @@ t.test('trial attempts are a chain of literal flags', async (t) => {
   t.match(cfg, /if \[ "\$\{next_entry\}" \]; then\n  set default="\$\{next_entry\}"\n  set next_entry=\n  save_env next_entry/);
   t.match(cfg, /elif \[ "\$\{upgradectl_tries\}" = "2" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_tries=1\n  save_env upgradectl_tries/);
   t.match(cfg, /elif \[ "\$\{upgradectl_tries\}" = "1" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_tries=\n/);
-  t.match(cfg, /set fallback="\$\{saved_entry\}"/);
-  t.match(cfg, /set fallback="upgradectl-2026.10.9~rc1"/);
+  // GRUB takes only entry numbers for fallback: the saved default's id is mapped to its position.
+  t.match(cfg, /if \[ "\$\{upgradectl_oneshot\}" \]; then\n  if \[ "\$\{saved_entry\}" = "upgradectl-2026.11.1" \]; then\n    set fallback=0\n  elif \[ "\$\{saved_entry\}" = "upgradectl-2026.11.2" \]; then\n    set fallback=1\n/);
+  t.match(cfg, /\nelse\n  set fallback=2\nfi/, 'outside a trial: the previous image by number');
+  t.notMatch(cfg, /set fallback="/, 'never an id or a title');
   t.notMatch(renderGrubConfig(base), /upgradectl_tries/, 'one attempt: no chain');
 });
 
