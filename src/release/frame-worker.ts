@@ -4,6 +4,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort } from 'node:worker_threads';
 import { decodeFrame, encodeFrame } from './lz4.js';
+import { allocatedBytes, HOLE_GRAIN, isZeroBlock } from './holes.js';
 
 /**
  * CPU work of publish and prepare, off the main thread (which keeps the network busy). lz4-napi's
@@ -30,20 +31,8 @@ export type FrameResult =
   | { op: 'hash-zero' }
   | { op: 'hash-digest'; sha256: string };
 
-/** Filesystem block: zero runs of this size become holes in the sparse image. */
-export const HOLE_GRAIN = 4096;
-const ZERO = Buffer.alloc(HOLE_GRAIN);
 const CHUNK = 4 << 20;
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
-
-function allocatedBytes(buf: Buffer): number {
-  let n = 0;
-  for (let o = 0; o < buf.length; o += HOLE_GRAIN) {
-    const end = Math.min(o + HOLE_GRAIN, buf.length);
-    if (buf.compare(ZERO, 0, end - o, o, end) !== 0) n += end - o;
-  }
-  return n;
-}
 
 /**
  * Write `data` at `position`, skipping 4 KiB blocks that are all zero: the file was created at its
@@ -61,8 +50,7 @@ function writeNonZero(fd: number, data: Buffer, position: number): number {
   };
   for (let o = 0; o < data.length; o += HOLE_GRAIN) {
     const end = Math.min(o + HOLE_GRAIN, data.length);
-    const zero = data.compare(ZERO, 0, end - o, o, end) === 0;
-    if (zero) flush(o);
+    if (isZeroBlock(data, o, end)) flush(o);
     else if (runStart < 0) runStart = o;
   }
   flush(data.length);

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { UpgradeError, isUpgradeError } from '../upgradectl/errors.js';
 import { log } from '../upgradectl/log.js';
 import { FramePool } from './frame-pool.js';
+import { allocatedBytes } from './holes.js';
 import { FRAME_MAGIC, Lz4StreamDecoder, MAX_BLOCK } from './lz4.js';
 import { CHANNEL_FORMAT, MANIFEST_FORMAT, assertVersion, type BootData, type Channel, type Frame, type Manifest } from './manifest.js';
 import { releaseKeys, channelKey } from './layout.js';
@@ -220,7 +221,6 @@ async function indexLz4Payload(file: string, progress?: Progress): Promise<Built
   const decoder = new Lz4StreamDecoder();
   let payloadSize = 0;
   let allocated = 0;
-  const zero = Buffer.alloc(4096);
   const fh = await fs.open(file, 'r');
   try {
     for await (const chunk of fh.createReadStream({ highWaterMark: 4 << 20 }) as AsyncIterable<Buffer>) {
@@ -228,10 +228,7 @@ async function indexLz4Payload(file: string, progress?: Progress): Promise<Built
       payloadSize += chunk.length;
       for (const { data } of decoder.push(Buffer.from(chunk))) {
         imageHash.update(data);
-        for (let o = 0; o < data.length; o += 4096) {
-          const end = Math.min(o + 4096, data.length);
-          if (data.compare(zero, 0, end - o, o, end) !== 0) allocated += end - o;
-        }
+        allocated += allocatedBytes(data);
         progress?.advance(data.length);
       }
     }

@@ -50,6 +50,12 @@ export interface StageResult {
 
 const CHECKPOINT_MS = 2000;
 
+/** What status shows of a download in progress or interrupted, from its progress file. */
+export async function readStagingProgress(file: string): Promise<{ bytesDone: number; imageSize: number; updatedAt: string } | undefined> {
+  const p = await readJsonIfExists<StagingProgress>(file).catch(() => undefined);
+  return p && { bytesDone: p.bytesDone, imageSize: p.imageSize, updatedAt: p.updatedAt };
+}
+
 export function stagingPaths(layout: Layout, version: string): { image: string; progress: string } {
   return { image: path.join(layout.stagingDir, `${version}.img`), progress: path.join(layout.stagingDir, `${version}.progress.json`) };
 }
@@ -182,6 +188,11 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
     const f = frames[i];
     if (!f) {
       done.delete(i);
+      continue;
+    }
+    if (isHole(f)) {
+      // Holes are known from the manifest and never written: nothing on disk to check.
+      reused++;
       continue;
     }
     const r = await ctx.pool.run({ op: 'hash-range', fd: ctx.fd, start: i * frameSize, end: i * frameSize + f.rawLength });

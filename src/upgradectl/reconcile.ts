@@ -54,6 +54,13 @@ export function markBad(state: State, version: string, reason: string): void {
   if (state.previous === version) state.previous = undefined;
 }
 
+/** A trial that ended badly, however it was noticed: the version is marked bad and the trial forgotten. */
+export function endFailedTrial(state: State, version: string, reason: string): void {
+  markBad(state, version, reason);
+  state.next = undefined;
+  state.trialKind = undefined;
+}
+
 /**
  * The rules, applied to a state in memory (caller holds the lock). Returns whether anything changed.
  * "A new boot" means the kernel boot id differs from the one recorded when the phase was entered; the
@@ -78,9 +85,7 @@ export async function reconcileState(
       ok: false,
       reason,
       update: (s) => {
-        markBad(s, version, reason);
-        s.next = undefined;
-        s.trialKind = undefined;
+        endFailedTrial(s, version, reason);
         s.phaseBootId = bootId;
       },
     });

@@ -10,7 +10,7 @@ import { MAX_REENTRIES, crashPoint, readBootId, runEvent, type LifecycleEvent } 
 import { migrateForCommit } from './migration-step.js';
 import type { Layout } from './paths.js';
 import { rebootMachine } from './reboot.js';
-import { markBad, reconcile } from './reconcile.js';
+import { endFailedTrial, reconcile } from './reconcile.js';
 import type { State } from './state.js';
 
 /**
@@ -139,9 +139,7 @@ export async function confirm(layout: Layout, config: Config, opts: { reboot: bo
       reason: failure,
       detail,
       update: (s) => {
-        markBad(s, version, failure);
-        s.next = undefined;
-        s.trialKind = undefined;
+        endFailedTrial(s, version, failure);
       },
     };
   });
@@ -197,9 +195,7 @@ export async function rollback(layout: Layout, config: Config, opts: { reboot: b
           version,
           reason,
           update: (s) => {
-            markBad(s, version, reason);
-            s.next = undefined;
-            s.trialKind = undefined;
+            endFailedTrial(s, version, reason);
           },
         };
       }

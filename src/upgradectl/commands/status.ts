@@ -5,6 +5,7 @@ import { reconcile } from '../reconcile.js';
 import type { Layout } from '../paths.js';
 import { bootedVersion } from '../../grub/boot-control.js';
 import { fmtBytes } from '../progress-view.js';
+import { readStagingProgress } from '../../release/stage.js';
 
 interface Download {
   version: string;
@@ -18,12 +19,9 @@ async function downloads(layout: Layout): Promise<Download[]> {
   const out: Download[] = [];
   for (const name of await fs.readdir(layout.stagingDir).catch(() => [] as string[])) {
     if (!name.endsWith('.progress.json')) continue;
-    try {
-      const p = JSON.parse(await fs.readFile(path.join(layout.stagingDir, name), 'utf8')) as { bytesDone: number; imageSize: number; updatedAt: string };
-      out.push({ version: name.slice(0, -'.progress.json'.length), bytesDone: p.bytesDone, total: p.imageSize, updatedAt: p.updatedAt });
-    } catch {
-      // A progress file being replaced right now: the next status shows it.
-    }
+    // Unreadable (being replaced right now): the next status shows it.
+    const p = await readStagingProgress(path.join(layout.stagingDir, name));
+    if (p) out.push({ version: name.slice(0, -'.progress.json'.length), bytesDone: p.bytesDone, total: p.imageSize, updatedAt: p.updatedAt });
   }
   return out;
 }
