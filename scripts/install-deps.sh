@@ -10,6 +10,7 @@ PACKAGES=(
   linux-image-amd64 initramfs-tools busybox-static kmod cpio   # the kernel and initramfs booted in QEMU
   debootstrap                     # a realistic Debian tree for migration and boot tests
   acl attr                        # ACLs and xattrs carried by migration
+  openssl                         # the boot tests' HTTPS release server certificate
 )
 if [ "$(id -u)" != 0 ]; then
   echo "run as root, or install by hand: apt-get install -y --no-install-recommends ${PACKAGES[*]}" >&2

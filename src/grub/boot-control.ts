@@ -3,13 +3,13 @@ import type { Config } from '../upgradectl/config.js';
 import { UpgradeError, errnoOf } from '../upgradectl/errors.js';
 import type { Layout } from '../upgradectl/paths.js';
 import type { State } from '../upgradectl/state.js';
-import { DISARM, armChange, updateBootEnv } from './boot-files.js';
+import { DISARM, armChange, newDefault, readBootEnv, updateBootEnv } from './boot-files.js';
 import type { GrubEnv } from './env.js';
-import { entryId } from './render.js';
+import { DEFAULT_TRIES_VAR, entryId } from './render.js';
 
 /**
  * The bootloader contract the lifecycle uses (after RAUC's bootchooser): which image booted, arm a
- * one-shot trial, make an image the default, disarm a trial. Each call rewrites grubenv in place; the
+ * one-shot trial, make an image the default, disarm a trial, clear the count of the default's starts. Each call rewrites grubenv in place; the
  * caller checkpoints the host filesystem (checkpointHost) before it relies on GRUB seeing the change.
  */
 
@@ -39,15 +39,27 @@ export async function bootedVersion(layout: Layout): Promise<string | undefined>
  * (docs/grub.md, "Hosts where save_env does not work").
  */
 export async function armTrial(layout: Layout, config: Config, state: State, version: string): Promise<GrubEnv> {
-  if (!config.boot.saveEnv) return updateBootEnv(layout, config, state, { ...DISARM, saved_entry: entryId(version) });
+  if (!config.boot.saveEnv) return updateBootEnv(layout, config, state, newDefault(version));
   const change: Record<string, string | null> = { ...armChange(version, config) };
   if (state.current) change.saved_entry = entryId(state.current);
   return updateBootEnv(layout, config, state, change);
 }
 
-/** Make `version` the default and drop any pending trial. */
+/** Make `version` the default, with no starts of it counted yet, and drop any pending trial. */
 export function setDefault(layout: Layout, config: Config, state: State, version: string): Promise<GrubEnv> {
-  return updateBootEnv(layout, config, state, { ...DISARM, saved_entry: entryId(version) });
+  return updateBootEnv(layout, config, state, newDefault(version));
+}
+
+/**
+ * The default came up: clear GRUB's count of its starts (docs/grub.md, "Boot counting of the
+ * default"). Returns whether grubenv was written; nothing is written when there is no count, so a
+ * machine that boots normally writes grubenv once per boot at most.
+ */
+export async function clearDefaultCount(layout: Layout, config: Config, state: State): Promise<boolean> {
+  const env = await readBootEnv(layout);
+  if (!env?.[DEFAULT_TRIES_VAR]) return false;
+  await updateBootEnv(layout, config, state, { [DEFAULT_TRIES_VAR]: null });
+  return true;
 }
 
 /** Drop a pending trial; the default becomes (or stays) `state.current`. */

@@ -12,7 +12,7 @@ import type { Layout } from '../upgradectl/paths.js';
 import type { State } from '../upgradectl/state.js';
 import { readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
 import { checkpointHost, detectHostUuid, type CheckpointResult } from './host-fs.js';
-import { entryId, renderGrubConfig, renderGrubFragment, type GrubConfigInput, type GrubEntry } from './render.js';
+import { DEFAULT_TRIES_VAR, entryId, renderGrubConfig, renderGrubFragment, type GrubConfigInput, type GrubEntry } from './render.js';
 
 /**
  * Boot files on the host partition, built from what is on disk (HOST/images, verified manifests) and
@@ -85,6 +85,7 @@ export async function buildGrubInput(layout: Layout, config: Config, state: Stat
     entries,
     panicTimeout: config.boot.panicTimeout,
     trialAttempts: config.boot.trialAttempts,
+    defaultAttempts: config.boot.defaultAttempts,
     kernelArgs: config.boot.kernelArgs,
     serialConsole: config.boot.serialConsole,
     menuTimeout: config.boot.menuTimeout,
@@ -130,7 +131,7 @@ export async function installGrubConfig(layout: Layout, text: string): Promise<v
 }
 
 /** The variables upgradectl owns in grubenv; everything else there (other tools') is kept. */
-export const ENV_KEYS = ['saved_entry', 'next_entry', 'upgradectl_trial', 'upgradectl_tries'] as const;
+export const ENV_KEYS = ['saved_entry', 'next_entry', 'upgradectl_trial', 'upgradectl_tries', DEFAULT_TRIES_VAR] as const;
 export type EnvChange = Partial<Record<(typeof ENV_KEYS)[number], string | null>>;
 
 /**
@@ -156,7 +157,13 @@ export function armChange(version: string, config: Config): Record<string, strin
   };
 }
 
+/** Drops a pending trial. The count of the default's starts stays: the default has not changed. */
 export const DISARM: EnvChange = { next_entry: null, upgradectl_trial: null, upgradectl_tries: null };
+
+/** The env change that makes `version` the default: no trial pending, and no starts of it counted yet. */
+export function newDefault(version: string): EnvChange {
+  return { ...DISARM, [DEFAULT_TRIES_VAR]: null, saved_entry: entryId(version) };
+}
 
 export async function readBootEnv(layout: Layout): Promise<GrubEnv | undefined> {
   const r = await readGrubEnvFile(layout.grubEnv);

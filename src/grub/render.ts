@@ -9,6 +9,10 @@
  *   upgradectl_trial   the trial entry id, for extra attempts
  *   upgradectl_tries   extra attempts left, as a chain of literal values "2" -> "1" -> "" (GRUB has no
  *                      arithmetic; each boot rewrites the flag to the next link, then boots the trial)
+ *   upgradectl_default_tries
+ *                      starts of the default that its OS has not cleared yet: "" -> "1" -> ... -> "<N>",
+ *                      written before the default boots. At "<N>" (or any value off the chain) GRUB boots
+ *                      the previous image instead, until the OS clears the count (reconcile.ts).
  */
 export interface GrubEntry {
   version: string;
@@ -28,6 +32,8 @@ export interface GrubConfigInput {
   panicTimeout: number;
   /** Boots of a trial image before GRUB falls back (1–3). */
   trialAttempts: number;
+  /** Starts of the default that may go uncleared before GRUB boots the previous image instead (1–5). */
+  defaultAttempts: number;
   /** The operator's kernel arguments, appended to every image entry. */
   kernelArgs: string;
   /** e.g. `ttyS0,115200`; empty for none. */
@@ -43,6 +49,19 @@ export interface GrubConfigInput {
 
 export const ENTRY_PREFIX = 'upgradectl-';
 export const FLASHER_ENTRY_ID = 'upgradectl-flasher';
+
+/** grubenv: GRUB's count of starts of the default that the booted OS has not cleared. */
+export const DEFAULT_TRIES_VAR = 'upgradectl_default_tries';
+
+/**
+ * Whether a count means GRUB has given up on the default: any value off the chain "", "1" … "<N-1>"
+ * that the rendered config advances, so exactly what sends GRUB to its last `else`.
+ */
+export function defaultTriesExhausted(value: string | undefined, attempts: number): boolean {
+  if (!value) return false;
+  for (let n = 1; n < attempts; n++) if (value === String(n)) return false;
+  return true;
+}
 
 export function entryId(version: string): string {
   return `${ENTRY_PREFIX}${version}`;
@@ -116,14 +135,15 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   if (full) {
     lines.push('if [ -s $prefix/grubenv ]; then', '  load_env', 'fi');
   }
-  // Never taken from grubenv: it only says whether this boot is a one-shot.
-  lines.push('set upgradectl_oneshot=');
+  // Never taken from grubenv: it only says whether this boot runs something other than the default
+  // (a trial, or the previous image after the default used up its starts).
+  lines.push('set upgradectl_not_default=');
   if (full) {
     // The one-shot: cleared and saved before booting, so a trial that hangs or panics is not retried
     // by this flag at the next reset.
-    lines.push('if [ "${next_entry}" ]; then', '  set default="${next_entry}"', '  set next_entry=', ...save('next_entry'), '  set upgradectl_oneshot=1');
+    lines.push('if [ "${next_entry}" ]; then', '  set default="${next_entry}"', '  set next_entry=', ...save('next_entry'), '  set upgradectl_not_default=1');
   } else {
-    lines.push('if [ "${boot_once}" = "true" ]; then', '  set upgradectl_oneshot=1');
+    lines.push('if [ "${boot_once}" = "true" ]; then', '  set upgradectl_not_default=1');
   }
   // Extra trial attempts: "2" -> "1" -> "", each link rewritten before the trial boots.
   for (let left = input.trialAttempts - 1; left >= 1; left--) {
@@ -133,25 +153,72 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
       '  set default="${upgradectl_trial}"',
       `  set upgradectl_tries=${nextValue}`,
       ...save('upgradectl_tries'),
-      '  set upgradectl_oneshot=1',
+      '  set upgradectl_not_default=1',
     );
   }
   lines.push('elif [ "${saved_entry}" ]; then', '  set default="${saved_entry}"');
   if (lastResort) lines.push('else', `  set default="${lastResort}"`);
   lines.push('fi');
+  if (input.entries.length === 0) return lines;
+  const previous = previousEntryNumber(input);
+  lines.push(...renderDefaultCount(input, previous));
   // fallback: GRUB boots it when the chosen entry fails to load (missing kernel, bad loopback).
   // Upstream GRUB (Debian's too) takes only entry NUMBERS here; ids and titles work in `default` but
   // not in `fallback` (matching them is a Fedora patch): "Failed to boot both default and fallback
   // entries". So the saved default's id is mapped to its position, which this config fixes.
-  const position = (version: string) => input.entries.findIndex((e) => e.version === version);
-  if (input.entries.length === 0) return lines;
-  lines.push('if [ "${upgradectl_oneshot}" ]; then');
+  lines.push('if [ "${upgradectl_not_default}" ]; then');
   input.entries.forEach((e, i) => {
     lines.push(`  ${i === 0 ? 'if' : 'elif'} [ "\${saved_entry}" = "${entryId(e.version)}" ]; then`, `    set fallback=${i}`);
   });
   lines.push('  else', '    set fallback=0', '  fi');
-  if (input.fallbackVersion && position(input.fallbackVersion) >= 0) lines.push('else', `  set fallback=${position(input.fallbackVersion)}`);
+  if (previous !== undefined) lines.push('else', `  set fallback=${previous}`);
   lines.push('fi');
+  return lines;
+}
+
+/** The previous image's entry number: GRUB's fallback for the default, and where a failing default goes. */
+function previousEntryNumber(input: GrubConfigInput): number | undefined {
+  if (input.fallbackVersion === undefined) return undefined;
+  const i = input.entries.findIndex((e) => e.version === input.fallbackVersion);
+  return i >= 0 ? i : undefined;
+}
+
+/**
+ * Boot counting of the default. GRUB's `fallback` only catches an entry that fails to LOAD; a default
+ * that loads and then dies (initramfs e2fsck refuses it, kernel panic, an OS that never comes up)
+ * would be started again at every reset, forever. So before a normal boot GRUB advances a count in
+ * grubenv ("" -> "1" -> ... -> "<N>", literal links: GRUB has no arithmetic), and the booted default's
+ * upgradectl clears it (reconcile). A count at N means N starts never came up: GRUB boots the previous
+ * image instead, and keeps doing so without writing until the OS clears it. N >= 2 by default, so one
+ * power cut in the middle of a good boot is not a rollback.
+ *
+ * Not rendered without a previous image (nothing better to boot: the default is started whatever the
+ * count says, so counting would only write grubenv at every boot) nor without save_env (GRUB could
+ * not record a start).
+ */
+function renderDefaultCount(input: GrubConfigInput, previous: number | undefined): string[] {
+  if (previous === undefined || input.saveEnv === false) return [];
+  const v = `\${${DEFAULT_TRIES_VAR}}`;
+  const lines = [
+    `# Boot counting of the default (docs/grub.md): GRUB counts starts, the booted OS clears the count.`,
+    'if [ -z "${upgradectl_not_default}" ]; then',
+  ];
+  for (let done = 0; done < input.defaultAttempts; done++) {
+    lines.push(
+      done === 0 ? `  if [ -z "${v}" ]; then` : `  elif [ "${v}" = "${done}" ]; then`,
+      `    set ${DEFAULT_TRIES_VAR}=${done + 1}`,
+      `    save_env ${DEFAULT_TRIES_VAR}`,
+    );
+  }
+  lines.push(
+    '  else',
+    // Started N times and never cleared: the default does not come up. The roles swap, as on a
+    // trial boot: the previous image boots, and the default is its fallback (upgradectl_not_default).
+    `    set default=${previous}`,
+    '    set upgradectl_not_default=1',
+    '  fi',
+    'fi',
+  );
   return lines;
 }
 
@@ -226,6 +293,7 @@ function validateInput(input: GrubConfigInput): void {
   };
   if (!UUID_RE.test(input.hostUuid)) bad(`host UUID '${input.hostUuid}' is not a filesystem UUID`);
   if (!Number.isInteger(input.trialAttempts) || input.trialAttempts < 1 || input.trialAttempts > 3) bad('trialAttempts must be 1–3');
+  if (!Number.isInteger(input.defaultAttempts) || input.defaultAttempts < 1 || input.defaultAttempts > 5) bad('defaultAttempts must be 1–5');
   if (!Number.isInteger(input.panicTimeout) || input.panicTimeout < 1) bad('panicTimeout must be a positive whole number');
   if (!Number.isInteger(input.menuTimeout) || input.menuTimeout < 0) bad('menuTimeout must be a whole number ≥ 0');
   if (input.serialConsole && !parseSerial(input.serialConsole)) bad(`serial console '${input.serialConsole}' is not ttySN[,speed]`);

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { UpgradeError, messageOf } from '../upgradectl/errors.js';
 import { ExecError, run } from '../upgradectl/exec.js';
@@ -41,6 +41,41 @@ export interface MigrateOptions {
   dryRun?: boolean;
 }
 
+/** Every program the migration runs, and the Debian package that has it. */
+const TOOLS: ReadonlyArray<readonly [tool: string, pkg: string]> = [
+  ['losetup', 'mount'], ['mount', 'mount'], ['umount', 'mount'], ['e2fsck', 'e2fsprogs'],
+  ['getfattr', 'attr'], ['setfattr', 'attr'],
+];
+
+/**
+ * A tool missing halfway through would leave a half-migrated image: look for all of them before the
+ * image is even attached, and name the packages to install.
+ */
+async function requireTools(): Promise<void> {
+  const missing = missingMigrationTools();
+  if (missing.length === 0) return;
+  const pkgs = [...new Set(missing.map(([, pkg]) => pkg))];
+  throw new MigrationError(`cannot migrate: ${missing.map(([tool]) => tool).join(', ')} not found on PATH (${process.env.PATH ?? ''})`, {
+    imageModified: false,
+    hint: `install them (Debian/Ubuntu: apt-get install ${pkgs.join(' ')}), then run the command again; the image was not touched`,
+  });
+}
+
+/** The migration's programs that are not on PATH, with their Debian packages (also for doctor). */
+export function missingMigrationTools(): Array<readonly [tool: string, pkg: string]> {
+  const dirs = (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').filter(Boolean);
+  return TOOLS.filter(([tool]) => !dirs.some((d) => isExecutable(path.join(d, tool))));
+}
+
+function isExecutable(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Migrate the whitelisted files of the running root (layout.root) into `imageFile`, the story of
  * DESIGN.md §7: read the whitelist, attach and mount the image, plan and check everything, write,
@@ -56,6 +91,7 @@ export async function migrateIntoImage(opts: MigrateOptions): Promise<MigrationR
       hint: 'prepare the image first: upgradectl prepare',
     });
   }
+  await requireTools();
   const whitelist = await loadWhitelistOrFail(opts.layout);
   // Until the plan is clean, nothing in the image has been written (the mount is read-only).
   let wrote = false;

@@ -71,7 +71,8 @@ export async function buildImage(opts: ImageBuildOptions): Promise<ImageBuildRes
         hint: 'give a larger --size, or check the tree is readable',
       });
     }
-    await fs.writeFile(cmdFile, entries.map((e) => timeCommands(e.rel, e.stat)).join(''));
+    const inodes = await inodesOfUnquotable(tmp, entries.map((e) => e.rel), env);
+    await fs.writeFile(cmdFile, entries.map((e) => timeCommands(e.rel, e.stat, inodes.get(e.rel))).join(''));
     await run('debugfs', ['-w', '-f', cmdFile, tmp], { env });
     await run('e2fsck', ['-fn', tmp], { env });
     await fs.rename(tmp, out);
@@ -144,13 +145,44 @@ async function walk(root: string): Promise<Array<{ rel: string; stat: Stats }>> 
   return out;
 }
 
-function timeCommands(rel: string, stat: Stats): string {
-  if (/["\n\\]/.test(rel)) {
-    log.warn(`image build: cannot normalise the times of ${JSON.stringify(rel)} (its name needs quoting debugfs lacks); the image may not be reproducible`);
-    return '';
+/** debugfs's command parser has no escapes: a name with a quote, backslash or newline cannot be written. */
+const UNQUOTABLE = /["\n\\]/;
+
+/**
+ * Inode numbers (in the new image) of the entries whose names debugfs cannot take, so that they can be
+ * named as <inode> instead. systemd's escaped unit names (system-systemd\x2dcryptsetup.slice) are in
+ * every Debian image. One `ls -p` of each such entry's parent directory, which must itself be quotable.
+ */
+async function inodesOfUnquotable(image: string, rels: string[], env: NodeJS.ProcessEnv): Promise<Map<string, number>> {
+  const byParent = new Map<string, string[]>();
+  for (const rel of rels.filter((r) => UNQUOTABLE.test(path.posix.basename(r)))) {
+    const parent = path.posix.dirname(rel);
+    byParent.set(parent, [...(byParent.get(parent) ?? []), rel]);
+  }
+  const inodes = new Map<string, number>();
+  for (const [parent, children] of byParent) {
+    if (UNQUOTABLE.test(parent)) continue;
+    const { stdout } = await run('debugfs', ['-R', `ls -p "${parent}"`, image], { env });
+    // Lines: /<inode>/<mode>/<uid>/<gid>/<name>/<size>/ (a name cannot contain "/").
+    for (const m of stdout.matchAll(/^\/(\d+)\/\d+\/\d+\/\d+\/([^/\n]*)\/\d*\/$/gm)) {
+      const rel = path.posix.join(parent, m[2]!);
+      if (children.includes(rel)) inodes.set(rel, Number(m[1]));
+    }
+  }
+  return inodes;
+}
+
+function timeCommands(rel: string, stat: Stats, inode: number | undefined): string {
+  let name = `"${rel}"`;
+  if (UNQUOTABLE.test(rel)) {
+    if (inode === undefined) {
+      log.warn(`image build: cannot normalise the times of ${JSON.stringify(rel)} (debugfs cannot name it); the image may not be reproducible`);
+      return '';
+    }
+    name = `<${inode}>`;
   }
   const t = Math.floor(stat.mtimeMs / 1000);
-  return `sif "${rel}" atime @${t}\nsif "${rel}" ctime @${t}\nsif "${rel}" atime_extra 0\nsif "${rel}" ctime_extra 0\n`;
+  return `sif ${name} atime @${t}\nsif ${name} ctime @${t}\nsif ${name} atime_extra 0\nsif ${name} ctime_extra 0\n`;
 }
 
 function uuidFrom(text: string): string {

@@ -37,7 +37,7 @@ export type Offer =
 
 /** A signed object: its exact bytes, checked against the trusted keys before anything parses them. */
 async function fetchSigned(source: Source, key: string, layout: Layout, policy: TrustPolicy): Promise<{ bytes: Buffer; signedBy?: string }> {
-  const where = `${source.url}/${key}`;
+  const where = locationOf(source, key);
   const bytes = await source.get(key);
   let sig: Buffer | undefined;
   try {
@@ -51,6 +51,11 @@ async function fetchSigned(source: Source, key: string, layout: Layout, policy: 
   }
   const keys = await loadTrustedKeys(layout.keysDir);
   return { bytes, signedBy: verifySignature(where, bytes, sig, keys, layout.keysDir) };
+}
+
+/** A key's full URL for messages (an http source's URL ends in a slash, a file or s3 one does not). */
+function locationOf(source: { url: string }, key: string): string {
+  return `${source.url.replace(/\/+$/, '')}/${key}`;
 }
 
 function parseJson<T>(bytes: Buffer, where: string): T {
@@ -91,7 +96,7 @@ export async function rolloutBucket(layout: Layout, version: string): Promise<nu
 /** The channel's newest release for this machine, or why there is nothing to do. */
 export async function checkChannel(source: Source, config: Config, layout: Layout, state: State, policy: TrustPolicy): Promise<Offer> {
   const key = channelKey(config.source.channel);
-  const where = `${source.url}/${key}`;
+  const where = locationOf(source, key);
   let fetched;
   try {
     fetched = await fetchSigned(source, key, layout, policy);
@@ -133,7 +138,7 @@ export async function fetchRelease(
   manifestKey = releaseKeys(version).manifest,
 ): Promise<ResolvedRelease> {
   assertVersion(version);
-  const where = `${source.url}/${manifestKey}`;
+  const where = locationOf(source, manifestKey);
   let fetched;
   try {
     fetched = await fetchSigned(source, manifestKey, layout, policy);

@@ -19,6 +19,9 @@ export interface Command {
   run(ctx: CommandContext): Promise<CommandResult>;
 }
 
+/** Command name -> loader of its module (loaded only when that command runs). */
+export type CommandTable = Record<string, () => Promise<Command>>;
+
 export interface CommandResult {
   /** The --json document. */
   data: unknown;
@@ -35,7 +38,7 @@ const GLOBAL_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
 
-export async function runCli(argv: string[], commands: Record<string, Command>): Promise<number> {
+export async function runCli(argv: string[], commands: CommandTable): Promise<number> {
   let json = argv.includes('--json');
   try {
     const { globals, name, rest } = splitGlobals(argv);
@@ -43,7 +46,7 @@ export async function runCli(argv: string[], commands: Record<string, Command>):
     if (globals.verbose) setLogLevel('debug');
     if (globals.quiet) setLogLevel('warn');
     if (globals.help || !name || name === 'help') {
-      process.stdout.write(usage(commands));
+      process.stdout.write(await usage(commands));
       return name || globals.help ? 0 : 2;
     }
     // `image build` is a two-word command.
@@ -53,10 +56,11 @@ export async function runCli(argv: string[], commands: Record<string, Command>):
       key = `${name} ${rest[0]}`;
       args = rest.slice(1);
     }
-    const command = commands[key];
-    if (!command) {
+    const load = commands[key];
+    if (!load) {
       throw new UpgradeError('USAGE', `unknown command '${name}'`, { hint: 'run upgradectl --help for the list of commands' });
     }
+    const command = await load();
     const parsed = parseCommandArgs(key, command, args);
     if (parsed.options.help) {
       process.stdout.write(`usage: upgradectl [--root DIR] [--json] ${command.usage}\n  ${command.summary}\n`);
@@ -112,8 +116,8 @@ function reportError(err: unknown, json: boolean): number {
   return code === 'USAGE' ? 2 : 1;
 }
 
-function usage(commands: Record<string, Command>): string {
-  const lines = Object.entries(commands).map(([, c]) => `  ${c.usage.padEnd(52)} ${c.summary}`);
+async function usage(commands: CommandTable): Promise<string> {
+  const lines = (await Promise.all(Object.values(commands).map((load) => load()))).map((c) => `  ${c.usage.padEnd(52)} ${c.summary}`);
   return [
     'usage: upgradectl [--root DIR] [--json] [--verbose|--quiet] COMMAND ...',
     '',

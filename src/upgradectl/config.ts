@@ -28,6 +28,12 @@ export interface Config {
     panicTimeout: number;
     /** Trial boots of a new image before GRUB falls back to the previous one (1–3). */
     trialAttempts: number;
+    /**
+     * Starts of the default image that may go by without the booted OS clearing GRUB's count before
+     * GRUB boots the previous image instead (1–5). 2 so that one power cut during a normal boot does not
+     * roll the machine back (docs/grub.md, "Boot counting of the default").
+     */
+    defaultAttempts: number;
     kernelArgs: string;
     /** e.g. `ttyS0,115200`; empty for none. */
     serialConsole: string;
@@ -99,6 +105,7 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     boot: {
       panicTimeout: int('boot', 'panic_timeout', 10, 1, 3600),
       trialAttempts: int('boot', 'trial_attempts', 1, 1, 3),
+      defaultAttempts: int('boot', 'default_attempts', 2, 1, 5),
       kernelArgs: str('boot', 'kernel_args') ?? '',
       serialConsole: str('boot', 'serial_console') ?? '',
       menuTimeout: int('boot', 'menu_timeout', 0, 0, 600),

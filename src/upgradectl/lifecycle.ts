@@ -15,6 +15,7 @@ import { loadState, saveState, type HistoryEntry, type Phase, type State } from 
  *     |                  |                    |                        |
  *     |                  +------cancel--------+--boot-old--> rolled-back <--confirm-failed / rollback--+
  *     +--rollback (boot previous once)--> committed
+ *     +--default-failed (GRUB gave up on the default, the previous image runs)--> rolled-back
  */
 export type LifecycleEvent =
   | 'prepare'
@@ -25,6 +26,7 @@ export type LifecycleEvent =
   | 'adopt'
   | 'confirm-ok'
   | 'confirm-failed'
+  | 'default-failed'
   | 'rollback'
   | 'cancel';
 
@@ -43,6 +45,11 @@ const TRANSITIONS: ReadonlyArray<readonly [from: readonly Phase[], event: Lifecy
   [['idle', 'rolled-back'], 'adopt', 'idle'],
   [['trying'], 'confirm-ok', 'idle'],
   [['trying'], 'confirm-failed', 'rolled-back'],
+  // Reconciliation: the default was started [boot] default_attempts times without coming up, so GRUB
+  // booted the previous image; that one becomes the default. A prepared upgrade stays prepared. A
+  // committed or trying machine first ends its trial (boot-old), then this applies from rolled-back.
+  [['idle', 'rolled-back'], 'default-failed', 'rolled-back'],
+  [['prepared'], 'default-failed', 'prepared'],
   // Manual rollback: from a settled machine, boot the previous image once (then confirm it);
   // during a trial, abandon it.
   [['idle', 'rolled-back'], 'rollback', 'committed'],

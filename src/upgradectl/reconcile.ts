@@ -1,11 +1,12 @@
 import { existsSync } from 'node:fs';
-import { readBootEnv } from '../grub/boot-files.js';
-import { bootedVersion, disarmTrial } from '../grub/boot-control.js';
+import { installGrubConfig, readBootEnv, renderForLayout } from '../grub/boot-files.js';
+import { bootedVersion, clearDefaultCount, disarmTrial, setDefault } from '../grub/boot-control.js';
+import type { GrubEnv } from '../grub/env.js';
 import { checkpointHost } from '../grub/host-fs.js';
-import { entryId } from '../grub/render.js';
+import { DEFAULT_TRIES_VAR, defaultTriesExhausted, entryId, versionOfEntry } from '../grub/render.js';
 import { loadConfig, type Config } from './config.js';
 import { isUpgradeError, messageOf } from './errors.js';
-import { applyEvent, readBootId, record } from './lifecycle.js';
+import { allowed, applyEvent, readBootId, record } from './lifecycle.js';
 import { acquireLock } from './lock.js';
 import { log } from './log.js';
 import type { Layout } from './paths.js';
@@ -13,21 +14,26 @@ import { loadState, saveState, type State } from './state.js';
 
 /**
  * Boot-time reconciliation (DESIGN.md §4): compare the persisted state with what actually booted
- * (DIR/proc/cmdline) and record what happened across the reboot. Run by confirm, rollback, commit,
- * status and the daemon; idempotent, and a no-op (no lock, no write) when there is nothing to learn.
+ * (DIR/proc/cmdline) and record what happened across the reboot. Run by confirm (the boot unit runs
+ * `confirm --if-trial` on every boot), rollback, commit, status and the daemon; idempotent, and a
+ * no-op (no lock, no write) when there is nothing to learn.
  */
 export async function reconcile(layout: Layout): Promise<State> {
   const seen = await loadState(layout);
   const booted = await bootedVersion(layout);
   const bootId = readBootId(layout);
-  if (!mayChange(layout, seen, booted, bootId)) return seen;
+  // GRUB counted a start of the default: this boot must clear it, or judge the default failed.
+  const counted = booted !== undefined && Boolean((await readBootEnv(layout))?.[DEFAULT_TRIES_VAR]);
+  if (!counted && !mayChange(layout, seen, booted, bootId)) return seen;
   let lock;
   try {
     lock = await acquireLock(layout, 'reconcile');
   } catch (err) {
     // Another operation holds the lock (a long prepare): it will see the same facts later.
     if (isUpgradeError(err, 'LOCKED')) {
-      log.debug(`reconcile skipped: ${messageOf(err)}`);
+      if (counted) {
+        log.warn(`GRUB's count of starts of the default (${DEFAULT_TRIES_VAR}) was not cleared: ${messageOf(err)}; upgradectl status clears it once that is done`);
+      } else log.debug(`reconcile skipped: ${messageOf(err)}`);
       return seen;
     }
     throw err;
@@ -62,6 +68,16 @@ export function endFailedTrial(state: State, version: string, reason: string): v
 }
 
 /**
+ * A default that never came up (GRUB gave up counting its starts): it is marked bad, and the image
+ * that runs instead becomes current. It is no longer its own rollback target.
+ */
+export function endFailedDefault(state: State, failed: string, running: string, reason: string): void {
+  state.current = running;
+  if (state.previous === running) state.previous = undefined;
+  markBad(state, failed, reason);
+}
+
+/**
  * The rules, applied to a state in memory (caller holds the lock). Returns whether anything changed.
  * "A new boot" means the kernel boot id differs from the one recorded when the phase was entered; the
  * same boot (e.g. after commit --no-reboot) never counts as a failed trial.
@@ -73,8 +89,24 @@ export async function reconcileState(
   booted: string | undefined,
   bootId: string | undefined,
 ): Promise<boolean> {
-  const newBoot = bootId !== undefined && bootId !== state.phaseBootId;
+  // grubenv as GRUB left it for this boot, before the rules below rewrite it.
   const env = await readBootEnv(layout);
+  const trialChanged = await reconcileTrial(layout, config, state, booted, bootId, env);
+  // After the trial rules: a failed trial is recorded (boot-old) before a failed default.
+  const defaultChanged = await reconcileDefaultCount(layout, config, state, booted, bootId, env);
+  return trialChanged || defaultChanged;
+}
+
+/** What became of a pending trial, commit or rollback across the reboot. */
+async function reconcileTrial(
+  layout: Layout,
+  config: Config,
+  state: State,
+  booted: string | undefined,
+  bootId: string | undefined,
+  env: GrubEnv | undefined,
+): Promise<boolean> {
+  const newBoot = bootId !== undefined && bootId !== state.phaseBootId;
   // Armed and not consumed: GRUB has not run the one-shot yet (with save_env off, "armed" is the default).
   const stillArmed = (v: string | undefined) => v !== undefined && config.boot.saveEnv && env?.next_entry === entryId(v);
   const bootedAs = booted ?? 'an image upgradectl does not manage';
@@ -193,6 +225,94 @@ export async function reconcileState(
     }
   }
   return false;
+}
+
+/**
+ * GRUB's count of starts of the default (docs/grub.md, "Boot counting of the default"). Only a boot of
+ * the default itself clears it: anything else running means the default did not come up this time
+ * (GRUB fell back, or gave up on it). Once the count is exhausted, whatever runs instead (the previous
+ * image GRUB boots then, or one picked in the menu) becomes the default and the default is marked bad.
+ * Returns whether the state changed.
+ */
+async function reconcileDefaultCount(
+  layout: Layout,
+  config: Config,
+  state: State,
+  booted: string | undefined,
+  bootId: string | undefined,
+  env: GrubEnv | undefined,
+): Promise<boolean> {
+  const count = env?.[DEFAULT_TRIES_VAR];
+  if (!count || booted === undefined) return false;
+  const failed = versionOfEntry(env?.saved_entry);
+  if (booted === failed) {
+    await clearCount(layout, config, state);
+    return false;
+  }
+  // A trial runs: GRUB does not count trial boots, and the trial's end settles the default.
+  if (booted === state.next && state.phase === 'trying') return false;
+  if (!failed || !defaultTriesExhausted(count, config.boot.defaultAttempts)) {
+    log.warn(`the default image ${failed ?? env?.saved_entry ?? '(none)'} did not come up at this boot (${booted} runs; GRUB's count ${DEFAULT_TRIES_VAR}=${count})`);
+    return false;
+  }
+  if (state.current === booted && state.bad[failed]) {
+    // Recorded by an earlier run whose boot-file writes failed: only those are left to do.
+    await makeRunningDefault(layout, config, state, booted);
+    return false;
+  }
+  if (!allowed(state.phase, 'default-failed')) {
+    log.warn(`the default image ${failed} did not come up in ${count} starts, but the machine is ${state.phase}; left for the end of that`);
+    return false;
+  }
+  const reason = `the default image ${failed} was started ${count} times without coming up (GRUB's ${DEFAULT_TRIES_VAR}=${count}, [boot] default_attempts = ${config.boot.defaultAttempts}); GRUB booted ${booted} instead, which is now the default`;
+  applyEvent(state, 'default-failed', {
+    version: failed,
+    ok: false,
+    reason,
+    update: (s) => {
+      endFailedDefault(s, failed, booted, reason);
+      s.phaseBootId = bootId;
+    },
+  });
+  // The state first: cut off after it, the next reconciliation finds the count still exhausted and
+  // only rewrites the boot files (above). Cut off before, it decides the same again.
+  await saveState(layout, state);
+  await makeRunningDefault(layout, config, state, booted);
+  return true;
+}
+
+/** The default came up: GRUB starts counting afresh at the next boot. */
+async function clearCount(layout: Layout, config: Config, state: State): Promise<void> {
+  try {
+    // An unclean reset after an uncheckpointed write would show GRUB the old count (FACTS.md): two
+    // such boots in a row would look like a default that never came up.
+    if (await clearDefaultCount(layout, config, state)) await checkpointHost(layout.host);
+  } catch (err) {
+    log.warn(`could not clear ${DEFAULT_TRIES_VAR} in ${layout.grubEnv}: ${messageOf(err)}; GRUB boots the previous image after ${config.boot.defaultAttempts} uncleared starts`);
+  }
+}
+
+/** After the default failed: the running image is GRUB's default, and grub.cfg is rendered for the new current/previous. */
+async function makeRunningDefault(layout: Layout, config: Config, state: State, version: string): Promise<void> {
+  try {
+    await setDefault(layout, config, state, version);
+  } catch (err) {
+    // GRUB keeps booting `version` anyway while the exhausted count stays in grubenv.
+    log.warn(`could not make ${version} the default in ${layout.grubEnv}: ${messageOf(err)}; run upgradectl grub-config --write`);
+    return;
+  }
+  try {
+    // The old grub.cfg would count starts of `version` against itself as the previous image: harmless,
+    // but the menu order, the fallback and the counting follow the new current and previous from here.
+    await installGrubConfig(layout, await renderForLayout(layout, config, state));
+  } catch (err) {
+    log.warn(`could not rewrite ${layout.grubCfg} after switching the default to ${version}: ${messageOf(err)}; run upgradectl grub-config --write`);
+  }
+  try {
+    await checkpointHost(layout.host);
+  } catch (err) {
+    log.warn(`could not checkpoint ${layout.host} after switching the default to ${version}: ${messageOf(err)}`);
+  }
 }
 
 function clearTrial(bootId: string | undefined) {

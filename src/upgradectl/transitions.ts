@@ -1,8 +1,7 @@
 import { existsSync } from 'node:fs';
 import { armTrial, bootedVersion, disarmTrial } from '../grub/boot-control.js';
-import { DISARM, writeBootFiles } from '../grub/boot-files.js';
+import { newDefault, writeBootFiles } from '../grub/boot-files.js';
 import { checkpointHost } from '../grub/host-fs.js';
-import { entryId } from '../grub/render.js';
 import type { Config } from './config.js';
 import { UpgradeError } from './errors.js';
 import { runBlockingHooks, runHooks, type HookRun } from './hooks.js';
@@ -112,7 +111,7 @@ export async function confirm(layout: Layout, config: Config, opts: { reboot: bo
       await ctl.mark('set-default');
       const after: State = { ...state, phase: 'idle', current: version, previous: state.current, next: undefined };
       // After this write GRUB boots `version` by default; the state follows right after.
-      await writeBootFiles(layout, config, after, { ...DISARM, saved_entry: entryId(version) });
+      await writeBootFiles(layout, config, after, newDefault(version));
       crashPoint('confirm:default-set');
       return {
         event: 'confirm-ok',

@@ -71,6 +71,12 @@ export async function buildBusyboxTree(dir: string, opts: BusyboxImageOptions): 
   await fs.copyFile(opts.kernel.vmlinuz, path.join(dir, 'vmlinuz'));
   await fs.copyFile(opts.kernel.initrd, path.join(dir, 'initrd.img'));
   await fs.writeFile(path.join(dir, 'etc/upgradectl-test-version'), `${opts.version}\n`);
+  // Account databases, as any OS image has: commit merges the machine's accounts into them and refuses
+  // an image without them, which would stop a scenario before the boot it is about.
+  await fs.writeFile(path.join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  await fs.writeFile(path.join(dir, 'etc/group'), 'root:x:0:\n');
+  await fs.writeFile(path.join(dir, 'etc/shadow'), 'root:*:20000:0:99999:7:::\n', { mode: 0o640 });
+  await fs.writeFile(path.join(dir, 'etc/gshadow'), 'root:*::\n', { mode: 0o640 });
   await fs.writeFile(path.join(dir, 'sbin/init'), initScript(opts.version, opts.action), { mode: 0o755 });
 }
 

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs, rmSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { UpgradeError } from '../../src/upgradectl/errors.js';
 import { log } from '../../src/upgradectl/log.js';
 import { MARKER } from './busybox-image.js';
@@ -32,6 +33,36 @@ export interface VmOptions {
    * GRUB: for initramfs cases that need a command line GRUB would never write. ~7 s faster per boot.
    */
   directKernel?: { kernel: string; initrd: string; append: string };
+  /**
+   * QEMU user networking, restricted: the guest reaches nothing but these forwards, each of which
+   * connects to a port on the host's 127.0.0.1. Without it the VM has no network card at all.
+   */
+  guestfwd?: GuestForward[];
+  /** Blobs the guest reads under /sys/firmware/qemu_fw_cfg/by_name/<name>/raw: name -> host file. */
+  fwCfg?: Record<string, string>;
+  /** Also copy each serial console line here as it arrives (the demo streams the console to a terminal). */
+  echo?: (line: string) => void;
+}
+
+/** Guest connections to guestAddr:guestPort are carried to 127.0.0.1:hostPort on the host. */
+export interface GuestForward {
+  guestAddr: string;
+  guestPort: number;
+  hostPort: number;
+}
+
+/**
+ * QEMU runs this once per guest connection (guestfwd=...-cmd:) with the connection on its stdin and
+ * stdout. A `tcp:` chardev target would be opened once, at QEMU's start, and carry one connection only.
+ */
+const TCP_PIPE = fileURLToPath(new URL('./tcp-pipe.mjs', import.meta.url));
+
+function networkArgs(forwards: GuestForward[] | undefined): string[] {
+  if (!forwards) return ['-nic', 'none'];
+  // restrict=on: no packet leaves for the outside world or the host; only the explicit forwards work.
+  // Commas inside an option value are doubled for QEMU's option parser.
+  const fwd = forwards.map((f) => `,guestfwd=tcp:${f.guestAddr}:${f.guestPort}-cmd:${process.execPath} ${TCP_PIPE} ${f.hostPort}`.replace(/(?<=cmd:.*),/g, ',,'));
+  return ['-nic', `user,model=virtio-net-pci,restrict=on${fwd.join('')}`];
 }
 
 /** One kernel start on the serial console and what followed it until the next one. */
@@ -102,9 +133,8 @@ export class Vm {
       '-serial', `file:${opts.logFile}`,
       // GRUB has no virtio driver but reads the disk through BIOS int13; Linux uses virtio_blk.
       '-drive', `file=${opts.disk},format=raw,if=virtio,cache=writeback`,
-      // No network: none of these scenarios needs one. (The upgrade scenarios will: user networking with
-      // restrict=on and a guestfwd to the host's 127.0.0.1 only.)
-      '-nic', 'none',
+      ...networkArgs(opts.guestfwd),
+      ...Object.entries(opts.fwCfg ?? {}).flatMap(([name, file]) => ['-fw_cfg', `name=${name},file=${file}`]),
       ...(opts.allowReboot ? [] : ['-no-reboot']),
       ...(opts.directKernel
         ? ['-kernel', opts.directKernel.kernel, '-initrd', opts.directKernel.initrd, '-append', opts.directKernel.append]
@@ -287,6 +317,7 @@ export class Vm {
     // eslint-disable-next-line no-control-regex
     const text = raw.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
     this.lines.push({ atMs: this.elapsedMs(), text });
+    this.opts.echo?.(text);
     if (KERNEL_START.test(text)) {
       this.kernelStarts += 1;
       if (this.kernelStarts > this.opts.maxBoots) void this.kill(`more than ${this.opts.maxBoots} kernel boots (boot loop?)`);

@@ -1,12 +1,13 @@
 import t from 'tap';
 import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { skipUnless } from '../helpers/requirements.js';
-import { renderGrubConfig, renderGrubFragment, entryId, versionOfEntry, type GrubConfigInput } from '../../src/grub/render.js';
+import { defaultTriesExhausted, renderGrubConfig, renderGrubFragment, entryId, versionOfEntry, type GrubConfigInput } from '../../src/grub/render.js';
 import { checkGrubScript, collectEntries, installGrubConfig, renderForLayout } from '../../src/grub/boot-files.js';
 import { parseBootedVersion } from '../../src/grub/boot-control.js';
 import { parseConfig } from '../../src/upgradectl/config.js';
 import { Layout } from '../../src/upgradectl/paths.js';
 import { makeMachine, HOST_UUID } from '../upgradectl/fixtures/machine.js';
+import { defaultCountOf } from '../helpers/assert.js';
 
 const skip = skipUnless({ commands: ['grub-script-check'] });
 
@@ -19,6 +20,7 @@ const base: GrubConfigInput = {
   ],
   panicTimeout: 10,
   trialAttempts: 1,
+  defaultAttempts: 2,
   kernelArgs: 'console=ttyS1 $notavar',
   serialConsole: '',
   menuTimeout: 0,
@@ -30,6 +32,8 @@ const cases: Array<[string, GrubConfigInput]> = [
   ['three attempts, serial console, menu', { ...base, trialAttempts: 3, serialConsole: 'ttyS0,115200', menuTimeout: 5 }],
   ['two attempts, save_env off', { ...base, trialAttempts: 2, saveEnv: false }],
   ['a single image, no fallback', { ...base, entries: [base.entries[0]!], fallbackVersion: undefined }],
+  ['default counted once', { ...base, defaultAttempts: 1 }],
+  ['default counted five times, three trial attempts', { ...base, defaultAttempts: 5, trialAttempts: 3 }],
   ['no images at all', { ...base, entries: [], fallbackVersion: undefined }],
   ['with the flasher', { ...base, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: 'upgradectl.flasher=1' } }],
 ];
@@ -47,7 +51,9 @@ for (const [name, input] of cases) {
     t.equal(new Set([...cfg.matchAll(/loopback (\S+)/g)].map((m) => m[1])).size, input.entries.length, 'a distinct loop name per entry');
     t.notMatch(cfg, /expr|\$\(\(|\+\+|-= /, 'no arithmetic');
     const saves = cfg.match(/save_env/g)?.length ?? 0;
-    t.equal(saves, input.saveEnv === false ? 0 : input.trialAttempts, 'one save_env per one-shot link');
+    const counted = input.saveEnv !== false && input.fallbackVersion !== undefined;
+    t.equal(saves, input.saveEnv === false ? 0 : input.trialAttempts + (counted ? input.defaultAttempts : 0), 'one save_env per one-shot link and per counted start');
+    t.equal(cfg.includes('upgradectl_default_tries'), counted, counted ? 'the default is counted' : 'no counting without a previous image or save_env');
   });
 }
 
@@ -57,10 +63,55 @@ t.test('trial attempts are a chain of literal flags', async (t) => {
   t.match(cfg, /elif \[ "\$\{upgradectl_tries\}" = "2" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_tries=1\n  save_env upgradectl_tries/);
   t.match(cfg, /elif \[ "\$\{upgradectl_tries\}" = "1" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_tries=\n/);
   // GRUB takes only entry numbers for fallback: the saved default's id is mapped to its position.
-  t.match(cfg, /if \[ "\$\{upgradectl_oneshot\}" \]; then\n  if \[ "\$\{saved_entry\}" = "upgradectl-2026.11.1" \]; then\n    set fallback=0\n  elif \[ "\$\{saved_entry\}" = "upgradectl-2026.11.2" \]; then\n    set fallback=1\n/);
+  t.match(cfg, /if \[ "\$\{upgradectl_not_default\}" \]; then\n  if \[ "\$\{saved_entry\}" = "upgradectl-2026.11.1" \]; then\n    set fallback=0\n  elif \[ "\$\{saved_entry\}" = "upgradectl-2026.11.2" \]; then\n    set fallback=1\n/);
   t.match(cfg, /\nelse\n  set fallback=2\nfi/, 'outside a trial: the previous image by number');
   t.notMatch(cfg, /set fallback="/, 'never an id or a title');
   t.notMatch(renderGrubConfig(base), /upgradectl_tries/, 'one attempt: no chain');
+});
+
+t.test('starts of the default are a chain of literal counts; used up, the previous image boots', async (t) => {
+  const cfg = renderGrubConfig({ ...base, defaultAttempts: 3 });
+  const count = cfg.slice(cfg.indexOf('# Boot counting of the default'), cfg.indexOf('if [ "${upgradectl_not_default}" ]; then'));
+  t.equal(
+    count,
+    [
+      '# Boot counting of the default (docs/grub.md): GRUB counts starts, the booted OS clears the count.',
+      'if [ -z "${upgradectl_not_default}" ]; then',
+      '  if [ -z "${upgradectl_default_tries}" ]; then',
+      '    set upgradectl_default_tries=1',
+      '    save_env upgradectl_default_tries',
+      '  elif [ "${upgradectl_default_tries}" = "1" ]; then',
+      '    set upgradectl_default_tries=2',
+      '    save_env upgradectl_default_tries',
+      '  elif [ "${upgradectl_default_tries}" = "2" ]; then',
+      '    set upgradectl_default_tries=3',
+      '    save_env upgradectl_default_tries',
+      '  else',
+      '    set default=2',
+      '    set upgradectl_not_default=1',
+      '  fi',
+      'fi',
+      '',
+    ].join('\n'),
+    'counted only outside a trial; the previous image (entry 2) by number once used up',
+  );
+  t.ok(cfg.indexOf('# Boot counting') > cfg.indexOf('set default="${saved_entry}"'), 'after the default is chosen');
+  t.match(cfg, /\nelse\n  set fallback=2\nfi/, 'the fallback is the same previous image');
+  t.same(defaultCountOf(cfg), { attempts: 3, instead: 'upgradectl-2026.10.9~rc1' });
+  const fragment = renderGrubFragment({ ...base, defaultAttempts: 3 });
+  t.match(fragment, /if \[ "\$\{boot_once\}" = "true" \]; then\n  set upgradectl_not_default=1\n/, 'update-grub: 00_header\'s one-shot is not counted either');
+  t.same(defaultCountOf(fragment), { attempts: 3, instead: 'upgradectl-2026.10.9~rc1' });
+  t.notMatch(renderGrubConfig({ ...base, fallbackVersion: undefined }), /upgradectl_default_tries/, 'no previous image: nothing to count for');
+  t.notMatch(renderGrubConfig({ ...base, saveEnv: false }), /upgradectl_default_tries/, 'no save_env: GRUB cannot count');
+});
+
+t.test('a count GRUB has given up on is exactly what sends it to the previous image', async (t) => {
+  for (const [value, attempts, exhausted] of [
+    [undefined, 2, false], ['', 2, false], ['1', 2, false], ['2', 2, true], ['3', 2, true], ['x', 2, true],
+    ['1', 1, true], ['4', 5, false], ['5', 5, true], ['01', 3, true],
+  ] as const) {
+    t.equal(defaultTriesExhausted(value, attempts), exhausted, `${JSON.stringify(value)} of ${attempts}`);
+  }
 });
 
 t.test('kernel arguments are quoted for GRUB; plain ones stay bare', async (t) => {
@@ -78,6 +129,8 @@ t.test('input that would inject GRUB commands is refused', async (t) => {
   t.throws(() => renderGrubConfig({ ...base, entries: [{ ...base.entries[0]!, version: '1.0 }' }] }), /not a valid version/);
   t.throws(() => renderGrubConfig({ ...base, entries: [{ ...base.entries[0]!, kernel: '/vmlinuz; halt' }] }), /plain path/);
   t.throws(() => renderGrubConfig({ ...base, trialAttempts: 4 }), /1–3/);
+  t.throws(() => renderGrubConfig({ ...base, defaultAttempts: 0 }), /defaultAttempts must be 1–5/);
+  t.throws(() => renderGrubConfig({ ...base, defaultAttempts: 6 }), /defaultAttempts must be 1–5/);
   t.throws(() => renderGrubConfig({ ...base, entries: [base.entries[0]!, base.entries[0]!] }), /twice/);
 });
 

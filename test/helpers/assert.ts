@@ -22,3 +22,16 @@ export function fallbackEntryId(grubCfg: string): string | undefined {
   const ids = [...grubCfg.matchAll(/^menuentry .*--id[ =]'?([^\s'{]+)'?/gm)].map((x) => x[1]);
   return ids[Number(m[1])];
 }
+
+/**
+ * Boot counting of the default as a grub.cfg renders it (src/grub/render.ts): how many starts GRUB
+ * counts, and the entry id it boots instead once they are used up. Undefined when the config does not
+ * count (no previous image, save_env off, or not upgradectl's config).
+ */
+export function defaultCountOf(grubCfg: string): { attempts: number; instead: string } | undefined {
+  const links = [...grubCfg.matchAll(/\n    set upgradectl_default_tries=(\d+)\n/g)].map((m) => Number(m[1]));
+  const gaveUp = /\n  else\n    set default=(\d+)\n    set upgradectl_not_default=1\n/.exec(grubCfg);
+  if (links.length === 0 || !gaveUp) return undefined;
+  const ids = [...grubCfg.matchAll(/^menuentry .*--id[ =]'?([^\s'{]+)'?/gm)].map((x) => x[1]!);
+  return { attempts: Math.max(...links), instead: ids[Number(gaveUp[1])]! };
+}

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { accessSync, constants, existsSync, promises as fs, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +15,23 @@ import { run } from '../../src/upgradectl/exec.js';
  */
 
 export const SUITE = 'bookworm';
-const TARBALL = `debian-${SUITE}-minbase.tar`;
+
+/** What is installed on top of debootstrap's minbase. Each flavour is its own cached tarball. */
+export interface DebianFlavour {
+  name: string;
+  include: string[];
+}
+
+/** Real /etc files and account databases: the migration tests. */
+export const MINBASE: DebianFlavour = { name: 'minbase', include: [] };
+
+/**
+ * What a bootable image running upgradectl needs besides Node: systemd as init, udev (systemd-networkd
+ * waits for udev to initialise a link before configuring it), grub-common (grub-script-check checks
+ * every grub.cfg before it is installed), attr (migration copies extended attributes with getfattr and
+ * setfattr) and the CA bundle for https:// sources.
+ */
+export const SYSTEMD: DebianFlavour = { name: 'systemd', include: ['systemd-sysv', 'udev', 'grub-common', 'ca-certificates', 'attr'] };
 /** A build older than this is treated as abandoned by a killed test run. */
 const STALE_LOCK_MS = 15 * 60_000;
 
@@ -56,12 +73,15 @@ export function debianMirror(): string {
 }
 
 /** Path of the cached tarball, building it first when it is missing. */
-export async function debianRootTarball(): Promise<string> {
+export async function debianRootTarball(flavour: DebianFlavour = MINBASE): Promise<string> {
   const dir = cacheDir();
-  const tarball = path.join(dir, TARBALL);
+  // The package list is part of the name: adding a package must not reuse a tarball built without it.
+  const packages = createHash('sha256').update(flavour.include.join(',')).digest('hex').slice(0, 8);
+  const name = flavour.include.length ? `debian-${SUITE}-${flavour.name}-${packages}.tar` : `debian-${SUITE}-${flavour.name}.tar`;
+  const tarball = path.join(dir, name);
   if (existsSync(tarball)) return tarball;
   await fs.mkdir(dir, { recursive: true });
-  const lock = path.join(dir, `${TARBALL}.building`);
+  const lock = path.join(dir, `${name}.building`);
   for (;;) {
     try {
       await fs.mkdir(lock);
@@ -78,11 +98,12 @@ export async function debianRootTarball(): Promise<string> {
   try {
     if (existsSync(tarball)) return tarball;
     const target = path.join(lock, 'root');
-    await run('debootstrap', ['--variant=minbase', SUITE, target, debianMirror()], { timeoutMs: 15 * 60_000 });
+    const include = flavour.include.length > 0 ? [`--include=${flavour.include.join(',')}`] : [];
+    await run('debootstrap', ['--variant=minbase', ...include, SUITE, target, debianMirror()], { timeoutMs: 15 * 60_000 });
     // Nothing of the build host may leak in: drop the apt cache and debootstrap's own leftovers.
     await fs.rm(path.join(target, 'var/cache/apt/archives'), { recursive: true, force: true });
     await fs.mkdir(path.join(target, 'var/cache/apt/archives/partial'), { recursive: true });
-    const tmp = path.join(lock, TARBALL);
+    const tmp = path.join(lock, name);
     await run('tar', ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '-C', target, '-cf', tmp, '.']);
     await fs.rename(tmp, tarball);
     return tarball;
@@ -95,8 +116,8 @@ export async function debianRootTarball(): Promise<string> {
  * Unpack the cached Debian root into `dest` (created if needed). `only` limits it to some top-level
  * paths (e.g. ['etc']) when a test needs a realistic /etc but not a whole OS.
  */
-export async function extractDebianRoot(dest: string, opts: { only?: string[] } = {}): Promise<void> {
-  const tarball = await debianRootTarball();
+export async function extractDebianRoot(dest: string, opts: { only?: string[]; flavour?: DebianFlavour } = {}): Promise<void> {
+  const tarball = await debianRootTarball(opts.flavour);
   await fs.mkdir(dest, { recursive: true });
   const members = (opts.only ?? []).map((p) => `./${p.replace(/^\/+/, '')}`);
   await run('tar', ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '-C', dest, '-xf', tarball, ...members]);

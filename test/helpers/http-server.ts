@@ -1,5 +1,6 @@
 import { promises as fs, type BigIntStats } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 
@@ -45,7 +46,7 @@ export interface FaultControl {
 }
 
 export interface TestHttpServer {
-  /** `http://127.0.0.1:PORT/` */
+  /** `http://127.0.0.1:PORT/` (https:// with the tls option) */
   url: string;
   port: number;
   faults: FaultControl;
@@ -61,7 +62,12 @@ export interface TestHttpServer {
 
 const CHUNK = 64 * 1024;
 
-export async function startHttpServer(root: string): Promise<TestHttpServer> {
+export interface HttpServerOptions {
+  /** Serve HTTPS with this key and certificate (PEM) instead of plain HTTP. */
+  tls?: { key: string; cert: string };
+}
+
+export async function startHttpServer(root: string, opts: HttpServerOptions = {}): Promise<TestHttpServer> {
   const faults: Fault[] = [];
   const requests: RequestRecord[] = [];
 
@@ -80,7 +86,7 @@ export async function startHttpServer(root: string): Promise<TestHttpServer> {
     return hit;
   };
 
-  const server = http.createServer((req, res) => {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const urlPath = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
     const record: RequestRecord = {
       method: req.method ?? '',
@@ -104,7 +110,8 @@ export async function startHttpServer(root: string): Promise<TestHttpServer> {
         res.destroy();
       }
     });
-  });
+  };
+  const server = opts.tls ? https.createServer({ key: opts.tls.key, cert: opts.tls.cert }, handler) : http.createServer(handler);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
@@ -116,7 +123,7 @@ export async function startHttpServer(root: string): Promise<TestHttpServer> {
   });
 
   return {
-    url: `http://127.0.0.1:${port}/`,
+    url: `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}/`,
     port,
     requests,
     get connections() {

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { formatMigrationReport, migrateIntoImage, planMigration } from '../../src/migrate/index.js';
+import { formatMigrationReport, migrateIntoImage, MigrationError, planMigration } from '../../src/migrate/index.js';
 import { Layout } from '../../src/upgradectl/paths.js';
 import { run } from '../../src/upgradectl/exec.js';
 import { skipUnless } from '../helpers/requirements.js';
@@ -129,6 +129,33 @@ t.test('default whitelist into a real Debian image', { skip }, async (t) => {
     await t.resolves(run('pwck', ['-r', '-q', '-R', chroot]), 'pwck accepts passwd/shadow');
     t.same(JSON.parse(JSON.stringify(report)), report, 'JSON-serialisable for the state history');
     t.match(formatMigrationReport(report), /e2fsck -n: clean/);
+  });
+
+  t.test('a missing tool is reported before the image is touched', async (t) => {
+    // A PATH with every tool the migration runs except getfattr/setfattr (package attr): seen for real
+    // on a Debian image without attr, where it used to fail halfway through writing.
+    const bin = path.join(dir, 'bin-without-attr');
+    await fs.mkdir(bin, { recursive: true });
+    for (const tool of ['losetup', 'mount', 'umount', 'e2fsck']) {
+      const { stdout } = await run('sh', ['-c', `command -v ${tool}`]);
+      await fs.symlink(stdout.trim(), path.join(bin, tool));
+    }
+    const before = await sha256File(image);
+    const savedPath = process.env.PATH;
+    process.env.PATH = bin;
+    t.teardown(() => {
+      process.env.PATH = savedPath;
+    });
+    const err = await migrateIntoImage({ layout, imageFile: image }).then(
+      () => undefined,
+      (e: unknown) => e as MigrationError,
+    );
+    process.env.PATH = savedPath;
+    t.ok(err instanceof MigrationError, 'a MigrationError');
+    t.equal(err?.imageModified, false, 'the image is declared untouched');
+    t.match(err?.message, /getfattr, setfattr not found on PATH/);
+    t.match(err?.hint, /apt-get install attr/, 'the hint names the package');
+    t.equal(await sha256File(image), before, 'and it is: same bytes');
   });
 
   t.test('cleaned up', async (t) => {

@@ -46,7 +46,7 @@ t.test('decodeFrame rejects damaged frames', async (t) => {
   badMagic[0] = 0;
   t.throws(() => decodeFrame(badMagic, raw.length), Lz4FormatError, 'magic');
   const badHeader = Buffer.from(frame);
-  badHeader[14] ^= 0xff;
+  badHeader[14] = badHeader[14]! ^ 0xff;
   t.throws(() => decodeFrame(badHeader, raw.length), /header checksum/);
   t.throws(() => decodeFrame(Buffer.from(frame), raw.length + 1), /decodes to/, 'wrong length');
 });

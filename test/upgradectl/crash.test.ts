@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawnSync, execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -57,7 +57,7 @@ async function setUp(dir: string, setup: Setup): Promise<Layout> {
 }
 
 /** Always, even right after a crash: GRUB's default names an image that exists, and so does any one-shot. */
-function assertBootable(t: Tap.Test, layout: Layout, when: string): void {
+function assertBootable(t: Test, layout: Layout, when: string): void {
   const env = envList(layout);
   t.ok(env.saved_entry, `${when}: grubenv has a default`);
   const def = env.saved_entry?.replace(/^upgradectl-/, '') ?? '';
@@ -69,7 +69,7 @@ function assertBootable(t: Tap.Test, layout: Layout, when: string): void {
 }
 
 /** The state tells the truth about grubenv and about what runs (after recovery). */
-function assertTruthful(t: Tap.Test, layout: Layout, s: State, booted: string | undefined, when: string): void {
+function assertTruthful(t: Test, layout: Layout, s: State, booted: string | undefined, when: string): void {
   const env = envList(layout);
   t.equal(env.saved_entry, `upgradectl-${s.current}`, `${when}: GRUB's default is the recorded current image`);
   if (s.phase === 'committed') t.equal(env.next_entry, `upgradectl-${s.next}`, `${when}: committed means the one-shot is armed`);
@@ -79,9 +79,6 @@ function assertTruthful(t: Tap.Test, layout: Layout, s: State, booted: string | 
   if (s.phase !== 'trying') t.notOk(env.upgradectl_tries && s.phase !== 'committed', `${when}: no trial attempts left over`);
 }
 
-declare namespace Tap {
-  type Test = typeof t;
-}
 
 interface Case {
   setup: Setup;

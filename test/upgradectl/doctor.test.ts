@@ -58,3 +58,10 @@ t.test('grub-config prints a checked config; --write installs it and repairs gru
 function editDefault(file: string, id: string): void {
   execFileSync('grub-editenv', [file, 'set', `saved_entry=${id}`]);
 }
+
+t.test('doctor shows GRUB\'s count of starts of the default that the booted OS has not cleared', { skip }, async (t) => {
+  const layout = makeMachine(t.testdir(), { images: ['1.0'], current: '1.0' });
+  execFileSync('grub-editenv', [layout.grubEnv, 'set', 'upgradectl_default_tries=1']);
+  const f = await diagnose(layout);
+  t.match(f.find((x) => x.check === 'grubenv'), { level: 'ok', message: /^default 1\.0, 1 start\(s\) of it not yet cleared by the booted OS \(upgradectl_default_tries\)$/ });
+});

@@ -3,10 +3,11 @@ import path from 'node:path';
 import { collectEntries, imageVersions } from '../../grub/boot-files.js';
 import { readGrubEnvFile } from '../../grub/env.js';
 import { detectHostUuid, saveEnvCapability } from '../../grub/host-fs.js';
-import { versionOfEntry } from '../../grub/render.js';
+import { DEFAULT_TRIES_VAR, versionOfEntry } from '../../grub/render.js';
 import type { Command } from '../cli.js';
 import { loadConfig, type Config } from '../config.js';
 import { messageOf } from '../errors.js';
+import { missingMigrationTools } from '../../migrate/index.js';
 import { run } from '../exec.js';
 import type { Layout } from '../paths.js';
 import { loadState, type State } from '../state.js';
@@ -91,6 +92,12 @@ async function checkGrubTools(): Promise<Array<Omit<Finding, 'check'>>> {
       out.push({ level: 'error', message: `${tool} is not installed`, fix: 'apt-get install grub-common' });
     }
   }
+  const missing = missingMigrationTools();
+  if (missing.length > 0) {
+    out.push({ level: 'error', message: `commit cannot migrate files: ${missing.map(([tool]) => tool).join(', ')} not installed`, fix: `apt-get install ${[...new Set(missing.map(([, pkg]) => pkg))].join(' ')}` });
+  } else {
+    out.push({ level: 'ok', message: 'migration tools found (losetup, mount, e2fsck, getfattr, setfattr)' });
+  }
   return out;
 }
 
@@ -116,7 +123,9 @@ async function checkGrubEnv(layout: Layout, state: State | undefined): Promise<O
   const def = versionOfEntry(r.env.saved_entry);
   if (!def) return { level: state?.current ? 'error' : 'warn', message: `${layout.grubEnv} names no upgradectl default (saved_entry=${r.env.saved_entry ?? ''})`, fix: 'upgradectl grub-config --write' };
   if (!existsSync(layout.imageFile(def))) return { level: 'error', message: `the default image ${layout.imageFile(def)} is missing`, fix: 'upgradectl grub-config --write, or upgradectl rollback' };
-  return { level: 'ok', message: `default ${def}${r.env.next_entry ? `, one-shot ${r.env.next_entry}` : ''}` };
+  // GRUB's count of the default's starts (docs/grub.md): set between GRUB and the boot's reconciliation.
+  const starts = r.env[DEFAULT_TRIES_VAR] ? `, ${r.env[DEFAULT_TRIES_VAR]} start(s) of it not yet cleared by the booted OS (${DEFAULT_TRIES_VAR})` : '';
+  return { level: 'ok', message: `default ${def}${r.env.next_entry ? `, one-shot ${r.env.next_entry}` : ''}${starts}` };
 }
 
 async function checkImages(layout: Layout, state: State): Promise<Array<Omit<Finding, 'check'>>> {

@@ -1,0 +1,155 @@
+import t, { type Test } from 'tap';
+import { skipUnless } from '../helpers/requirements.js';
+import { Fleet, IDENTITY } from './fleet.js';
+import { BOOT_REQUIREMENTS } from './requirements.js';
+import { secs } from './machine.js';
+import type { Vm } from './qemu.js';
+import { PANIC_TRIAL_SCRIPT, UPGRADE_SCRIPT, bootToConfirm } from './scenarios.js';
+
+/**
+ * The real upgrade flow, inside VMs: a Debian + systemd + Node image with upgradectl installed, a
+ * release server on the host's 127.0.0.1 reached through QEMU's restricted user network, and
+ * upgradectl doing everything itself (prepare, commit, confirm-on-boot, rollback).
+ *
+ * Scenario 2 runs first and its end state (v2 confirmed, v1 kept as previous) is snapshotted; the
+ * scenarios after it each start from that snapshot, so one failing does not fail the others, and v2
+ * is downloaded and confirmed once, not four times.
+ *
+ * Every VM run hands the image's test driver a script (fleet.ts); what it saves is read from the disk
+ * after the VM is off. Each run prints its wall time; docs/boot-tests.md lists typical figures.
+ */
+
+// Five VM runs of a systemd image: longer than the suite's per-file timeout (package.json), which
+// stays short for everything else.
+t.setTimeout(40 * 60_000);
+
+const skip = skipUnless({ ...BOOT_REQUIREMENTS, commands: [...(BOOT_REQUIREMENTS.commands ?? []), 'openssl', 'debootstrap', 'depmod', 'modprobe'] });
+
+/** A Debian boot under TCG takes ~25 s to the driver; prepare of a ~300 MB image ~60 s more. */
+const RUN_TIMEOUT_MS = 12 * 60_000;
+
+t.test('upgrade flow in a VM (scenarios 2, 3, 4, 5, 7)', { skip }, async (t) => {
+  const fleet = await Fleet.create(t.testdir());
+  t.teardown(() => fleet.close());
+  t.comment(`v1 installed, disk built in ${fleet.buildSeconds.toFixed(1)} s`);
+  t.comment(`v2 built and published in ${(await fleet.release('2', { kind: 'debian' })).toFixed(1)} s`);
+
+  const runVm = async (tt: Test, name: string, maxBoots: number, script: string): Promise<Vm> => {
+    const vm = await fleet.start({ name, maxBoots, script });
+    tt.teardown(() => vm.kill('test teardown'));
+    const exit = await vm.waitForExit(RUN_TIMEOUT_MS);
+    tt.equal(exit.killedBecause, undefined, `${name}: the machine powered itself off (no boot loop, no hang)`);
+    tt.comment(`${name}: ${vm.boots().length} boots in ${secs(vm.elapsedMs())} s: ${vm.boots().map((b) => b.image).join(' -> ')}`);
+    return vm;
+  };
+
+  await t.test('scenario 2: prepare and commit inside v1, trial boot of v2, confirm, v2 is the default', async (t) => {
+    const vm = await runVm(t, 'flow-2-upgrade', 4, UPGRADE_SCRIPT);
+    t.same(vm.boots().map((b) => b.image), ['/images/1.img', '/images/2.img', '/images/2.img'], 'v1, the trial of v2, then v2 as the default');
+
+    const prepare = await fleet.saved('prepare');
+    t.equal(prepare?.rc, 0, 'prepare succeeded inside v1');
+    t.match(prepare?.out, /prepared 2/, 'prepare fetched the channel\'s newest, 2');
+    t.equal((await fleet.saved('commit'))?.rc, 0, 'commit succeeded');
+    const downtime = bootToConfirm(vm);
+    t.ok(downtime, 'the trial boot reached the driver after confirm');
+    if (downtime) {
+      t.comment(`boot-to-confirm (the downtime of an upgrade): ${secs(downtime.totalMs)} s = shutdown, firmware and GRUB ${secs(downtime.toKernelMs)} s + kernel to confirmed ${secs(downtime.kernelToConfirmedMs)} s`);
+    }
+
+    const trial = await fleet.savedJson('trial-status');
+    t.match(trial, { booted: '2', current: '2', previous: '1', phase: 'idle' }, 'confirm-on-boot made the trial the default before the driver ran');
+    t.match(trial.last, { event: /^confirm/, ok: true }, 'the last step was the confirm');
+
+    const identity = (await fleet.saved('identity'))?.out.split('\n') ?? [];
+    t.equal(identity[0], IDENTITY.hostname, 'hostname migrated');
+    t.equal(identity[1], '600 root', 'SSH host key migrated with its mode and owner');
+    t.equal(identity[2]?.split(' ')[0], fleet.identity.sshKeySha256, 'SSH host key migrated byte for byte');
+    t.match(identity[3], new RegExp(`^${IDENTITY.user}:x:${IDENTITY.uid}:${IDENTITY.uid}:`), 'the operator account is there');
+    t.equal(identity[4], IDENTITY.passwordHash, 'with its password hash');
+
+    const after = await fleet.savedJson('after-status');
+    t.match(after, { booted: '2', current: '2', phase: 'idle' }, 'v2 booted as the default');
+    t.match(await fleet.grubEnv(), { saved_entry: 'upgradectl-2' }, 'GRUB\'s default is v2 on disk');
+    t.notOk((await fleet.grubEnv()).next_entry, 'no one-shot left armed');
+  });
+
+  if (!t.passing()) {
+    t.fail('scenario 2 failed: the scenarios that start from its end state were not run');
+    return;
+  }
+  // Every scenario below starts here: v2 confirmed as the default, v1 kept as the previous image.
+  const upgraded = await fleet.snapshot('after-scenario-2');
+
+  await t.test('scenario 7: rollback from v2 goes to v1, and back to v2', async (t) => {
+    await fleet.restore(upgraded);
+    const vm = await runVm(t, 'flow-7-rollback', 4, `
+case $BOOT:$VERSION in
+1:2) save rollback upgradectl rollback --no-reboot && systemctl reboot ;;
+2:1) save on-v1 upgradectl --json status && save rollback-back upgradectl rollback --no-reboot && systemctl reboot ;;
+3:2) save back-on-v2 upgradectl --json status && systemctl poweroff ;;
+*) marker unexpected boot=$BOOT version=$VERSION; exit 1 ;;
+esac`);
+    t.same(vm.boots().map((b) => b.image), ['/images/2.img', '/images/1.img', '/images/2.img'], 'v2, v1, v2');
+    t.equal((await fleet.saved('rollback'))?.rc, 0, 'rollback on v2 succeeded');
+    t.match(await fleet.savedJson('on-v1'), { booted: '1', current: '1', previous: '2', phase: 'idle' }, 'v1 confirmed as the default, v2 kept as previous');
+    t.equal((await fleet.saved('rollback-back'))?.rc, 0, 'rollback on v1 succeeded');
+    t.match(await fleet.savedJson('back-on-v2'), { booted: '2', current: '2', previous: '1', phase: 'idle' }, 'back on v2 as the default');
+    t.match(await fleet.grubEnv(), { saved_entry: 'upgradectl-2' }, 'GRUB\'s default is v2 again');
+  });
+
+  await t.test('scenario 3: v3 panics at boot; the machine is back on v2 by itself and v3 is never offered again', async (t) => {
+    await fleet.restore(upgraded);
+    t.comment(`v3 (init panics) built and published in ${(await fleet.release('3', { kind: 'panic' })).toFixed(1)} s`);
+    const vm = await runVm(t, 'flow-3-panic', 4, PANIC_TRIAL_SCRIPT);
+    const boots = vm.boots();
+    t.same(boots.map((b) => b.image), ['/images/2.img', '/images/3.img', '/images/2.img'], 'v2, the trial of v3, v2');
+    t.match(boots[1]?.text, /Kernel panic/, 'v3 panicked');
+    t.match((await fleet.saved('prepare'))?.out, /prepared 3/, 'prepare fetched v3');
+    const status = await fleet.savedJson('status');
+    t.match(status, { booted: '2', current: '2' }, 'v2 is running and the default');
+    t.ok(status.bad?.['3'], 'v3 is recorded as failed');
+    t.comment(`v3 failed: ${status.bad?.['3']?.reason}`);
+    const again = await fleet.saved('prepare-again');
+    t.equal(again?.rc, 0, 'prepare on v2 is not an error');
+    t.match(again?.out, /nothing to prepare: 3 failed its trial before/, 'v3 is not offered again');
+  });
+
+  await t.test('scenarios 5 and 4: power cut right after commit, then v4 fails its health check and rolls back', async (t) => {
+    await fleet.restore(upgraded);
+    const health = '#!/bin/sh\necho "app: cannot reach its database" >&2\nexit 1\n';
+    t.comment(`v4 (failing health check) built and published in ${(await fleet.release('4', { kind: 'debian', files: { '/etc/upgradectl/health.d/50-app': { content: health, mode: 0o755 } } })).toFixed(1)} s`);
+
+    // Scenario 5: commit returns, and the power goes before any reboot or shutdown could flush anything.
+    const cut = await fleet.start({
+      name: 'flow-5-power-cut',
+      maxBoots: 1,
+      script: `
+case $BOOT:$VERSION in
+1:2) save prepare upgradectl prepare && UPGRADECTL_REBOOT_COMMAND=true upgradectl commit && marker commit-returned && sleep 3600 ;;
+*) marker unexpected boot=$BOOT version=$VERSION; exit 1 ;;
+esac`,
+    });
+    t.teardown(() => cut.kill('test teardown'));
+    await cut.waitForLine(/UPGRADECTL-MARKER commit-returned/, RUN_TIMEOUT_MS, 'commit returning');
+    await cut.kill('power cut right after commit returned');
+    t.comment(`flow-5-power-cut: power cut ${secs(cut.elapsedMs())} s after power-on`);
+    const env = await fleet.grubEnv();
+    t.match(env, { saved_entry: 'upgradectl-2', next_entry: 'upgradectl-4' }, 'GRUB sees the armed trial on disk (no journal replay needed)');
+    t.match((await fleet.hostFile('/boot/grub/grub.cfg'))?.toString(), /loopback \S+ \/images\/4\.img/, 'and the grub.cfg with v4\'s entry');
+
+    // Scenario 4: the next power-on boots the trial; its health check fails; it rolls back by itself.
+    const vm = await runVm(t, 'flow-4-health-fails', 3, `
+case $BOOT:$VERSION in
+*:4) marker trial-still-running ;;
+*:2) save status upgradectl --json status && save prepare-again upgradectl prepare && systemctl poweroff ;;
+*) marker unexpected boot=$BOOT version=$VERSION; exit 1 ;;
+esac`);
+    const boots = vm.boots();
+    t.same(boots.map((b) => b.image), ['/images/4.img', '/images/2.img'], 'the trial of v4, then v2');
+    const status = await fleet.savedJson('status');
+    t.match(status, { booted: '2', current: '2' }, 'back on v2 as the default');
+    t.match(status.bad?.['4']?.reason, /health\.d\/50-app .*app: cannot reach its database/, 'v4 is recorded as failed by its health check, in the check\'s own words');
+    t.match((await fleet.saved('prepare-again'))?.out, /nothing to prepare: 4 failed its trial before/, 'v4 is not offered again');
+  });
+});
