@@ -91,21 +91,27 @@ export async function reconcileState(
 ): Promise<boolean> {
   // grubenv as GRUB left it for this boot, before the rules below rewrite it.
   const env = await readBootEnv(layout);
-  const trialChanged = await reconcileTrial(layout, config, state, booted, bootId, env);
+  const boot: BootFacts = { layout, config, state, booted, bootId, env };
+  const trialChanged = await reconcileTrial(boot);
   // After the trial rules: a failed trial is recorded (boot-old) before a failed default.
-  const defaultChanged = await reconcileDefaultCount(layout, config, state, booted, bootId, env);
+  const defaultChanged = await reconcileDefaultCount(boot);
   return trialChanged || defaultChanged;
 }
 
+/** What one reconciliation knows about this boot; `state` is updated in place. */
+interface BootFacts {
+  layout: Layout;
+  config: Config;
+  state: State;
+  booted: string | undefined;
+  bootId: string | undefined;
+  /** grubenv as GRUB left it for this boot. */
+  env: GrubEnv | undefined;
+}
+
 /** What became of a pending trial, commit or rollback across the reboot. */
-async function reconcileTrial(
-  layout: Layout,
-  config: Config,
-  state: State,
-  booted: string | undefined,
-  bootId: string | undefined,
-  env: GrubEnv | undefined,
-): Promise<boolean> {
+async function reconcileTrial(boot: BootFacts): Promise<boolean> {
+  const { layout, config, state, booted, bootId, env } = boot;
   const newBoot = bootId !== undefined && bootId !== state.phaseBootId;
   // Armed and not consumed: GRUB has not run the one-shot yet (with save_env off, "armed" is the default).
   const stillArmed = (v: string | undefined) => v !== undefined && config.boot.saveEnv && env?.next_entry === entryId(v);
@@ -234,14 +240,8 @@ async function reconcileTrial(
  * image GRUB boots then, or one picked in the menu) becomes the default and the default is marked bad.
  * Returns whether the state changed.
  */
-async function reconcileDefaultCount(
-  layout: Layout,
-  config: Config,
-  state: State,
-  booted: string | undefined,
-  bootId: string | undefined,
-  env: GrubEnv | undefined,
-): Promise<boolean> {
+async function reconcileDefaultCount(boot: BootFacts): Promise<boolean> {
+  const { layout, config, state, booted, bootId, env } = boot;
   const count = env?.[DEFAULT_TRIES_VAR];
   if (!count || booted === undefined) return false;
   const failed = versionOfEntry(env?.saved_entry);

@@ -313,11 +313,15 @@ export class Vm {
   }
 
   private addLine(raw: string): void {
-    // Strip CR and the ANSI sequences GRUB's serial terminal emits, so lines compare as plain text.
+    // Strip CR and the ANSI sequences GRUB's serial terminal and systemd's status lines emit (CSI
+    // sequences and two-byte ones like ESC M), so lines compare as plain text. The bytes were kept as
+    // latin1 until the line was whole, so a UTF-8 character split across reads decodes intact here.
     // eslint-disable-next-line no-control-regex
-    const text = raw.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
+    const clean = Buffer.from(raw, 'latin1').toString('utf8').replace(/\x1b(?:\[[0-9;?]*[A-Za-z]|[@-Z\\-_])/g, '');
+    const text = clean.replace(/\r/g, '');
     this.lines.push({ atMs: this.elapsedMs(), text });
-    this.opts.echo?.(text);
+    // A terminal would show only what the last carriage return left (progress bars redraw one line).
+    if (this.opts.echo) this.opts.echo(clean.split('\r').filter(Boolean).at(-1) ?? '');
     if (KERNEL_START.test(text)) {
       this.kernelStarts += 1;
       if (this.kernelStarts > this.opts.maxBoots) void this.kill(`more than ${this.opts.maxBoots} kernel boots (boot loop?)`);
