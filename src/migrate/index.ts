@@ -52,19 +52,19 @@ const TOOLS: ReadonlyArray<readonly [tool: string, pkg: string]> = [
  * image is even attached, and name the packages to install.
  */
 async function requireTools(): Promise<void> {
-  const missing = missingMigrationTools();
+  const { missing, packages } = findMigrationTools();
   if (missing.length === 0) return;
-  const pkgs = [...new Set(missing.map(([, pkg]) => pkg))];
-  throw new MigrationError(`cannot migrate: ${missing.map(([tool]) => tool).join(', ')} not found on PATH (${process.env.PATH ?? ''})`, {
+  throw new MigrationError(`cannot migrate: ${missing.join(', ')} not found on PATH (${process.env.PATH ?? ''})`, {
     imageModified: false,
-    hint: `install them (Debian/Ubuntu: apt-get install ${pkgs.join(' ')}), then run the command again; the image was not touched`,
+    hint: `install them (Debian/Ubuntu: apt-get install ${packages.join(' ')}), then run the command again; the image was not touched`,
   });
 }
 
-/** The migration's programs that are not on PATH, with their Debian packages (also for doctor). */
-export function missingMigrationTools(): Array<readonly [tool: string, pkg: string]> {
+/** The migration's programs, which of them are not on PATH, and the Debian packages that have those (also for doctor). */
+export function findMigrationTools(): { all: string[]; missing: string[]; packages: string[] } {
   const dirs = (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').filter(Boolean);
-  return TOOLS.filter(([tool]) => !dirs.some((d) => isExecutable(path.join(d, tool))));
+  const missing = TOOLS.filter(([tool]) => !dirs.some((d) => isExecutable(path.join(d, tool))));
+  return { all: TOOLS.map(([tool]) => tool), missing: missing.map(([tool]) => tool), packages: [...new Set(missing.map(([, pkg]) => pkg))] };
 }
 
 function isExecutable(file: string): boolean {

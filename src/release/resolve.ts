@@ -9,7 +9,7 @@ import { channelKey, releaseKeys } from './layout.js';
 import { CHANNEL_FORMAT, assertVersion, compareVersions, type Channel, type Manifest } from './manifest.js';
 import { validateManifest } from './manifest-check.js';
 import { loadTrustedKeys, verifySignature } from './signing.js';
-import type { Source } from './sources/source.js';
+import { objectUrl, type Source } from './sources/source.js';
 
 export interface TrustPolicy {
   allowUnsigned: boolean;
@@ -37,7 +37,7 @@ export type Offer =
 
 /** A signed object: its exact bytes, checked against the trusted keys before anything parses them. */
 async function fetchSigned(source: Source, key: string, layout: Layout, policy: TrustPolicy): Promise<{ bytes: Buffer; signedBy?: string }> {
-  const where = locationOf(source, key);
+  const where = objectUrl(source, key);
   const bytes = await source.get(key);
   let sig: Buffer | undefined;
   try {
@@ -51,11 +51,6 @@ async function fetchSigned(source: Source, key: string, layout: Layout, policy: 
   }
   const keys = await loadTrustedKeys(layout.keysDir);
   return { bytes, signedBy: verifySignature(where, bytes, sig, keys, layout.keysDir) };
-}
-
-/** A key's full URL for messages (an http source's URL ends in a slash, a file or s3 one does not). */
-function locationOf(source: { url: string }, key: string): string {
-  return `${source.url.replace(/\/+$/, '')}/${key}`;
 }
 
 function parseJson<T>(bytes: Buffer, where: string): T {
@@ -96,7 +91,7 @@ export async function rolloutBucket(layout: Layout, version: string): Promise<nu
 /** The channel's newest release for this machine, or why there is nothing to do. */
 export async function checkChannel(source: Source, config: Config, layout: Layout, state: State, policy: TrustPolicy): Promise<Offer> {
   const key = channelKey(config.source.channel);
-  const where = locationOf(source, key);
+  const where = objectUrl(source, key);
   let fetched;
   try {
     fetched = await fetchSigned(source, key, layout, policy);
@@ -138,7 +133,7 @@ export async function fetchRelease(
   manifestKey = releaseKeys(version).manifest,
 ): Promise<ResolvedRelease> {
   assertVersion(version);
-  const where = locationOf(source, manifestKey);
+  const where = objectUrl(source, manifestKey);
   let fetched;
   try {
     fetched = await fetchSigned(source, manifestKey, layout, policy);

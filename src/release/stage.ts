@@ -11,7 +11,7 @@ import { releaseKeys } from './layout.js';
 import type { Frame, Manifest } from './manifest.js';
 import type { Progress } from './progress.js';
 import type { ResolvedRelease } from './resolve.js';
-import type { Source } from './sources/source.js';
+import { objectUrl, type Source } from './sources/source.js';
 
 /**
  * `.staging/<v>.progress.json`: what of a download is already on disk and verified. It is only ever
@@ -70,7 +70,7 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
   const { manifest } = release;
   const version = manifest.version;
   const payloadKey = `${releaseKeys(version).dir}/${manifest.payload.path}`;
-  const payloadUrl = `${source.url}/${payloadKey}`;
+  const payloadUrl = objectUrl(source, payloadKey);
   await fs.mkdir(layout.stagingDir, { recursive: true });
   const paths = stagingPaths(layout, version);
 

@@ -157,10 +157,9 @@ async function slim(tree: string): Promise<void> {
   }
 }
 
-/** Node from this machine (Node 20 is what upgradectl is built for; bookworm ships 18). */
+/** The Node running the tests (Node 20 is what upgradectl is built for; bookworm ships 18). */
 async function installNode(tree: string): Promise<void> {
-  const { stdout } = await run('sh', ['-c', 'command -v node']);
-  const node = await fs.realpath(stdout.trim());
+  const node = await fs.realpath(process.execPath);
   await fs.copyFile(node, path.join(tree, 'usr/bin/node'));
   await fs.chmod(path.join(tree, 'usr/bin/node'), 0o755);
   // The Node binary links libstdc++ and libgcc_s; minbase has both. Anything else must fail here, not at boot.

@@ -2,7 +2,7 @@ import { createHash, generateKeyPairSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeBootFiles } from '../../src/grub/boot-files.js';
-import { parseGrubEnv, type GrubEnv } from '../../src/grub/env.js';
+import type { GrubEnv } from '../../src/grub/env.js';
 import { buildImage } from '../../src/release/image-build.js';
 import { parseConfig } from '../../src/upgradectl/config.js';
 import { run } from '../../src/upgradectl/exec.js';
@@ -17,7 +17,7 @@ import { buildBusyboxTree } from './busybox-image.js';
 import { FW_CFG_RUN, FW_CFG_SCRIPT, buildDebianImage } from './debian-image.js';
 import { buildHostDisk, installGrubModules, readHostFile, type HostDisk } from './disk.js';
 import { bootKernel, type BootKernel } from './kernel.js';
-import { HOST_UUID } from './machine.js';
+import { HOST_UUID, envOnDisk } from './machine.js';
 import { serialLogPath, Vm } from './qemu.js';
 
 /**
@@ -205,10 +205,8 @@ export class Fleet {
   }
 
   /** grubenv as GRUB will read it at the next power-on (no journal replay). */
-  async grubEnv(): Promise<GrubEnv> {
-    const block = await readHostFile(this.disk, '/boot/grub/grubenv');
-    if (!block) throw new Error(`no /boot/grub/grubenv on ${this.disk.file}`);
-    return parseGrubEnv(block, `${this.disk.file}:/boot/grub/grubenv`);
+  grubEnv(): Promise<GrubEnv> {
+    return envOnDisk(this);
   }
 
   /** The machine's disk as it is now, kept as `name` so later scenarios can each start from it. */

@@ -118,7 +118,7 @@ export function powerOn(t: Teardown, machine: Machine, opts: Pick<VmOptions, 'al
 }
 
 /** grubenv as GRUB left it on the disk (read without journal replay, i.e. as GRUB itself reads it). */
-export async function envOnDisk(machine: Machine): Promise<GrubEnv> {
+export async function envOnDisk(machine: { disk: HostDisk }): Promise<GrubEnv> {
   const block = await readHostFile(machine.disk, '/boot/grub/grubenv');
   if (!block) throw new Error(`no /boot/grub/grubenv on ${machine.disk.file}`);
   return parseGrubEnv(block, `${machine.disk.file}:/boot/grub/grubenv`);

@@ -8,7 +8,7 @@ import { grubConfigCommand } from '../../src/upgradectl/commands/grub-config.js'
 import { makeMachine, envList } from './fixtures/machine.js';
 import { fallbackEntryId } from '../helpers/assert.js';
 
-const skip = skipUnless({ commands: ['grub-editenv', 'grub-script-check', 'mke2fs', 'debugfs', 'findmnt', 'lsblk'] });
+const skip = skipUnless({ commands: ['grub-editenv', 'grub-script-check', 'mke2fs', 'debugfs', 'findmnt', 'lsblk', 'losetup', 'getfattr', 'setfattr'] });
 
 t.test('doctor: each finding with its fix', { skip }, async (t) => {
   const dir = t.testdir();
@@ -31,6 +31,7 @@ t.test('doctor: each finding with its fix', { skip }, async (t) => {
   t.match(images.find((x) => /2\.0\.img lacks/.test(x.message)), { level: 'error', message: /\/initrd\.img \(not found\)/, fix: /image build/ });
   t.notMatch(images.find((x) => /2\.0\.img lacks/.test(x.message))?.message ?? '', /vmlinuz/, 'the kernel symlink resolves');
   t.match(by('space'), [{ level: 'ok', message: /GiB free/ }]);
+  t.match(by('migration tools'), [{ level: 'ok', message: 'found losetup, mount, umount, e2fsck, getfattr, setfattr' }], 'the tools commit migrates with');
 
   // A broken default is an error with the repair command.
   mkdirSync(path.join(layout.grubDir, 'i386-pc'), { recursive: true });

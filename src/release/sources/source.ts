@@ -24,6 +24,14 @@ export interface Source {
   close(): Promise<void>;
 }
 
+/**
+ * An object's full location for messages. `url` is the prefix as each source prints it: an http(s)
+ * one ends in a slash, file:// and s3:// ones do not.
+ */
+export function objectUrl(source: { readonly url: string }, key: string): string {
+  return `${source.url.replace(/\/+$/, '')}/${key}`;
+}
+
 export interface Target {
   readonly url: string;
   putBytes(key: string, body: Uint8Array): Promise<void>;

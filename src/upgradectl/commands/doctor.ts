@@ -7,7 +7,7 @@ import { DEFAULT_TRIES_VAR, versionOfEntry } from '../../grub/render.js';
 import type { Command } from '../cli.js';
 import { loadConfig, type Config } from '../config.js';
 import { messageOf } from '../errors.js';
-import { missingMigrationTools } from '../../migrate/index.js';
+import { findMigrationTools } from '../../migrate/index.js';
 import { run } from '../exec.js';
 import type { Layout } from '../paths.js';
 import { loadState, type State } from '../state.js';
@@ -56,6 +56,7 @@ export async function diagnose(layout: Layout): Promise<Finding[]> {
   await step('save_env', () => checkSaveEnv(layout, config));
   await step('host uuid', async () => ({ level: 'ok', message: await detectHostUuid(layout.host, config?.boot.hostUuid) }));
   await step('grub tools', checkGrubTools);
+  await step('migration tools', async () => checkMigrationTools());
   await step('grub installed', async () => checkGrubInstalled(layout));
   await step('grubenv', async () => checkGrubEnv(layout, state));
   await step('images', async () => checkImages(layout, state ?? { schema: 1, phase: 'idle', bad: {}, history: [] }));
@@ -92,13 +93,16 @@ async function checkGrubTools(): Promise<Array<Omit<Finding, 'check'>>> {
       out.push({ level: 'error', message: `${tool} is not installed`, fix: 'apt-get install grub-common' });
     }
   }
-  const missing = missingMigrationTools();
-  if (missing.length > 0) {
-    out.push({ level: 'error', message: `commit cannot migrate files: ${missing.map(([tool]) => tool).join(', ')} not installed`, fix: `apt-get install ${[...new Set(missing.map(([, pkg]) => pkg))].join(' ')}` });
-  } else {
-    out.push({ level: 'ok', message: 'migration tools found (losetup, mount, e2fsck, getfattr, setfattr)' });
-  }
   return out;
+}
+
+/** What commit's migration runs (src/migrate checks the same list before it touches an image). */
+function checkMigrationTools(): Omit<Finding, 'check'> {
+  const { all, missing, packages } = findMigrationTools();
+  if (missing.length > 0) {
+    return { level: 'error', message: `commit cannot migrate files: ${missing.join(', ')} not installed`, fix: `apt-get install ${packages.join(' ')}` };
+  }
+  return { level: 'ok', message: `found ${all.join(', ')}` };
 }
 
 function checkGrubInstalled(layout: Layout): Omit<Finding, 'check'> {
