@@ -1,8 +1,8 @@
 import { promises as fs } from 'node:fs';
-import type { Config } from '../upgradectl/config.js';
-import { UpgradeError, errnoOf } from '../upgradectl/errors.js';
-import type { Layout } from '../upgradectl/paths.js';
-import type { State } from '../upgradectl/state.js';
+import type { Config } from '../operations/config.js';
+import { UpgradeError, errnoOf } from '../core/errors.js';
+import type { Layout } from '../core/layout.js';
+import type { State } from '../operations/state.js';
 import { DISARM, armChange, newDefault, readBootEnv, updateBootEnv } from './boot-files.js';
 import type { GrubEnv } from './env.js';
 import { DEFAULT_TRIES_VAR, entryId } from './render.js';

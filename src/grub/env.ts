@@ -1,7 +1,7 @@
 import { promises as fs, constants as C } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError, errnoOf } from '../upgradectl/errors.js';
-import { fsyncDir } from '../upgradectl/durable.js';
+import { UpgradeError, errnoOf } from '../core/errors.js';
+import { fsyncDir } from '../core/durable.js';
 
 /**
  * The GRUB environment block, byte-compatible with `grub-editenv` (grub-core/lib/envblk.c):

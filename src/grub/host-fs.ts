@@ -1,8 +1,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError, messageOf } from '../upgradectl/errors.js';
-import { run } from '../upgradectl/exec.js';
-import { log } from '../upgradectl/log.js';
+import { UpgradeError, messageOf } from '../core/errors.js';
+import { run } from '../core/exec.js';
+import { log } from '../core/log.js';
 
 /** The filesystem that holds a directory, as findmnt reports it. */
 export interface HostMount {

@@ -1,9 +1,9 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { UpgradeError, messageOf } from '../upgradectl/errors.js';
-import { ExecError, run } from '../upgradectl/exec.js';
-import { log } from '../upgradectl/log.js';
+import { UpgradeError, messageOf } from '../core/errors.js';
+import { ExecError, run } from '../core/exec.js';
+import { log } from '../core/log.js';
 
 /**
  * Attach an image file (a whole ext4 filesystem, no partition table) to a real loop device and

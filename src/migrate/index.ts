@@ -1,9 +1,9 @@
 import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError, messageOf } from '../upgradectl/errors.js';
-import { ExecError, run } from '../upgradectl/exec.js';
-import { log } from '../upgradectl/log.js';
-import type { Layout } from '../upgradectl/paths.js';
+import { UpgradeError, messageOf } from '../core/errors.js';
+import { ExecError, run } from '../core/exec.js';
+import { log } from '../core/log.js';
+import type { Layout } from '../core/layout.js';
 import { ApplyError, applyPlan } from './apply.js';
 import { withMountedImage, type MountedImage } from './image-mount.js';
 import { buildPlan, type Plan } from './plan.js';

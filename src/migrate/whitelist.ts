@@ -1,8 +1,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import ini from 'ini';
-import { UpgradeError } from '../upgradectl/errors.js';
-import type { Layout } from '../upgradectl/paths.js';
+import { UpgradeError } from '../core/errors.js';
+import type { Layout } from '../core/layout.js';
 import { DEFAULT_WHITELIST } from './default-whitelist.js';
 
 /**

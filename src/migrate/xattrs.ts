@@ -1,5 +1,5 @@
-import { run } from '../upgradectl/exec.js';
-import { ExecError } from '../upgradectl/exec.js';
+import { run } from '../core/exec.js';
+import { ExecError } from '../core/exec.js';
 
 /**
  * Extended attributes (and with them POSIX ACLs, stored as system.posix_acl_*), read and written in

@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto';
 import { promises as fs, type Stats } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { UpgradeError } from '../upgradectl/errors.js';
-import { run } from '../upgradectl/exec.js';
-import { log } from '../upgradectl/log.js';
+import { UpgradeError } from '../core/errors.js';
+import { run } from '../core/exec.js';
+import { log } from '../core/log.js';
 
 export interface ImageBuildOptions {
   rootfs: string;

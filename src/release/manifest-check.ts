@@ -1,4 +1,4 @@
-import { UpgradeError } from '../upgradectl/errors.js';
+import { UpgradeError } from '../core/errors.js';
 import { MAX_BLOCK } from './lz4.js';
 import { MANIFEST_FORMAT, assertVersion, type Manifest } from './manifest.js';
 

@@ -1,4 +1,4 @@
-import { UpgradeError } from '../upgradectl/errors.js';
+import { UpgradeError } from '../core/errors.js';
 
 /**
  * The release format (docs/release-format.md is the normative text). A release is

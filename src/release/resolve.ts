@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import type { Config } from '../upgradectl/config.js';
-import { UpgradeError, isUpgradeError } from '../upgradectl/errors.js';
-import { log } from '../upgradectl/log.js';
-import type { Layout } from '../upgradectl/paths.js';
-import type { State } from '../upgradectl/state.js';
+import type { Config } from '../operations/config.js';
+import { UpgradeError, isUpgradeError } from '../core/errors.js';
+import { log } from '../core/log.js';
+import type { Layout } from '../core/layout.js';
+import type { State } from '../operations/state.js';
 import { channelKey, releaseKeys } from './layout.js';
 import { CHANNEL_FORMAT, assertVersion, compareVersions, type Channel, type Manifest } from './manifest.js';
 import { validateManifest } from './manifest-check.js';

@@ -1,7 +1,7 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { promises as fs, constants as C } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError } from '../upgradectl/errors.js';
+import { UpgradeError } from '../core/errors.js';
 
 /**
  * Detached ed25519 signatures over the exact bytes of a manifest or channel file. The `.sig` file is

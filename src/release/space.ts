@@ -1,8 +1,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError } from '../upgradectl/errors.js';
-import { log } from '../upgradectl/log.js';
-import type { Layout } from '../upgradectl/paths.js';
+import { UpgradeError } from '../core/errors.js';
+import { log } from '../core/log.js';
+import type { Layout } from '../core/layout.js';
 import { compareVersions } from './manifest.js';
 
 /**

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { promises as fs, constants as C } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError, errnoOf, isUpgradeError } from '../upgradectl/errors.js';
-import { readJsonIfExists, removeQuietly, renameDurable, writeFileDurable } from '../upgradectl/durable.js';
-import { log } from '../upgradectl/log.js';
-import type { Layout } from '../upgradectl/paths.js';
+import { UpgradeError, errnoOf, isUpgradeError } from '../core/errors.js';
+import { readJsonIfExists, removeQuietly, renameDurable, writeFileDurable } from '../core/durable.js';
+import { log } from '../core/log.js';
+import type { Layout } from '../core/layout.js';
 import { FramePool, OrderedHasher, transferable } from './frame-pool.js';
 import { Lz4StreamDecoder } from './lz4.js';
 import { releaseKeys } from './layout.js';

@@ -1,7 +1,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { UpgradeError, messageOf } from './errors.js';
-import { log, setLogLevel } from './log.js';
-import { Layout } from './paths.js';
+import { UpgradeError, messageOf } from '../core/errors.js';
+import { log, setLogLevel } from '../core/log.js';
+import { Layout } from '../core/layout.js';
 
 /** What a command gets: the layout of its root, its own parsed options and positionals. */
 export interface CommandContext {

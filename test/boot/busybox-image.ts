@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError } from '../../src/upgradectl/errors.js';
-import { run } from '../../src/upgradectl/exec.js';
+import { UpgradeError } from '../../src/core/errors.js';
+import { run } from '../../src/core/exec.js';
 import type { BootKernel } from './kernel.js';
 
 /**

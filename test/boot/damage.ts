@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
-import { UpgradeError } from '../../src/upgradectl/errors.js';
-import { ExecError, run } from '../../src/upgradectl/exec.js';
+import { UpgradeError } from '../../src/core/errors.js';
+import { ExecError, run } from '../../src/core/exec.js';
 
 /**
  * Ways an image file goes bad on a real machine, reproduced on a built image with debugfs (no mount,

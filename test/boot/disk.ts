@@ -1,8 +1,8 @@
 import { existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { UpgradeError } from '../../src/upgradectl/errors.js';
-import { run } from '../../src/upgradectl/exec.js';
+import { UpgradeError } from '../../src/core/errors.js';
+import { run } from '../../src/core/exec.js';
 
 /**
  * A raw BIOS disk for QEMU, built from a directory tree WITHOUT loop devices (FACTS.md: the sandbox

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { run } from '../../src/upgradectl/exec.js';
+import { run } from '../../src/core/exec.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { BOOT_REQUIREMENTS } from './requirements.js';
 import { HOST_UUID, buildMachine, powerOn, secs, type Machine } from './machine.js';

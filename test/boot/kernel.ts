@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { UpgradeError } from '../../src/upgradectl/errors.js';
-import { run } from '../../src/upgradectl/exec.js';
+import { UpgradeError } from '../../src/core/errors.js';
+import { run } from '../../src/core/exec.js';
 import { cacheDir } from '../helpers/debian-root.js';
 
 /**

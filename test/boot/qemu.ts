@@ -2,8 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { UpgradeError } from '../../src/upgradectl/errors.js';
-import { log } from '../../src/upgradectl/log.js';
+import { UpgradeError } from '../../src/core/errors.js';
+import { log } from '../../src/core/log.js';
 import { MARKER } from './busybox-image.js';
 
 /**

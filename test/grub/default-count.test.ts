@@ -2,9 +2,9 @@ import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { skipUnless } from '../helpers/requirements.js';
 import { writeBootFiles } from '../../src/grub/boot-files.js';
-import { loadConfig } from '../../src/upgradectl/config.js';
-import type { Layout } from '../../src/upgradectl/paths.js';
-import type { State } from '../../src/upgradectl/state.js';
+import { loadConfig } from '../../src/operations/config.js';
+import type { Layout } from '../../src/core/layout.js';
+import type { State } from '../../src/operations/state.js';
 import { armTrial } from '../../src/grub/boot-control.js';
 import { editenv, envList, grubStart, makeMachine, type MachineOptions } from '../upgradectl/fixtures/machine.js';
 

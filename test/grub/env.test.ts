@@ -5,9 +5,9 @@ import path from 'node:path';
 import { skipUnless } from '../helpers/requirements.js';
 import { GRUBENV_SIZE, formatGrubEnv, parseGrubEnv, readGrubEnvFile, writeGrubEnvFile } from '../../src/grub/env.js';
 import { updateBootEnv } from '../../src/grub/boot-files.js';
-import { parseConfig } from '../../src/upgradectl/config.js';
-import { Layout } from '../../src/upgradectl/paths.js';
-import { isUpgradeError } from '../../src/upgradectl/errors.js';
+import { parseConfig } from '../../src/operations/config.js';
+import { Layout } from '../../src/core/layout.js';
+import { isUpgradeError } from '../../src/core/errors.js';
 
 const skip = skipUnless({ commands: ['grub-editenv'] });
 const editenv = (file: string, ...args: string[]) => execFileSync('grub-editenv', [file, ...args], { encoding: 'utf8' });

@@ -4,8 +4,8 @@ import { skipUnless } from '../helpers/requirements.js';
 import { defaultTriesExhausted, renderGrubConfig, renderGrubFragment, entryId, versionOfEntry, type GrubConfigInput } from '../../src/grub/render.js';
 import { checkGrubScript, collectEntries, installGrubConfig, renderForLayout } from '../../src/grub/boot-files.js';
 import { parseBootedVersion } from '../../src/grub/boot-control.js';
-import { parseConfig } from '../../src/upgradectl/config.js';
-import { Layout } from '../../src/upgradectl/paths.js';
+import { parseConfig } from '../../src/operations/config.js';
+import { Layout } from '../../src/core/layout.js';
 import { makeMachine, HOST_UUID } from '../upgradectl/fixtures/machine.js';
 import { defaultCountOf } from '../helpers/assert.js';
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { accessSync, constants, existsSync, promises as fs, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { run } from '../../src/upgradectl/exec.js';
+import { run } from '../../src/core/exec.js';
 
 /**
  * A realistic Debian root (debootstrap --variant=minbase bookworm) for tests that need real /etc

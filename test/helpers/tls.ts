@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { run } from '../../src/upgradectl/exec.js';
+import { run } from '../../src/core/exec.js';
 
 export interface TestCertificate {
   /** PEM; self-signed, so it is also the CA a client trusts (NODE_EXTRA_CA_CERTS, ca_file). */

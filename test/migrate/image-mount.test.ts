@@ -3,8 +3,8 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { withMountedImage } from '../../src/migrate/image-mount.js';
-import { isUpgradeError } from '../../src/upgradectl/errors.js';
-import { run } from '../../src/upgradectl/exec.js';
+import { isUpgradeError } from '../../src/core/errors.js';
+import { run } from '../../src/core/exec.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { detachLeftovers, imageCat, loopsUnder, sha256File } from './fixtures/machine.js';
 

@@ -2,8 +2,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { formatMigrationReport, migrateIntoImage, MigrationError, planMigration } from '../../src/migrate/index.js';
-import { Layout } from '../../src/upgradectl/paths.js';
-import { run } from '../../src/upgradectl/exec.js';
+import { Layout } from '../../src/core/layout.js';
+import { run } from '../../src/core/exec.js';
 import { skipUnless } from '../helpers/requirements.js';
 import {
   buildImage,

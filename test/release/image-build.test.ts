@@ -2,8 +2,8 @@ import { mkdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 
 import path from 'node:path';
 import t from 'tap';
 import { buildImage } from '../../src/release/image-build.js';
-import { run } from '../../src/upgradectl/exec.js';
-import { setLogLevel } from '../../src/upgradectl/log.js';
+import { run } from '../../src/core/exec.js';
+import { setLogLevel } from '../../src/core/log.js';
 import { skipUnless } from '../helpers/requirements.js';
 
 /**

@@ -4,11 +4,11 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { skipUnless } from '../helpers/requirements.js';
-import { commit } from '../../src/upgradectl/transitions.js';
-import { reconcile } from '../../src/upgradectl/reconcile.js';
-import { loadConfig } from '../../src/upgradectl/config.js';
-import type { Layout } from '../../src/upgradectl/paths.js';
-import type { State } from '../../src/upgradectl/state.js';
+import { commit } from '../../src/operations/transitions.js';
+import { reconcile } from '../../src/operations/reconcile.js';
+import { loadConfig } from '../../src/operations/config.js';
+import type { Layout } from '../../src/core/layout.js';
+import type { State } from '../../src/operations/state.js';
 import { addHook, envList, grubBoot, makeMachine, readState, type MachineOptions } from './fixtures/machine.js';
 
 /**

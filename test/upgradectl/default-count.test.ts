@@ -4,11 +4,11 @@ import path from 'node:path';
 import { skipUnless } from '../helpers/requirements.js';
 import { defaultCountOf } from '../helpers/assert.js';
 import { writeBootFiles } from '../../src/grub/boot-files.js';
-import { loadConfig } from '../../src/upgradectl/config.js';
-import { reconcile } from '../../src/upgradectl/reconcile.js';
-import { commit, confirm } from '../../src/upgradectl/transitions.js';
-import type { Layout } from '../../src/upgradectl/paths.js';
-import type { State } from '../../src/upgradectl/state.js';
+import { loadConfig } from '../../src/operations/config.js';
+import { reconcile } from '../../src/operations/reconcile.js';
+import { commit, confirm } from '../../src/operations/transitions.js';
+import type { Layout } from '../../src/core/layout.js';
+import type { State } from '../../src/operations/state.js';
 import { addHook, boot, editenv, envList, grubBoot, makeMachine, readState, writeState, type MachineOptions } from './fixtures/machine.js';
 
 /**

@@ -3,11 +3,11 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { skipUnless } from '../helpers/requirements.js';
-import { commit, confirm, rollback } from '../../src/upgradectl/transitions.js';
-import { reconcile } from '../../src/upgradectl/reconcile.js';
-import { loadConfig } from '../../src/upgradectl/config.js';
-import { allowed } from '../../src/upgradectl/lifecycle.js';
-import type { Layout } from '../../src/upgradectl/paths.js';
+import { commit, confirm, rollback } from '../../src/operations/transitions.js';
+import { reconcile } from '../../src/operations/reconcile.js';
+import { loadConfig } from '../../src/operations/config.js';
+import { allowed } from '../../src/operations/lifecycle.js';
+import type { Layout } from '../../src/core/layout.js';
 import { addHook, boot, envList, grubBoot, makeMachine, readState, writeState, type MachineOptions } from './fixtures/machine.js';
 import { fallbackEntryId } from '../helpers/assert.js';
 

@@ -3,8 +3,8 @@ import { promises as fs, constants as C, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { UpgradeError, errnoOf } from '../../upgradectl/errors.js';
-import { fsyncDir, removeQuietly, writeFileDurable } from '../../upgradectl/durable.js';
+import { UpgradeError, errnoOf } from '../../core/errors.js';
+import { fsyncDir, removeQuietly, writeFileDurable } from '../../core/durable.js';
 import { checkRange, keySegments } from './keys.js';
 import type { ObjectInfo, Source, Target } from './source.js';
 

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { Agent, request, type Dispatcher } from 'undici';
-import { UpgradeError } from '../../upgradectl/errors.js';
-import { log } from '../../upgradectl/log.js';
+import { UpgradeError } from '../../core/errors.js';
+import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
 import { checkRange, encodeKey } from './keys.js';
 import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';

@@ -1,4 +1,4 @@
-import { UpgradeError } from '../../upgradectl/errors.js';
+import { UpgradeError } from '../../core/errors.js';
 import { FileStore } from './file.js';
 import { HttpSource } from './http.js';
 import type { ObjectInfo, Source, SourceOptions, Target } from './source.js';

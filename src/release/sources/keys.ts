@@ -1,4 +1,4 @@
-import { UpgradeError } from '../../upgradectl/errors.js';
+import { UpgradeError } from '../../core/errors.js';
 
 /**
  * Object keys are relative, slash-separated paths under a source prefix (`releases/2.0/manifest.json`).

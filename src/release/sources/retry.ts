@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { UpgradeError, errnoOf, isUpgradeError, messageOf } from '../../upgradectl/errors.js';
-import { log } from '../../upgradectl/log.js';
+import { UpgradeError, errnoOf, isUpgradeError, messageOf } from '../../core/errors.js';
+import { log } from '../../core/log.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './source.js';
 
 /**

@@ -1,7 +1,7 @@
 import { createReadStream, promises as fs } from 'node:fs';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client, type GetObjectCommandOutput } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { UpgradeError, errnoOf, messageOf } from '../../upgradectl/errors.js';
+import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { asBuffers, byteWindow, collect } from './body.js';
 import { checkRange, keySegments } from './keys.js';
 import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';

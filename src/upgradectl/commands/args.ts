@@ -1,4 +1,4 @@
-import { UpgradeError } from '../errors.js';
+import { UpgradeError } from '../../core/errors.js';
 
 /** `512M`, `2G`, `1048576`: sizes as operators write them. */
 export function parseSize(text: string, what: string): number {

@@ -1,7 +1,7 @@
 import type { Command } from '../cli.js';
-import { loadConfig } from '../config.js';
-import { loadState } from '../state.js';
-import { openConfiguredSource } from '../../release/prepare.js';
+import { loadConfig } from '../../operations/config.js';
+import { loadState } from '../../operations/state.js';
+import { openConfiguredSource } from '../../operations/prepare.js';
 import { checkChannel } from '../../release/resolve.js';
 import { trustPolicy, TRUST_OPTIONS } from './trust.js';
 

@@ -1,11 +1,11 @@
 import { existsSync } from 'node:fs';
 import { buildGrubInput } from '../../grub/boot-files.js';
 import type { Command } from '../cli.js';
-import { loadConfig } from '../config.js';
-import { UpgradeError } from '../errors.js';
-import { migrateForCommit } from '../migration-step.js';
-import { loadState } from '../state.js';
-import { commit } from '../transitions.js';
+import { loadConfig } from '../../operations/config.js';
+import { UpgradeError } from '../../core/errors.js';
+import { migrateForCommit } from '../../operations/migration-step.js';
+import { loadState } from '../../operations/state.js';
+import { commit } from '../../operations/transitions.js';
 
 export const commitCommand: Command = {
   summary: 'migrate, write boot entries, one-shot boot of the prepared image',

@@ -5,12 +5,12 @@ import { readGrubEnvFile } from '../../grub/env.js';
 import { detectHostUuid, saveEnvCapability } from '../../grub/host-fs.js';
 import { DEFAULT_TRIES_VAR, versionOfEntry } from '../../grub/render.js';
 import type { Command } from '../cli.js';
-import { loadConfig, type Config } from '../config.js';
-import { messageOf } from '../errors.js';
+import { loadConfig, type Config } from '../../operations/config.js';
+import { messageOf } from '../../core/errors.js';
 import { findMigrationTools } from '../../migrate/index.js';
-import { run } from '../exec.js';
-import type { Layout } from '../paths.js';
-import { loadState, type State } from '../state.js';
+import { run } from '../../core/exec.js';
+import type { Layout } from '../../core/layout.js';
+import { loadState, type State } from '../../operations/state.js';
 
 export interface Finding {
   check: string;

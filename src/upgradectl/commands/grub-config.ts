@@ -1,9 +1,9 @@
 import { checkGrubScript, renderForLayout, writeBootFiles } from '../../grub/boot-files.js';
 import type { Command } from '../cli.js';
-import { loadConfig } from '../config.js';
-import { acquireLock } from '../lock.js';
-import { reconcile } from '../reconcile.js';
-import { loadState } from '../state.js';
+import { loadConfig } from '../../operations/config.js';
+import { acquireLock } from '../../core/lock.js';
+import { reconcile } from '../../operations/reconcile.js';
+import { loadState } from '../../operations/state.js';
 
 export const grubConfigCommand: Command = {
   summary: 'print the grub.cfg that would be written (--write installs it, --fragment for /etc/grub.d)',

@@ -1,5 +1,5 @@
 import type { Command } from '../cli.js';
-import { UpgradeError } from '../errors.js';
+import { UpgradeError } from '../../core/errors.js';
 import { buildImage } from '../../release/image-build.js';
 import { parseSize } from './args.js';
 

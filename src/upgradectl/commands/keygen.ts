@@ -1,5 +1,5 @@
 import type { Command } from '../cli.js';
-import { UpgradeError } from '../errors.js';
+import { UpgradeError } from '../../core/errors.js';
 import { generateKeyPair } from '../../release/signing.js';
 
 export const keygenCommand: Command = {

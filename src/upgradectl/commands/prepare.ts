@@ -1,6 +1,6 @@
 import type { Command } from '../cli.js';
-import { loadConfig } from '../config.js';
-import { prepareRelease } from '../../release/prepare.js';
+import { loadConfig } from '../../operations/config.js';
+import { prepareRelease } from '../../operations/prepare.js';
 import { terminalProgress, fmtBytes } from '../progress-view.js';
 import { trustPolicy, TRUST_OPTIONS } from './trust.js';
 

@@ -1,5 +1,5 @@
 import type { Command } from '../cli.js';
-import { UpgradeError } from '../errors.js';
+import { UpgradeError } from '../../core/errors.js';
 import { publishRelease } from '../../release/publish.js';
 import { loadPrivateKey } from '../../release/signing.js';
 import { parseSize, parseWhole } from './args.js';

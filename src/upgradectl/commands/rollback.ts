@@ -1,6 +1,6 @@
 import type { Command } from '../cli.js';
-import { loadConfig } from '../config.js';
-import { rollback } from '../transitions.js';
+import { loadConfig } from '../../operations/config.js';
+import { rollback } from '../../operations/transitions.js';
 
 export const rollbackCommand: Command = {
   summary: 'boot the previous image (one-shot + confirm), or cancel a pending upgrade',

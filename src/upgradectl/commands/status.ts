@@ -1,8 +1,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from '../cli.js';
-import { reconcile } from '../reconcile.js';
-import type { Layout } from '../paths.js';
+import { reconcile } from '../../operations/reconcile.js';
+import type { Layout } from '../../core/layout.js';
 import { bootedVersion } from '../../grub/boot-control.js';
 import { fmtBytes } from '../progress-view.js';
 import { readStagingProgress } from '../../release/stage.js';

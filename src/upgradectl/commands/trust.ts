@@ -1,4 +1,4 @@
-import type { Config } from '../config.js';
+import type { Config } from '../../operations/config.js';
 import type { CommandContext } from '../cli.js';
 import type { TrustPolicy } from '../../release/resolve.js';
 

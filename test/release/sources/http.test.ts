@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { setLogLevel } from '../../../src/upgradectl/log.js';
+import { setLogLevel } from '../../../src/core/log.js';
 import { openSource, type Source } from '../../../src/release/sources/index.js';
 import { startHttpServer, type TestHttpServer } from '../../helpers/http-server.js';
 import { failure, sha256 } from '../../helpers/assert.js';

@@ -1,6 +1,6 @@
 import t from 'tap';
-import { UpgradeError } from '../../../src/upgradectl/errors.js';
-import { setLogLevel } from '../../../src/upgradectl/log.js';
+import { UpgradeError } from '../../../src/core/errors.js';
+import { setLogLevel } from '../../../src/core/log.js';
 import {
   Retrier,
   TransientError,

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
-import { setLogLevel } from '../../../src/upgradectl/log.js';
+import { setLogLevel } from '../../../src/core/log.js';
 import { openSource, openTarget, type SourceOptions } from '../../../src/release/sources/index.js';
 import { startS3Server, useS3rverCredentials, type TestS3Server } from '../../helpers/s3-server.js';
 import { failure, sha256 } from '../../helpers/assert.js';

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError } from './errors.js';
-import { acquireLock } from './lock.js';
-import { log } from './log.js';
-import type { Layout } from './paths.js';
+import { UpgradeError } from '../core/errors.js';
+import { acquireLock } from '../core/lock.js';
+import { log } from '../core/log.js';
+import type { Layout } from '../core/layout.js';
 import { loadState, saveState, type HistoryEntry, type Phase, type State } from './state.js';
 
 /**

@@ -2,7 +2,7 @@ import { promises as fs, constants as C, readFileSync } from 'node:fs';
 import { UpgradeError } from './errors.js';
 import { fsyncDir } from './durable.js';
 import { log } from './log.js';
-import type { Layout } from './paths.js';
+import type { Layout } from './layout.js';
 import path from 'node:path';
 
 interface LockOwner {

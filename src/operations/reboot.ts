@@ -1,7 +1,7 @@
 import type { Config } from './config.js';
-import { UpgradeError, messageOf } from './errors.js';
-import { run } from './exec.js';
-import { log } from './log.js';
+import { UpgradeError, messageOf } from '../core/errors.js';
+import { run } from '../core/exec.js';
+import { log } from '../core/log.js';
 
 /**
  * Reboot the machine: `systemctl reboot` by default, `[boot] reboot_command` in the config, or

@@ -1,17 +1,17 @@
 import { promises as fs } from 'node:fs';
-import type { Config } from '../upgradectl/config.js';
-import { UpgradeError } from '../upgradectl/errors.js';
-import { runEvent } from '../upgradectl/lifecycle.js';
-import { log } from '../upgradectl/log.js';
-import type { Layout } from '../upgradectl/paths.js';
-import { loadState, type State } from '../upgradectl/state.js';
+import type { Config } from './config.js';
+import { UpgradeError } from '../core/errors.js';
+import { runEvent } from './lifecycle.js';
+import { log } from '../core/log.js';
+import type { Layout } from '../core/layout.js';
+import { loadState, type State } from './state.js';
 import { bootedVersion } from '../grub/boot-control.js';
-import type { Progress } from './progress.js';
-import { checkChannel, fetchRelease, type ResolvedRelease, type TrustPolicy } from './resolve.js';
-import { ensureSpace } from './space.js';
-import { stageImage, stagingPaths, type StageResult } from './stage.js';
-import { openSource } from './sources/index.js';
-import type { Source } from './sources/source.js';
+import type { Progress } from '../release/progress.js';
+import { checkChannel, fetchRelease, type ResolvedRelease, type TrustPolicy } from '../release/resolve.js';
+import { ensureSpace } from '../release/space.js';
+import { stageImage, stagingPaths, type StageResult } from '../release/stage.js';
+import { openSource } from '../release/sources/index.js';
+import type { Source } from '../release/sources/source.js';
 
 export interface PrepareOptions {
   layout: Layout;

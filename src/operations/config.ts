@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import ini from 'ini';
-import { UpgradeError } from './errors.js';
-import type { Layout } from './paths.js';
+import { UpgradeError } from '../core/errors.js';
+import type { Layout } from '../core/layout.js';
 
 /** `DIR/etc/upgradectl/upgradectl.conf` (INI). Every key has a default; unknown keys are kept for later sections. */
 export interface Config {

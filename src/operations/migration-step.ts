@@ -1,5 +1,5 @@
 import { migrateIntoImage, type MigrationReport } from '../migrate/index.js';
-import type { Layout } from './paths.js';
+import type { Layout } from '../core/layout.js';
 
 /**
  * The one place commit calls migration (src/migrate, DESIGN.md §7). It writes only into the new image;

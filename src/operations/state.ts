@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
-import { UpgradeError } from './errors.js';
-import { readJsonIfExists, writeFileDurable } from './durable.js';
-import type { Layout } from './paths.js';
+import { UpgradeError } from '../core/errors.js';
+import { readJsonIfExists, writeFileDurable } from '../core/durable.js';
+import type { Layout } from '../core/layout.js';
 
 export type Phase = 'idle' | 'prepared' | 'committed' | 'trying' | 'rolled-back';
 

@@ -1,9 +1,9 @@
 import { promises as fs, constants as C } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError, errnoOf, messageOf } from './errors.js';
-import { ExecError, run } from './exec.js';
-import { log } from './log.js';
-import type { Layout } from './paths.js';
+import { UpgradeError, errnoOf, messageOf } from '../core/errors.js';
+import { ExecError, run } from '../core/exec.js';
+import { log } from '../core/log.js';
+import type { Layout } from '../core/layout.js';
 
 /** The versions a hook or health check sees in its environment. */
 export interface HookContext {

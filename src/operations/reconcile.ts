@@ -5,11 +5,11 @@ import type { GrubEnv } from '../grub/env.js';
 import { checkpointHost } from '../grub/host-fs.js';
 import { DEFAULT_TRIES_VAR, defaultTriesExhausted, entryId, versionOfEntry } from '../grub/render.js';
 import { loadConfig, type Config } from './config.js';
-import { isUpgradeError, messageOf } from './errors.js';
+import { isUpgradeError, messageOf } from '../core/errors.js';
 import { allowed, applyEvent, readBootId, record } from './lifecycle.js';
-import { acquireLock } from './lock.js';
-import { log } from './log.js';
-import type { Layout } from './paths.js';
+import { acquireLock } from '../core/lock.js';
+import { log } from '../core/log.js';
+import type { Layout } from '../core/layout.js';
 import { loadState, saveState, type State } from './state.js';
 
 /**
