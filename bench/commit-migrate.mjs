@@ -14,8 +14,8 @@ import { fileURLToPath } from 'node:url';
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { migrateIntoImage } = await import(path.join(repo, 'dist/migrate/index.js'));
 const { withMountedImage } = await import(path.join(repo, 'dist/migrate/image-mount.js'));
-const { Layout } = await import(path.join(repo, 'dist/upgradectl/paths.js'));
-const { run } = await import(path.join(repo, 'dist/upgradectl/exec.js'));
+const { Layout } = await import(path.join(repo, 'dist/core/layout.js'));
+const { run } = await import(path.join(repo, 'dist/core/exec.js'));
 
 const RUNS = Number(process.env.RUNS ?? 5);
 const TARGET_MS = 2000;

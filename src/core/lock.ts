@@ -1,4 +1,5 @@
-import { promises as fs, constants as C, readFileSync } from 'node:fs';
+import { promises as fs, constants as C } from 'node:fs';
+import { readBootId } from './boot-id.js';
 import { UpgradeError } from './errors.js';
 import { fsyncDir } from './durable.js';
 import { log } from './log.js';
@@ -10,15 +11,6 @@ interface LockOwner {
   operation: string;
   since: string;
   bootId: string;
-}
-
-/** The kernel's id of this boot: a lock from an earlier boot is stale whatever its pid says. */
-function bootId(): string {
-  try {
-    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    return 'unknown';
-  }
 }
 
 function alive(pid: number): boolean {
@@ -40,7 +32,7 @@ export interface Lock {
  */
 export async function acquireLock(layout: Layout, operation: string): Promise<Lock> {
   await fs.mkdir(layout.stateDir, { recursive: true });
-  const me: LockOwner = { pid: process.pid, operation, since: new Date().toISOString(), bootId: bootId() };
+  const me: LockOwner = { pid: process.pid, operation, since: new Date().toISOString(), bootId: readBootId(layout) ?? 'unknown' };
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fh = await fs.open(layout.lockFile, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);

@@ -1,3 +1,5 @@
+import { isVersion } from '../core/version.js';
+
 /**
  * The whole grub.cfg, rendered from plain data (no I/O): one menu entry per image plus the logic that
  * picks the entry to boot from the GRUB environment block.
@@ -282,7 +284,6 @@ function parseSerial(spec: string): { unit: number; speed: number } | undefined 
   return { unit: Number(m[1]), speed: Number(m[2] ?? 115200) };
 }
 
-const VERSION_RE = /^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$/;
 const UUID_RE = /^[0-9A-Fa-f-]{4,64}$/;
 const PATH_RE = /^\/?[A-Za-z0-9._+~/-]+$/;
 
@@ -299,11 +300,11 @@ function validateInput(input: GrubConfigInput): void {
   if (input.serialConsole && !parseSerial(input.serialConsole)) bad(`serial console '${input.serialConsole}' is not ttySN[,speed]`);
   const seen = new Set<string>();
   for (const e of input.entries) {
-    if (!VERSION_RE.test(e.version)) bad(`version '${e.version}' is not a valid version`);
+    if (!isVersion(e.version)) bad(`version '${e.version}' is not a valid version`);
     if (seen.has(e.version)) bad(`version ${e.version} appears twice`);
     seen.add(e.version);
     if (!PATH_RE.test(e.kernel) || !PATH_RE.test(e.initrd)) bad(`kernel or initrd path of ${e.version} is not a plain path`);
   }
-  if (input.fallbackVersion !== undefined && !VERSION_RE.test(input.fallbackVersion)) bad('fallbackVersion is not a valid version');
+  if (input.fallbackVersion !== undefined && !isVersion(input.fallbackVersion)) bad('fallbackVersion is not a valid version');
   if (input.flasher && (!PATH_RE.test(input.flasher.kernel) || !PATH_RE.test(input.flasher.initrd))) bad('flasher paths are not plain');
 }

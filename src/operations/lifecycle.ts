@@ -1,6 +1,5 @@
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { UpgradeError } from '../core/errors.js';
+import { readBootId } from '../core/boot-id.js';
 import { acquireLock } from '../core/lock.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
@@ -214,14 +213,5 @@ export function crashPoint(name: string): void {
   if (process.env.UPGRADECTL_CRASH_AT === name) {
     process.stderr.write(`upgradectl: simulated crash at ${name}\n`);
     process.exit(137);
-  }
-}
-
-/** The kernel's id of this boot (DIR/proc/sys/kernel/random/boot_id): tells one boot from the next. */
-export function readBootId(layout: Layout): string | undefined {
-  try {
-    return readFileSync(path.join(layout.root, 'proc/sys/kernel/random/boot_id'), 'utf8').trim() || undefined;
-  } catch {
-    return undefined;
   }
 }

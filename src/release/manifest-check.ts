@@ -1,6 +1,7 @@
 import { UpgradeError } from '../core/errors.js';
 import { MAX_BLOCK } from './lz4.js';
-import { MANIFEST_FORMAT, assertVersion, type Manifest } from './manifest.js';
+import { assertVersion } from '../core/version.js';
+import { MANIFEST_FORMAT, type Manifest } from './manifest.js';
 
 /**
  * Check every field a machine relies on before it downloads a byte: a manifest that is signed but

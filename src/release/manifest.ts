@@ -1,4 +1,3 @@
-import { UpgradeError } from '../core/errors.js';
 
 /**
  * The release format (docs/release-format.md is the normative text). A release is
@@ -69,57 +68,4 @@ export interface Channel {
   expires?: string;
   /** Staged rollout: a machine takes this release when its bucket (0–99) is below percent. */
   rollout: { percent: number };
-}
-
-const VERSION_RE = /^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$/;
-
-/** Versions name files and GRUB entry ids: a conservative alphabet, no path or quoting tricks. */
-export function assertVersion(version: string, what = 'version'): string {
-  if (!VERSION_RE.test(version)) {
-    throw new UpgradeError('USAGE', `${what} '${version}' is not a valid version`, {
-      hint: 'use letters, digits and . _ + ~ - (at most 64, starting with a letter or digit), e.g. 2026.11.1',
-    });
-  }
-  return version;
-}
-
-/**
- * Natural order: digit runs compare as numbers, the rest as text, so 1.10 > 1.9 and 2026.11.2 > 2026.9.30.
- * A version with a `~` part sorts before the same version without it (1.0~rc1 < 1.0), as in Debian.
- */
-export function compareVersions(a: string, b: string): number {
-  const [aMain, aPre] = splitTilde(a);
-  const [bMain, bPre] = splitTilde(b);
-  const c = compareNatural(aMain, bMain);
-  if (c !== 0) return c;
-  if (aPre === bPre) return 0;
-  if (aPre === undefined) return 1;
-  if (bPre === undefined) return -1;
-  return compareNatural(aPre, bPre);
-}
-
-function splitTilde(v: string): [string, string | undefined] {
-  const i = v.indexOf('~');
-  return i < 0 ? [v, undefined] : [v.slice(0, i), v.slice(i + 1)];
-}
-
-function compareNatural(a: string, b: string): number {
-  const pa = a.match(/\d+|\D+/g) ?? [];
-  const pb = b.match(/\d+|\D+/g) ?? [];
-  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
-    const x = pa[i];
-    const y = pb[i];
-    if (x === undefined) return -1;
-    if (y === undefined) return 1;
-    const nx = /^\d/.test(x);
-    const ny = /^\d/.test(y);
-    if (nx && ny) {
-      const d = BigInt(x) - BigInt(y);
-      if (d !== 0n) return d < 0n ? -1 : 1;
-    } else if (x !== y) {
-      if (nx !== ny) return nx ? 1 : -1;
-      return x < y ? -1 : 1;
-    }
-  }
-  return 0;
 }

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { UpgradeError } from '../core/errors.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
-import { compareVersions } from './manifest.js';
+import { compareVersions } from '../core/version.js';
 
 /**
  * Headroom beyond the image's own blocks: ext4 metadata of a large file, the state and boot files.
