@@ -7,7 +7,8 @@ import type { Layout } from '../core/layout.js';
 import { loadState, type State } from './state.js';
 import { bootedVersion } from '../grub/boot-control.js';
 import type { Progress } from '../release/progress.js';
-import { checkChannel, fetchRelease, type ResolvedRelease, type TrustPolicy } from '../release/resolve.js';
+import type { ResolvedRelease } from '../release/resolve.js';
+import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
 import { ensureSpace } from '../release/space.js';
 import { stageImage, stagingPaths, type StageResult } from '../release/stage.js';
 import { openSource } from '../release/sources/index.js';
@@ -17,7 +18,7 @@ export interface PrepareOptions {
   layout: Layout;
   config: Config;
   version?: string;
-  policy: TrustPolicy;
+  policy: OfferPolicy;
   progress?: (total: number) => Progress;
   signal?: AbortSignal;
 }

@@ -1,23 +1,23 @@
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
-import type { Config } from '../operations/config.js';
 import { UpgradeError, isUpgradeError } from '../core/errors.js';
 import { log } from '../core/log.js';
-import type { Layout } from '../core/layout.js';
-import type { State } from '../operations/state.js';
 import { channelKey, releaseKeys } from './layout.js';
-import { assertVersion, compareVersions } from '../core/version.js';
+import { assertVersion } from '../core/version.js';
 import { CHANNEL_FORMAT, type Channel, type Manifest } from './manifest.js';
 import { validateManifest } from './manifest-check.js';
 import { loadTrustedKeys, verifySignature } from './signing.js';
 import { objectUrl, type Source } from './sources/source.js';
 
+/**
+ * The release side of resolving: fetch a channel or a manifest, check its signature against the trusted
+ * keys before anything parses it, validate it and its expiry. What a release means for this machine
+ * (newer? failed before? in the rollout?) is decided by the operation (src/operations/offer.ts).
+ */
+
+/** What the operator allowed about signatures and expiry; everything is refused by default. */
 export interface TrustPolicy {
   allowUnsigned: boolean;
   allowExpired: boolean;
-  allowDowngrade: boolean;
-  /** Offer a version whose trial failed before. */
-  force: boolean;
 }
 
 export interface ResolvedRelease {
@@ -31,13 +31,8 @@ export interface ResolvedRelease {
   channel?: Channel;
 }
 
-/** What the channel offers this machine, if anything (no download, no state change). */
-export type Offer =
-  | { kind: 'release'; release: ResolvedRelease }
-  | { kind: 'up-to-date'; version: string; reason: string };
-
 /** A signed object: its exact bytes, checked against the trusted keys before anything parses them. */
-async function fetchSigned(source: Source, key: string, layout: Layout, policy: TrustPolicy): Promise<{ bytes: Buffer; signedBy?: string }> {
+async function fetchSigned(source: Source, key: string, keysDir: string, policy: TrustPolicy): Promise<{ bytes: Buffer; signedBy?: string }> {
   const where = objectUrl(source, key);
   const bytes = await source.get(key);
   let sig: Buffer | undefined;
@@ -50,8 +45,8 @@ async function fetchSigned(source: Source, key: string, layout: Layout, policy: 
     log.warn(`${where} is not signed; accepted because unsigned releases are allowed`);
     return { bytes };
   }
-  const keys = await loadTrustedKeys(layout.keysDir);
-  return { bytes, signedBy: verifySignature(where, bytes, sig, keys, layout.keysDir) };
+  const keys = await loadTrustedKeys(keysDir);
+  return { bytes, signedBy: verifySignature(where, bytes, sig, keys, keysDir) };
 }
 
 function parseJson<T>(bytes: Buffer, where: string): T {
@@ -77,67 +72,44 @@ function checkExpiry(what: string, expires: string | undefined, policy: TrustPol
   }
 }
 
-/** Which bucket (0–99) this machine is in for a rollout: stable per machine and release, spread across the fleet. */
-export async function rolloutBucket(layout: Layout, version: string): Promise<number> {
-  let id = '';
-  try {
-    id = (await fs.readFile(`${layout.root}/etc/machine-id`, 'utf8')).trim();
-  } catch {
-    // No machine-id (a chroot, a test root): every such machine lands in bucket 0, i.e. always offered.
-  }
-  if (!id) return 0;
-  return parseInt(createHash('sha256').update(`${id}:${version}`).digest('hex').slice(0, 8), 16) % 100;
+export interface VerifiedChannel {
+  channel: Channel;
+  where: string;
+  signedBy: string | undefined;
 }
 
-/** The channel's newest release for this machine, or why there is nothing to do. */
-export async function checkChannel(source: Source, config: Config, layout: Layout, state: State, policy: TrustPolicy): Promise<Offer> {
-  const key = channelKey(config.source.channel);
+/** A channel file, verified and validated; `hintFile` is where the operator names the channel. */
+export async function readChannel(source: Source, name: string, keysDir: string, policy: TrustPolicy, hintFile: string): Promise<VerifiedChannel> {
+  const key = channelKey(name);
   const where = objectUrl(source, key);
   let fetched;
   try {
-    fetched = await fetchSigned(source, key, layout, policy);
+    fetched = await fetchSigned(source, key, keysDir, policy);
   } catch (err) {
     if (isUpgradeError(err, 'NOT_FOUND')) {
-      throw new UpgradeError('NOT_FOUND', `channel '${config.source.channel}' does not exist at ${where}`, {
+      throw new UpgradeError('NOT_FOUND', `channel '${name}' does not exist at ${where}`, {
         cause: err,
-        hint: `check [source] channel in ${layout.configFile}, or publish with --channel ${config.source.channel}`,
+        hint: `check [source] channel in ${hintFile}, or publish with --channel ${name}`,
       });
     }
     throw err;
   }
-  const channel = parseJson<Channel>(fetched.bytes, where);
-  if (channel.format !== CHANNEL_FORMAT || typeof channel.version !== 'string' || typeof channel.manifest !== 'string') {
-    throw new UpgradeError('MANIFEST', `${where} is not an upgradectl channel file (format ${String(channel.format)})`, { hint: 're-publish it with upgradectl publish --channel' });
+  const channel = parseJson<Channel | null>(fetched.bytes, where);
+  if (channel === null || typeof channel !== 'object' || channel.format !== CHANNEL_FORMAT || typeof channel.version !== 'string' || typeof channel.manifest !== 'string') {
+    throw new UpgradeError('MANIFEST', `${where} is not an upgradectl channel file (format ${String(channel?.format)})`, { hint: 're-publish it with upgradectl publish --channel' });
   }
-  assertVersion(channel.version, `channel ${config.source.channel}'s version`);
+  assertVersion(channel.version, `channel ${name}'s version`);
   checkExpiry(`channel ${where}`, channel.expires, policy);
-  const v = channel.version;
-  if (state.current && compareVersions(v, state.current) === 0) return { kind: 'up-to-date', version: v, reason: `${v} is already the current image` };
-  if (state.current && compareVersions(v, state.current) < 0 && !policy.allowDowngrade) {
-    return { kind: 'up-to-date', version: v, reason: `the channel offers ${v}, older than the current ${state.current}` };
-  }
-  if (state.bad[v] && !policy.force) return { kind: 'up-to-date', version: v, reason: `${v} failed its trial before (${state.bad[v].reason}); not offered again` };
-  const percent = channel.rollout?.percent ?? 100;
-  const bucket = await rolloutBucket(layout, v);
-  if (bucket >= percent) return { kind: 'up-to-date', version: v, reason: `${v} is rolling out to ${percent}% of machines; this one (bucket ${bucket}) is not yet included` };
-  const release = await fetchRelease(source, v, layout, state, policy, channel.manifest);
-  return { kind: 'release', release: { ...release, channel } };
+  return { channel, where, signedBy: fetched.signedBy };
 }
 
-/** A named version's manifest, verified and checked against this machine's state. */
-export async function fetchRelease(
-  source: Source,
-  version: string,
-  layout: Layout,
-  state: State,
-  policy: TrustPolicy,
-  manifestKey = releaseKeys(version).manifest,
-): Promise<ResolvedRelease> {
+/** A named version's manifest, verified and validated (no judgement about this machine). */
+export async function readRelease(source: Source, version: string, keysDir: string, policy: TrustPolicy, manifestKey = releaseKeys(version).manifest): Promise<ResolvedRelease> {
   assertVersion(version);
   const where = objectUrl(source, manifestKey);
   let fetched;
   try {
-    fetched = await fetchSigned(source, manifestKey, layout, policy);
+    fetched = await fetchSigned(source, manifestKey, keysDir, policy);
   } catch (err) {
     if (isUpgradeError(err, 'NOT_FOUND')) {
       throw new UpgradeError('NOT_FOUND', `release ${version} does not exist at ${source.url} (no ${manifestKey})`, {
@@ -152,16 +124,6 @@ export async function fetchRelease(
     throw new UpgradeError('MANIFEST', `${where} describes version ${manifest.version}, not ${version}`, { hint: 'the release was published under the wrong name; re-publish it' });
   }
   checkExpiry(`release ${version}`, manifest.expires, policy);
-  if (state.current && compareVersions(version, state.current) < 0 && !policy.allowDowngrade) {
-    throw new UpgradeError('DOWNGRADE', `release ${version} is older than the current image ${state.current}`, {
-      hint: 'to go back on purpose, run upgradectl prepare --allow-downgrade VERSION (or upgradectl rollback for the previous image)',
-    });
-  }
-  if (state.bad[version] && !policy.force) {
-    throw new UpgradeError('BAD_VERSION', `release ${version} failed its trial boot before: ${state.bad[version].reason}`, {
-      hint: 'publish a fixed release under a new version, or retry this one on purpose with --force',
-    });
-  }
   return {
     manifest,
     manifestBytes: fetched.bytes,

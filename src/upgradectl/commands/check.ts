@@ -2,7 +2,7 @@ import type { Command } from '../cli.js';
 import { loadConfig } from '../../operations/config.js';
 import { loadState } from '../../operations/state.js';
 import { openConfiguredSource } from '../../operations/prepare.js';
-import { checkChannel } from '../../release/resolve.js';
+import { checkChannel } from '../../operations/offer.js';
 import { trustPolicy, TRUST_OPTIONS } from './trust.js';
 
 export const checkCommand: Command = {

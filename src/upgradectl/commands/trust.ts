@@ -1,6 +1,6 @@
 import type { Config } from '../../operations/config.js';
 import type { CommandContext } from '../cli.js';
-import type { TrustPolicy } from '../../release/resolve.js';
+import type { OfferPolicy } from '../../operations/offer.js';
 
 export const TRUST_OPTIONS = {
   'allow-downgrade': { type: 'boolean' },
@@ -10,7 +10,7 @@ export const TRUST_OPTIONS = {
 } as const;
 
 /** What the operator allowed, on the command line or in the config; everything is refused by default. */
-export function trustPolicy(options: CommandContext['options'], config: Config): TrustPolicy {
+export function trustPolicy(options: CommandContext['options'], config: Config): OfferPolicy {
   return {
     allowDowngrade: Boolean(options['allow-downgrade']) || config.prepare.allowDowngrade,
     allowUnsigned: Boolean(options['allow-unsigned']) || config.prepare.allowUnsigned,
