@@ -40,6 +40,32 @@ export async function writeFileDurable(file: string, data: string | Uint8Array, 
   await fsyncDir(dir);
 }
 
+/**
+ * Overwrite the whole of an existing file of exactly `data.length` bytes in place (same inode, same
+ * data blocks, no truncate) and fdatasync it. Returns false, writing nothing, when the file is missing
+ * or has another size: the caller then replaces it whole. For files a reader sees without replaying
+ * the filesystem journal (GRUB reading grubenv, FACTS.md): a data overwrite is visible to it once
+ * synced, a rename is not until the journal is checkpointed.
+ */
+export async function overwriteInPlace(file: string, data: Uint8Array): Promise<boolean> {
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(file, C.O_RDWR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+  try {
+    if ((await fh.stat()).size !== data.length) return false;
+    const { bytesWritten } = await fh.write(data, 0, data.length, 0);
+    if (bytesWritten !== data.length) throw new Error(`short write to ${file} (${bytesWritten} of ${data.length} bytes)`);
+    await fh.datasync();
+    return true;
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Rename and make the rename durable (both directories when they differ). */
 export async function renameDurable(from: string, to: string): Promise<void> {
   await fs.rename(from, to);

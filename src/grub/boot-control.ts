@@ -1,9 +1,8 @@
 import { promises as fs } from 'node:fs';
-import type { Config } from '../operations/config.js';
 import { UpgradeError, errnoOf } from '../core/errors.js';
 import type { Layout } from '../core/layout.js';
-import type { State } from '../operations/state.js';
-import { DISARM, armChange, newDefault, readBootEnv, updateBootEnv } from './boot-files.js';
+import { isVersion } from '../core/version.js';
+import { DISARM, armChange, newDefault, readBootEnv, updateBootEnv, type BootContext } from './boot-files.js';
 import type { GrubEnv } from './env.js';
 import { DEFAULT_TRIES_VAR, entryId } from './render.js';
 
@@ -17,7 +16,8 @@ import { DEFAULT_TRIES_VAR, entryId } from './render.js';
 export function parseBootedVersion(cmdline: string): string | undefined {
   for (const word of cmdline.trim().split(/\s+/)) {
     const m = /^upgradectl\.loop=\/images\/(.+)\.img$/.exec(word);
-    if (m) return m[1];
+    // Only a plain version names an image of ours: `/images/../x.img` or `/images/a/b.img` name none.
+    if (m) return isVersion(m[1]) ? m[1] : undefined;
   }
   return undefined;
 }
@@ -33,21 +33,21 @@ export async function bootedVersion(layout: Layout): Promise<string | undefined>
 }
 
 /**
- * Arm a trial boot of `version`: GRUB boots it once (config.boot.trialAttempts times in all), then
- * falls back to saved_entry. With save_env unavailable (config.boot.saveEnv false) GRUB cannot consume
- * a one-shot, so the image becomes the default directly and only a failed confirm rolls back
- * (docs/grub.md, "Hosts where save_env does not work").
+ * Arm a trial boot of `version`: GRUB boots it once (trialAttempts times in all), then falls back to
+ * saved_entry, the current image. With save_env unavailable GRUB cannot consume a one-shot, so the image
+ * becomes the default directly and only a failed confirm rolls back (docs/grub.md, "Hosts where
+ * save_env does not work").
  */
-export async function armTrial(layout: Layout, config: Config, state: State, version: string): Promise<GrubEnv> {
-  if (!config.boot.saveEnv) return updateBootEnv(layout, config, state, newDefault(version));
-  const change: Record<string, string | null> = { ...armChange(version, config) };
-  if (state.current) change.saved_entry = entryId(state.current);
-  return updateBootEnv(layout, config, state, change);
+export async function armTrial(ctx: BootContext, version: string): Promise<GrubEnv> {
+  if (!ctx.settings.saveEnv) return updateBootEnv(ctx, newDefault(version));
+  const change: Record<string, string | null> = { ...armChange(version, ctx.settings) };
+  if (ctx.roles.current) change.saved_entry = entryId(ctx.roles.current);
+  return updateBootEnv(ctx, change);
 }
 
 /** Make `version` the default, with no starts of it counted yet, and drop any pending trial. */
-export function setDefault(layout: Layout, config: Config, state: State, version: string): Promise<GrubEnv> {
-  return updateBootEnv(layout, config, state, newDefault(version));
+export function setDefault(ctx: BootContext, version: string): Promise<GrubEnv> {
+  return updateBootEnv(ctx, newDefault(version));
 }
 
 /**
@@ -55,14 +55,14 @@ export function setDefault(layout: Layout, config: Config, state: State, version
  * default"). Returns whether grubenv was written; nothing is written when there is no count, so a
  * machine that boots normally writes grubenv once per boot at most.
  */
-export async function clearDefaultCount(layout: Layout, config: Config, state: State): Promise<boolean> {
-  const env = await readBootEnv(layout);
+export async function clearDefaultCount(ctx: BootContext): Promise<boolean> {
+  const env = await readBootEnv(ctx.layout);
   if (!env?.[DEFAULT_TRIES_VAR]) return false;
-  await updateBootEnv(layout, config, state, { [DEFAULT_TRIES_VAR]: null });
+  await updateBootEnv(ctx, { [DEFAULT_TRIES_VAR]: null });
   return true;
 }
 
-/** Drop a pending trial; the default becomes (or stays) `state.current`. */
-export function disarmTrial(layout: Layout, config: Config, state: State): Promise<GrubEnv> {
-  return updateBootEnv(layout, config, state, { ...DISARM, ...(state.current ? { saved_entry: entryId(state.current) } : {}) });
+/** Drop a pending trial; the default becomes (or stays) the current image. */
+export function disarmTrial(ctx: BootContext): Promise<GrubEnv> {
+  return updateBootEnv(ctx, { ...DISARM, ...(ctx.roles.current ? { saved_entry: entryId(ctx.roles.current) } : {}) });
 }

@@ -2,95 +2,99 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Manifest } from '../release/manifest.js';
-import type { Config } from '../operations/config.js';
-import { writeFileDurable, readJsonIfExists } from '../core/durable.js';
-import { UpgradeError, errnoOf, messageOf } from '../core/errors.js';
+import { writeFileDurable } from '../core/durable.js';
+import { UpgradeError, messageOf } from '../core/errors.js';
 import { ExecError, run } from '../core/exec.js';
-import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
-import type { State } from '../operations/state.js';
+import { log } from '../core/log.js';
 import { readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
 import { checkpointHost, detectHostUuid, type CheckpointResult } from './host-fs.js';
 import { DEFAULT_TRIES_VAR, entryId, renderGrubConfig, renderGrubFragment, type GrubConfigInput, type GrubEntry } from './render.js';
 
 /**
- * Boot files on the host partition, built from what is on disk (HOST/images, verified manifests) and
- * the lifecycle state: grub.cfg (validated, replaced atomically) and grubenv (rewritten in place).
+ * Boot files on the host partition, from plain inputs: grub.cfg (validated, replaced atomically) and
+ * grubenv (rewritten in place). The caller says which images exist and what role each plays; nothing
+ * here knows the lifecycle's state or the config file.
  */
 
-const VERSION_RE = /^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$/;
+/** The [boot] settings the bootloader side needs. */
+export interface BootSettings {
+  panicTimeout: number;
+  trialAttempts: number;
+  defaultAttempts: number;
+  kernelArgs: string;
+  serialConsole: string;
+  menuTimeout: number;
+  /** Filesystem UUID of the host partition; detected (findmnt/blkid) when unset. */
+  hostUuid: string | undefined;
+  /** GRUB can write grubenv (save_env) on the host filesystem (docs/grub.md). */
+  saveEnv: boolean;
+}
 
-/** Versions of the image files under HOST/images (downloads in .staging are never listed). */
-export async function imageVersions(layout: Layout): Promise<string[]> {
-  let names: string[];
-  try {
-    names = await fs.readdir(layout.imagesDir);
-  } catch (err) {
-    if (errnoOf(err) === 'ENOENT') return [];
-    throw err;
-  }
-  return names
-    .filter((n) => n.endsWith('.img') && !n.startsWith('.'))
-    .map((n) => n.slice(0, -'.img'.length))
-    .filter((v) => VERSION_RE.test(v));
+/** Which image plays which part. `armed`: a trial armed and not booted yet (grubenv is rebuilt with it). */
+export interface BootRoles {
+  current?: string;
+  previous?: string;
+  next?: string;
+  armed?: string;
+}
+
+/** Everything a boot-file write needs: where, how, and the roles of the images. */
+export interface BootContext {
+  layout: Layout;
+  settings: BootSettings;
+  roles: BootRoles;
+}
+
+/** An image on disk as the menu shows it; boot data from its verified manifest when there is one. */
+export interface BootImage {
+  version: string;
+  kernel?: string;
+  initrd?: string;
+  cmdline?: string;
+  /** Build date (ISO) for the menu title. */
+  created?: string;
 }
 
 /**
- * One entry per image file, in menu order: current, next, previous, then the rest newest first.
- * An image without its manifest still gets an entry with the standard /vmlinuz and /initrd.img: a
- * machine must never lose the entry of the image it runs because a side file went missing.
+ * One entry per image, in menu order: current, next, previous, then the rest newest first. An image
+ * without boot data gets the standard /vmlinuz and /initrd.img: a machine must never lose the entry of
+ * the image it runs because a side file went missing.
  */
-export async function collectEntries(layout: Layout, state: State): Promise<GrubEntry[]> {
-  const versions = await imageVersions(layout);
-  const rank = (v: string) => [state.current, state.next, state.previous].indexOf(v);
-  versions.sort((a, b) => {
-    const ra = rank(a) < 0 ? 99 : rank(a);
-    const rb = rank(b) < 0 ? 99 : rank(b);
-    if (ra !== rb) return ra - rb;
-    return b.localeCompare(a, undefined, { numeric: true });
-  });
-  for (const v of [state.current, state.next, state.previous]) {
-    if (v && !versions.includes(v)) log.warn(`image ${layout.imageFile(v)} is missing: it gets no boot entry`);
+export function orderEntries(images: BootImage[], roles: BootRoles, layout: Layout): GrubEntry[] {
+  const order = [roles.current, roles.next, roles.previous];
+  const rank = (v: string) => (order.indexOf(v) < 0 ? 99 : order.indexOf(v));
+  const sorted = [...images].sort((a, b) => rank(a.version) - rank(b.version) || b.version.localeCompare(a.version, undefined, { numeric: true }));
+  for (const v of order) {
+    if (v && !images.some((i) => i.version === v)) log.warn(`image ${layout.imageFile(v)} is missing: it gets no boot entry`);
   }
-  const entries: GrubEntry[] = [];
-  for (const version of versions) {
-    let manifest: Manifest | undefined;
-    try {
-      manifest = await readJsonIfExists<Manifest>(layout.manifestFile(version));
-    } catch (err) {
-      log.warn(`manifest ${layout.manifestFile(version)} is unreadable (${messageOf(err)}): standard kernel paths used`);
-    }
-    if (!manifest) log.debug(`no manifest for ${version}: using /vmlinuz and /initrd.img`);
-    const built = manifest?.created ? ` (built ${manifest.created.slice(0, 10)})` : '';
-    entries.push({
-      version,
-      title: `upgradectl image ${version}${built}`,
-      kernel: manifest?.boot?.kernel ?? '/vmlinuz',
-      initrd: manifest?.boot?.initrd ?? '/initrd.img',
-      cmdline: manifest?.boot?.cmdline ?? '',
-    });
-  }
-  return entries;
+  return sorted.map((img) => ({
+    version: img.version,
+    title: `upgradectl image ${img.version}${img.created ? ` (built ${img.created.slice(0, 10)})` : ''}`,
+    kernel: img.kernel ?? '/vmlinuz',
+    initrd: img.initrd ?? '/initrd.img',
+    cmdline: img.cmdline ?? '',
+  }));
 }
 
-export async function buildGrubInput(layout: Layout, config: Config, state: State): Promise<GrubConfigInput> {
-  const entries = await collectEntries(layout, state);
+export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Promise<GrubConfigInput> {
+  const { layout, settings, roles } = ctx;
+  const entries = orderEntries(images, roles, layout);
   const versions = new Set(entries.map((e) => e.version));
   const flasherKernel = path.join(layout.flasherDir, 'vmlinuz');
   const flasherInitrd = path.join(layout.flasherDir, 'initrd.img');
   const flasherOnHost = '/' + path.relative(layout.host, layout.flasherDir);
   return {
-    hostUuid: await detectHostUuid(layout.host, config.boot.hostUuid),
+    hostUuid: await detectHostUuid(layout.host, settings.hostUuid),
     entries,
-    panicTimeout: config.boot.panicTimeout,
-    trialAttempts: config.boot.trialAttempts,
-    defaultAttempts: config.boot.defaultAttempts,
-    kernelArgs: config.boot.kernelArgs,
-    serialConsole: config.boot.serialConsole,
-    menuTimeout: config.boot.menuTimeout,
-    fallbackVersion: state.previous && versions.has(state.previous) ? state.previous : undefined,
-    saveEnv: config.boot.saveEnv,
+    panicTimeout: settings.panicTimeout,
+    trialAttempts: settings.trialAttempts,
+    defaultAttempts: settings.defaultAttempts,
+    kernelArgs: settings.kernelArgs,
+    serialConsole: settings.serialConsole,
+    menuTimeout: settings.menuTimeout,
+    fallbackVersion: roles.previous && versions.has(roles.previous) ? roles.previous : undefined,
+    saveEnv: settings.saveEnv,
     flasher:
       existsSync(flasherKernel) && existsSync(flasherInitrd)
         ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: 'upgradectl.flasher=1' }
@@ -98,8 +102,8 @@ export async function buildGrubInput(layout: Layout, config: Config, state: Stat
   };
 }
 
-export async function renderForLayout(layout: Layout, config: Config, state: State, fragment = false): Promise<string> {
-  const input = await buildGrubInput(layout, config, state);
+export async function renderBootConfig(ctx: BootContext, images: BootImage[], fragment = false): Promise<string> {
+  const input = await buildGrubInput(ctx, images);
   return fragment ? renderGrubFragment(input) : renderGrubConfig(input);
 }
 
@@ -135,21 +139,19 @@ export const ENV_KEYS = ['saved_entry', 'next_entry', 'upgradectl_trial', 'upgra
 export type EnvChange = Partial<Record<(typeof ENV_KEYS)[number], string | null>>;
 
 /**
- * grubenv as the state says it should be: the default image, and when a trial is armed (committed)
- * the one-shot plus its extra attempts. Used to rebuild a missing or corrupt block.
+ * grubenv as the roles say it should be: the default image, and when a trial is armed the one-shot
+ * plus its extra attempts. Used to rebuild a missing or corrupt block.
  */
-export function envFromState(state: State, config: Config): GrubEnv {
+export function envForRoles(roles: BootRoles, settings: BootSettings): GrubEnv {
   const env: GrubEnv = {};
-  if (state.current) env.saved_entry = entryId(state.current);
-  if (state.phase === 'committed' && state.next) {
-    Object.assign(env, armChange(state.next, config));
-  }
-  return env as GrubEnv;
+  if (roles.current) env.saved_entry = entryId(roles.current);
+  if (roles.armed) Object.assign(env, armChange(roles.armed, settings));
+  return env;
 }
 
 /** The env change that arms a trial boot of `version`: GRUB's one-shot plus the extra-attempt chain. */
-export function armChange(version: string, config: Config): Record<string, string> {
-  const extra = config.boot.trialAttempts - 1;
+export function armChange(version: string, settings: BootSettings): Record<string, string> {
+  const extra = settings.trialAttempts - 1;
   return {
     next_entry: entryId(version),
     upgradectl_trial: entryId(version),
@@ -171,17 +173,18 @@ export async function readBootEnv(layout: Layout): Promise<GrubEnv | undefined> 
 }
 
 /**
- * Apply a change to grubenv. A missing, corrupt or wrong-size block is rebuilt from the state first
+ * Apply a change to grubenv. A missing, corrupt or wrong-size block is rebuilt from the roles first
  * (with a warning), so the machine is never left without a default.
  */
-export async function updateBootEnv(layout: Layout, config: Config, state: State, change: EnvChange): Promise<GrubEnv> {
+export async function updateBootEnv(ctx: BootContext, change: EnvChange): Promise<GrubEnv> {
+  const { layout } = ctx;
   const r = await readGrubEnvFile(layout.grubEnv);
   let env: GrubEnv;
   if (r.kind === 'ok') env = r.env;
   else {
     if (r.kind === 'corrupt') log.warn(`${r.error.message}; rebuilding it from the upgradectl state`);
     else log.info(`creating ${layout.grubEnv}`);
-    env = envFromState(state, config);
+    env = envForRoles(ctx.roles, ctx.settings);
   }
   for (const [k, v] of Object.entries(change)) {
     if (v === null || v === undefined) delete env[k];
@@ -200,14 +203,15 @@ export interface BootFilesResult {
 }
 
 /**
- * Write every boot file for `state`: grub.cfg (validated, atomic), grubenv (in place; `change` applied,
- * or rebuilt from state when missing or corrupt), then checkpoint the host filesystem so GRUB sees both
- * after a hard reset.
+ * Write every boot file: grub.cfg (validated, atomic), grubenv (in place; rebuilt from the roles when
+ * missing or corrupt), then checkpoint the host filesystem so GRUB sees both after a hard reset. With
+ * `makeDefault`, grubenv names that image as the default with no trial pending and no starts counted.
  */
-export async function writeBootFiles(layout: Layout, config: Config, state: State, change: EnvChange = {}): Promise<BootFilesResult> {
-  const text = await renderForLayout(layout, config, state);
+export async function writeBootFiles(ctx: BootContext, images: BootImage[], opts: { makeDefault?: string } = {}): Promise<BootFilesResult> {
+  const { layout } = ctx;
+  const text = await renderBootConfig(ctx, images);
   await installGrubConfig(layout, text);
-  const env = await updateBootEnv(layout, config, state, change);
+  const env = await updateBootEnv(ctx, opts.makeDefault ? newDefault(opts.makeDefault) : {});
   const checkpoint = await checkpointHost(layout.host);
   return { grubCfg: text, env, checkpoint };
 }

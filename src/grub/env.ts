@@ -1,7 +1,7 @@
-import { promises as fs, constants as C } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { UpgradeError, errnoOf } from '../core/errors.js';
-import { fsyncDir } from '../core/durable.js';
+import { overwriteInPlace, writeFileDurable } from '../core/durable.js';
 
 /**
  * The GRUB environment block, byte-compatible with `grub-editenv` (grub-core/lib/envblk.c):
@@ -108,36 +108,14 @@ export async function readGrubEnvFile(file: string): Promise<ReadEnvResult> {
  */
 export async function writeGrubEnvFile(file: string, env: GrubEnv): Promise<{ inPlace: boolean }> {
   const block = formatGrubEnv(env, file);
-  let fh: fs.FileHandle | undefined;
   try {
-    fh = await fs.open(file, C.O_RDWR);
+    if (await overwriteInPlace(file, block)) return { inPlace: true };
+    // Not in place (first creation or repair): replaced whole; the caller checkpoints for GRUB.
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    await writeFileDurable(file, block, 0o644);
   } catch (err) {
-    if (errnoOf(err) !== 'ENOENT') throw new UpgradeError('GRUB', `cannot open ${file}: ${(err as Error).message}`, { cause: err });
+    if (err instanceof UpgradeError) throw err;
+    throw new UpgradeError('GRUB', `cannot write ${file}: ${(err as Error).message}`, { cause: err });
   }
-  if (fh) {
-    try {
-      const { size } = await fh.stat();
-      if (size === GRUBENV_SIZE) {
-        const { bytesWritten } = await fh.write(block, 0, GRUBENV_SIZE, 0);
-        if (bytesWritten !== GRUBENV_SIZE) throw new UpgradeError('GRUB', `short write to ${file} (${bytesWritten} bytes)`);
-        await fh.datasync();
-        return { inPlace: true };
-      }
-    } finally {
-      await fh.close();
-    }
-  }
-  await fs.mkdir(path.dirname(file), { recursive: true });
-  // Not in place (first creation or repair): build beside it, then rename over.
-  const tmp = `${file}.new`;
-  const out = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC, 0o644);
-  try {
-    await out.write(block, 0, GRUBENV_SIZE, 0);
-    await out.sync();
-  } finally {
-    await out.close();
-  }
-  await fs.rename(tmp, file);
-  await fsyncDir(path.dirname(file));
   return { inPlace: false };
 }

@@ -7,8 +7,8 @@ import { loadState, saveState, type HistoryEntry, type Phase, type State } from 
 
 /**
  * The whole lifecycle of DESIGN.md §4 in one table: which event may move which phase where.
- * Commands (prepare, commit, confirm, rollback) and the boot-time reconciliation (reconcile.ts) are
- * operations that end in one of these events; the steps they run live in transitions.ts.
+ * Operations (prepare.ts, commit.ts, confirm.ts, rollback.ts) and the boot-time reconciliation
+ * (reconcile/) end in one of these events; the CLI and the daemon reach the machine only through them.
  *
  *   idle --prepare--> prepared --commit--> committed --boot-trial--> trying --confirm-ok--> idle
  *     |                  |                    |                        |

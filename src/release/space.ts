@@ -3,6 +3,7 @@ import path from 'node:path';
 import { UpgradeError } from '../core/errors.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
+import { listImages } from '../core/images.js';
 import { compareVersions } from '../core/version.js';
 
 /**
@@ -35,9 +36,8 @@ export async function ensureSpace(layout: Layout, needed: number, keep: Set<stri
     const version = name.replace(/\.(img|progress\.json)$/, '');
     if (version !== stagingOf) candidates.push({ file: path.join(layout.stagingDir, name), version });
   }
-  const images = (await fs.readdir(layout.imagesDir))
-    .filter((n) => n.endsWith('.img'))
-    .map((n) => n.slice(0, -4))
+  const images = (await listImages(layout))
+    .map((i) => i.version)
     .filter((v) => !keep.has(v))
     .sort(compareVersions);
   for (const version of images) candidates.push({ file: layout.imageFile(version), version });

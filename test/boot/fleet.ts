@@ -1,7 +1,7 @@
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { writeBootFiles } from '../../src/grub/boot-files.js';
+import { writeBootFiles } from '../../src/operations/boot.js';
 import type { GrubEnv } from '../../src/grub/env.js';
 import { buildImage } from '../../src/release/image-build.js';
 import { parseConfig } from '../../src/operations/config.js';

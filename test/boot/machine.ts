@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { armTrial } from '../../src/grub/boot-control.js';
-import { writeBootFiles, readBootEnv } from '../../src/grub/boot-files.js';
+import { armTrial } from '../../src/operations/boot.js';
+import { writeBootFiles, readBootEnv } from '../../src/operations/boot.js';
 import { parseGrubEnv, type GrubEnv } from '../../src/grub/env.js';
 import { buildImage } from '../../src/release/image-build.js';
 import { parseConfig, type Config } from '../../src/operations/config.js';

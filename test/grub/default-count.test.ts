@@ -1,11 +1,11 @@
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { skipUnless } from '../helpers/requirements.js';
-import { writeBootFiles } from '../../src/grub/boot-files.js';
+import { writeBootFiles } from '../../src/operations/boot.js';
 import { loadConfig } from '../../src/operations/config.js';
 import type { Layout } from '../../src/core/layout.js';
 import type { State } from '../../src/operations/state.js';
-import { armTrial } from '../../src/grub/boot-control.js';
+import { armTrial } from '../../src/operations/boot.js';
 import { editenv, envList, grubStart, makeMachine, type MachineOptions } from '../upgradectl/fixtures/machine.js';
 
 /**

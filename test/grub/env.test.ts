@@ -64,15 +64,15 @@ t.test('parse rejects what is not an environment block', async (t) => {
   t.same(parseGrubEnv(block), { a: '1' });
 });
 
-t.test('a corrupt or wrong-size grubenv is rebuilt from state, with the default kept', { skip }, async (t) => {
+t.test('a corrupt or wrong-size grubenv is rebuilt from the roles, with the default kept', { skip }, async (t) => {
   const dir = t.testdir({ boot: { grub: { grubenv: 'garbage, not 1024 bytes' } } });
   const layout = new Layout(dir);
   const config = parseConfig('[boot]\ntrial_attempts = 2\n');
   const r0 = await readGrubEnvFile(layout.grubEnv);
   t.equal(r0.kind, 'corrupt');
   t.ok(r0.kind === 'corrupt' && isUpgradeError(r0.error, 'CORRUPT'));
-  const state = { schema: 1 as const, phase: 'committed' as const, current: '1.0', next: '2.0', bad: {}, history: [] };
-  await updateBootEnv(layout, config, state, {});
+  const ctx = { layout, settings: config.boot, roles: { current: '1.0', next: '2.0', armed: '2.0' } };
+  await updateBootEnv(ctx, {});
   t.equal(statSync(layout.grubEnv).size, GRUBENV_SIZE);
   const listed = editenv(layout.grubEnv, 'list');
   t.match(listed, /saved_entry=upgradectl-1.0/);
@@ -80,7 +80,7 @@ t.test('a corrupt or wrong-size grubenv is rebuilt from state, with the default 
   t.match(listed, /upgradectl_tries=1/);
   // The next write to the repaired block is in place again.
   const ino = statSync(layout.grubEnv).ino;
-  await updateBootEnv(layout, config, { ...state, phase: 'idle' }, { next_entry: null });
+  await updateBootEnv({ ...ctx, roles: { current: '1.0' } }, { next_entry: null });
   t.equal(statSync(layout.grubEnv).ino, ino);
   writeFileSync(layout.grubEnv, Buffer.alloc(1024, 0));
   t.equal((await readGrubEnvFile(layout.grubEnv)).kind, 'corrupt');

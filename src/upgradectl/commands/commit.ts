@@ -1,11 +1,7 @@
-import { existsSync } from 'node:fs';
-import { buildGrubInput } from '../../grub/boot-files.js';
 import type { Command } from '../cli.js';
 import { loadConfig } from '../../operations/config.js';
 import { UpgradeError } from '../../core/errors.js';
-import { migrateForCommit } from '../../operations/migration-step.js';
-import { loadState } from '../../operations/state.js';
-import { commit } from '../../operations/transitions.js';
+import { commit, planCommit } from '../../operations/commit.js';
 
 export const commitCommand: Command = {
   summary: 'migrate, write boot entries, one-shot boot of the prepared image',
@@ -24,23 +20,13 @@ export const commitCommand: Command = {
     }
     const config = await loadConfig(layout);
     if (options['dry-run']) {
-      // The plan only: what would move into the image and which entries GRUB would get. Nothing is written.
-      const state = await loadState(layout);
-      if (state.phase !== 'prepared' || !state.next) {
-        throw new UpgradeError('STATE', `nothing to commit: the machine is ${state.phase}`, { hint: 'run upgradectl prepare first' });
-      }
-      if (!existsSync(layout.imageFile(state.next))) {
-        throw new UpgradeError('NOT_FOUND', `the prepared image ${layout.imageFile(state.next)} is missing`, { hint: `run upgradectl prepare ${state.next}` });
-      }
-      const migration = await migrateForCommit(layout, layout.imageFile(state.next), true);
-      const grub = await buildGrubInput(layout, config, state);
-      const data = { dryRun: true, from: state.current, to: state.next, migration, entries: grub.entries.map((e) => e.version) };
+      const plan = await planCommit(layout, config);
       return {
-        data,
+        data: { dryRun: true, ...plan },
         text: [
-          `would commit ${state.next} (from ${state.current ?? 'no recorded image'})`,
-          `boot entries: ${data.entries.join(', ')}`,
-          `migration plan: ${JSON.stringify(migration, null, 2)}`,
+          `would commit ${plan.to} (from ${plan.from})`,
+          `boot entries: ${plan.entries.join(', ')}`,
+          `migration plan: ${JSON.stringify(plan.migration, null, 2)}`,
         ].join('\n'),
       };
     }

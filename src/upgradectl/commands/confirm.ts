@@ -1,7 +1,7 @@
 import type { Command } from '../cli.js';
 import { loadConfig } from '../../operations/config.js';
-import { reconcile } from '../../operations/reconcile.js';
-import { confirm } from '../../operations/transitions.js';
+import { reconcile } from '../../operations/reconcile/index.js';
+import { confirm } from '../../operations/confirm.js';
 
 export const confirmCommand: Command = {
   summary: 'on a trial boot: health checks, then make it the default (or roll back)',

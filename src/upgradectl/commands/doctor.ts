@@ -1,6 +1,8 @@
 import { promises as fs, existsSync } from 'node:fs';
 import path from 'node:path';
-import { collectEntries, imageVersions } from '../../grub/boot-files.js';
+import { orderEntries } from '../../grub/boot-files.js';
+import { listImages } from '../../core/images.js';
+import { bootImages } from '../../operations/boot.js';
 import { readGrubEnvFile } from '../../grub/env.js';
 import { detectHostUuid, saveEnvCapability } from '../../grub/host-fs.js';
 import { DEFAULT_TRIES_VAR, versionOfEntry } from '../../grub/render.js';
@@ -133,10 +135,10 @@ async function checkGrubEnv(layout: Layout, state: State | undefined): Promise<O
 }
 
 async function checkImages(layout: Layout, state: State): Promise<Array<Omit<Finding, 'check'>>> {
-  const versions = await imageVersions(layout);
-  if (versions.length === 0) return [{ level: 'warn', message: `no images under ${layout.imagesDir}`, fix: 'upgradectl prepare' }];
+  const images = await bootImages(layout);
+  if (images.length === 0) return [{ level: 'warn', message: `no images under ${layout.imagesDir}`, fix: 'upgradectl prepare' }];
   const out: Array<Omit<Finding, 'check'>> = [];
-  for (const e of await collectEntries(layout, state)) {
+  for (const e of orderEntries(images, state, layout)) {
     const file = layout.imageFile(e.version);
     const missing: string[] = [];
     for (const p of [e.kernel, e.initrd]) {
@@ -180,7 +182,7 @@ async function checkSpace(layout: Layout): Promise<Omit<Finding, 'check'>> {
   const st = await fs.statfs(layout.imagesDir);
   const free = st.bavail * st.bsize;
   let largest = 0;
-  for (const v of await imageVersions(layout)) largest = Math.max(largest, (await fs.stat(layout.imageFile(v))).size);
+  for (const img of await listImages(layout)) largest = Math.max(largest, img.bytes);
   const gib = (n: number) => `${(n / 2 ** 30).toFixed(1)} GiB`;
   if (largest > 0 && free < largest) {
     return { level: 'warn', message: `${gib(free)} free under ${layout.imagesDir}, less than one image (${gib(largest)})`, fix: 'remove images that are neither current nor previous, or grow the host partition' };

@@ -1,8 +1,8 @@
-import { checkGrubScript, renderForLayout, writeBootFiles } from '../../grub/boot-files.js';
+import { checkGrubScript } from '../../grub/boot-files.js';
 import type { Command } from '../cli.js';
 import { loadConfig } from '../../operations/config.js';
-import { acquireLock } from '../../core/lock.js';
-import { reconcile } from '../../operations/reconcile.js';
+import { renderForState } from '../../operations/boot.js';
+import { rewriteBootFiles } from '../../operations/rewrite-boot.js';
 import { loadState } from '../../operations/state.js';
 
 export const grubConfigCommand: Command = {
@@ -12,19 +12,11 @@ export const grubConfigCommand: Command = {
   async run({ layout, options }) {
     const config = await loadConfig(layout);
     if (options.write) {
-      await reconcile(layout);
-      // Under the operation lock: a commit or confirm in flight owns the boot files.
-      const lock = await acquireLock(layout, 'grub-config');
-      try {
-        const state = await loadState(layout);
-        const r = await writeBootFiles(layout, config, state);
-        return { data: { written: layout.grubCfg, env: r.env, checkpoint: r.checkpoint }, text: `wrote ${layout.grubCfg} and ${layout.grubEnv}` };
-      } finally {
-        await lock.release();
-      }
+      const r = await rewriteBootFiles(layout, config);
+      return { data: { written: layout.grubCfg, env: r.env, checkpoint: r.checkpoint }, text: `wrote ${layout.grubCfg} and ${layout.grubEnv}` };
     }
     const state = await loadState(layout);
-    const text = await renderForLayout(layout, config, state, Boolean(options.fragment));
+    const text = await renderForState(layout, config, state, Boolean(options.fragment));
     // update-grub pastes this into grub.cfg: never hand it something GRUB cannot parse.
     await checkGrubScript(text);
     return { data: { config: text }, text };

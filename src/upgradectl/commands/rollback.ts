@@ -1,6 +1,6 @@
 import type { Command } from '../cli.js';
 import { loadConfig } from '../../operations/config.js';
-import { rollback } from '../../operations/transitions.js';
+import { rollback } from '../../operations/rollback.js';
 
 export const rollbackCommand: Command = {
   summary: 'boot the previous image (one-shot + confirm), or cancel a pending upgrade',
