@@ -6,7 +6,7 @@ import { loadConfig } from '../../src/operations/config.js';
 import type { Layout } from '../../src/core/layout.js';
 import type { State } from '../../src/operations/state.js';
 import { armTrial } from '../../src/operations/boot.js';
-import { editenv, envList, grubStart, makeMachine, type MachineOptions } from '../upgradectl/fixtures/machine.js';
+import { editenv, envList, grubStart, makeMachine, type MachineOptions } from '../operations/fixtures/machine.js';
 
 /**
  * Boot counting of the default, GRUB side: what grubenv holds after each reset, with nothing in the

@@ -7,7 +7,7 @@ import { bootImages, renderForState } from '../../src/operations/boot.js';
 import { parseBootedVersion } from '../../src/grub/boot-control.js';
 import { parseConfig } from '../../src/operations/config.js';
 import { Layout } from '../../src/core/layout.js';
-import { makeMachine, HOST_UUID } from '../upgradectl/fixtures/machine.js';
+import { makeMachine, HOST_UUID } from '../operations/fixtures/machine.js';
 import { defaultCountOf } from '../helpers/assert.js';
 
 const skip = skipUnless({ commands: ['grub-script-check'] });

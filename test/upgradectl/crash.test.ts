@@ -9,7 +9,7 @@ import { reconcile } from '../../src/operations/reconcile/index.js';
 import { loadConfig } from '../../src/operations/config.js';
 import type { Layout } from '../../src/core/layout.js';
 import type { State } from '../../src/operations/state.js';
-import { addHook, envList, grubBoot, makeMachine, readState, type MachineOptions } from './fixtures/machine.js';
+import { addHook, envList, grubBoot, makeMachine, readState, type MachineOptions } from '../operations/fixtures/machine.js';
 
 /**
  * The crash table (STYLE.md, after Mender's Killed_in_* cases): the CLI process is ended at each named

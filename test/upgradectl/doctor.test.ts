@@ -5,7 +5,7 @@ import path from 'node:path';
 import { skipUnless } from '../helpers/requirements.js';
 import { diagnose } from '../../src/upgradectl/commands/doctor.js';
 import { grubConfigCommand } from '../../src/upgradectl/commands/grub-config.js';
-import { makeMachine, envList } from './fixtures/machine.js';
+import { makeMachine, envList } from '../operations/fixtures/machine.js';
 import { fallbackEntryId } from '../helpers/assert.js';
 
 const skip = skipUnless({ commands: ['grub-editenv', 'grub-script-check', 'mke2fs', 'debugfs', 'findmnt', 'lsblk', 'losetup', 'getfattr', 'setfattr'] });
