@@ -11,6 +11,7 @@ PACKAGES=(
   debootstrap                     # a realistic Debian tree for migration and boot tests
   acl attr                        # ACLs and xattrs carried by migration
   openssl                         # the boot tests' HTTPS release server certificate
+  btrfs-progs                     # a host filesystem where GRUB cannot save_env: commit must refuse it
 )
 if [ "$(id -u)" != 0 ]; then
   echo "run as root, or install by hand: apt-get install -y --no-install-recommends ${PACKAGES[*]}" >&2

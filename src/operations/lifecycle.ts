@@ -41,7 +41,10 @@ const TRANSITIONS: ReadonlyArray<readonly [from: readonly Phase[], event: Lifecy
   [['committed', 'prepared'], 'boot-trial', 'trying'],
   [['committed', 'trying'], 'boot-old', 'rolled-back'],
   [['prepared'], 'commit-interrupted', 'prepared'],
+  // Reconciliation: no default is recorded and an upgradectl image runs (a new machine). A machine that
+  // prepared before anything was recorded keeps its prepared image.
   [['idle', 'rolled-back'], 'adopt', 'idle'],
+  [['prepared'], 'adopt', 'prepared'],
   [['trying'], 'confirm-ok', 'idle'],
   [['trying'], 'confirm-failed', 'rolled-back'],
   // Reconciliation: the default was started [boot] default_attempts times without coming up, so GRUB

@@ -4,8 +4,9 @@ import { UpgradeError } from '../core/errors.js';
 import { runEvent } from './lifecycle.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
-import { loadState, type State } from './state.js';
-import { bootedVersion } from '../grub/boot-control.js';
+import type { State } from './state.js';
+import { reconcile } from './reconcile/index.js';
+import { bootedVersion } from './boot.js';
 import type { Progress } from '../release/progress.js';
 import type { ResolvedRelease } from '../release/resolve.js';
 import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
@@ -51,8 +52,10 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
   const { layout, config } = opts;
   const source = openConfiguredSource(layout, config);
   try {
-    // Resolve first, without the lock: it only reads, and "nothing to do" must not touch the state.
-    const before = await loadState(layout);
+    // What booted first: a new machine adopts the image it runs, so a downgrade check and the commit
+    // after this have a current image to go by.
+    const before = await reconcile(layout);
+    // Resolve without the lock: it only reads, and "nothing to do" must not touch the state.
     let release: ResolvedRelease;
     if (opts.version) {
       release = await fetchRelease(source, opts.version, layout, before, opts.policy);
@@ -69,15 +72,17 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
 
     let result: PrepareResult | undefined;
     await runEvent(layout, 'prepare', async (state) => {
-      const superseded = state.phase === 'prepared' && state.next && state.next !== version ? state.next : undefined;
-      const keep = keepSet(state, version, await bootedVersion(layout));
+      const booted = await bootedVersion(layout);
+      const keep = keepSet(state, version, booted);
+      // A prepared image that was never committed is dropped when another is prepared — unless it is
+      // also an image the machine needs: current, previous (the fallback) or the one that runs.
+      const superseded = state.phase === 'prepared' && state.next && state.next !== version && ![state.current, state.previous, booted].includes(state.next) ? state.next : undefined;
       const staged = await stagedBytes(layout, version);
       const { removed } = await ensureSpace(layout, Math.max(0, release.manifest.image.allocated - staged), keep, version);
       const progress = opts.progress?.(release.manifest.image.size);
       log.info(`preparing ${version} from ${release.where}`);
       const stage = await stageImage({ layout, source, release, parallel: config.prepare.parallel, progress, signal: opts.signal });
       if (superseded) {
-        // A prepared image that was never committed has no boot entry and nothing refers to it any more.
         await fs.rm(layout.imageFile(superseded), { force: true });
         await fs.rm(layout.manifestFile(superseded), { force: true });
         removed.push(layout.imageFile(superseded));

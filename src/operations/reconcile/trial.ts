@@ -6,7 +6,7 @@ import { checkpointHost } from '../../grub/host-fs.js';
 import { entryId } from '../../grub/render.js';
 import { disarmTrial } from '../boot.js';
 import type { Config } from '../config.js';
-import { applyEvent, record } from '../lifecycle.js';
+import { allowed, applyEvent, record } from '../lifecycle.js';
 import type { State } from '../state.js';
 import type { BootFacts } from './facts.js';
 import { endFailedTrial } from './trial-end.js';
@@ -131,12 +131,12 @@ export async function reconcileTrial(boot: BootFacts): Promise<boolean> {
         await restoreDefault(layout, config, state);
         return true;
       }
-      if (!state.current && booted && existsSync(layout.imageFile(booted))) {
-        applyEvent(state, 'adopt', { version: booted, reason: `${booted} is running and no default was recorded`, update: (s) => void (s.current = booted) });
-        return true;
-      }
       break;
     }
+  }
+  if (!state.current && booted && existsSync(layout.imageFile(booted)) && allowed(state.phase, 'adopt')) {
+    applyEvent(state, 'adopt', { version: booted, reason: `${booted} is running and no default was recorded`, update: (s) => void (s.current = booted) });
+    return true;
   }
   return false;
 }
