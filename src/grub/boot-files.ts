@@ -10,7 +10,7 @@ import { ExecError, run } from '../core/exec.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
 import type { State } from '../operations/state.js';
-import { readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
+import { emptyGrubEnv, readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
 import { checkpointHost, detectHostUuid, type CheckpointResult } from './host-fs.js';
 import { DEFAULT_TRIES_VAR, entryId, renderGrubConfig, renderGrubFragment, type GrubConfigInput, type GrubEntry } from './render.js';
 
@@ -139,12 +139,12 @@ export type EnvChange = Partial<Record<(typeof ENV_KEYS)[number], string | null>
  * the one-shot plus its extra attempts. Used to rebuild a missing or corrupt block.
  */
 export function envFromState(state: State, config: Config): GrubEnv {
-  const env: GrubEnv = {};
+  const env = emptyGrubEnv();
   if (state.current) env.saved_entry = entryId(state.current);
   if (state.phase === 'committed' && state.next) {
     Object.assign(env, armChange(state.next, config));
   }
-  return env as GrubEnv;
+  return env;
 }
 
 /** The env change that arms a trial boot of `version`: GRUB's one-shot plus the extra-attempt chain. */
