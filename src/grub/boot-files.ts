@@ -7,7 +7,7 @@ import { UpgradeError, messageOf } from '../core/errors.js';
 import { ExecError, run } from '../core/exec.js';
 import type { Layout } from '../core/layout.js';
 import { log } from '../core/log.js';
-import { readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
+import { emptyGrubEnv, readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
 import { checkpointHost, detectHostUuid, type CheckpointResult } from './host-fs.js';
 import { DEFAULT_TRIES_VAR, entryId, renderGrubConfig, renderGrubFragment, type GrubConfigInput, type GrubEntry } from './render.js';
 
@@ -143,7 +143,7 @@ export type EnvChange = Partial<Record<(typeof ENV_KEYS)[number], string | null>
  * plus its extra attempts. Used to rebuild a missing or corrupt block.
  */
 export function envForRoles(roles: BootRoles, settings: BootSettings): GrubEnv {
-  const env: GrubEnv = {};
+  const env = emptyGrubEnv();
   if (roles.current) env.saved_entry = entryId(roles.current);
   if (roles.armed) Object.assign(env, armChange(roles.armed, settings));
   return env;

@@ -1,5 +1,6 @@
 import { promises as fs, type Stats } from 'node:fs';
 import path from 'node:path';
+import { compileGlob, matchTokens } from './glob.js';
 
 /**
  * Path resolution confined to a tree (the running root or the mounted image), component by
@@ -97,27 +98,15 @@ export function hasWildcard(component: string): boolean {
   return /[*?[]/.test(component);
 }
 
-/** A shell-style pattern for one path component: `*`, `?`, `[abc]`, `[!abc]`; a leading dot must be matched literally. */
+/**
+ * A shell-style pattern for one path component (glob.ts: `*`, `?`, `[abc]`, `[!abc]`); a leading dot
+ * must be matched literally. Throws GlobError for a pattern that cannot match (whitelist.ts checks
+ * every pattern when it reads the file, so this is a programming error here).
+ */
 export function componentMatcher(glob: string): (name: string) => boolean {
-  let re = '';
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i] as string;
-    if (c === '*') re += '.*';
-    else if (c === '?') re += '.';
-    else if (c === '[') {
-      const end = glob.indexOf(']', i + 2);
-      if (end === -1) re += '\\[';
-      else {
-        let body = glob.slice(i + 1, end);
-        if (body.startsWith('!')) body = `^${body.slice(1)}`;
-        re += `[${body.replace(/\\/g, '\\\\')}]`;
-        i = end;
-      }
-    } else re += c.replace(/[.+^${}()|\\/]/g, '\\$&');
-  }
-  const rx = new RegExp(`^${re}$`, 's');
+  const tokens = compileGlob(glob);
   const dotOk = glob.startsWith('.');
-  return (name) => (dotOk || !name.startsWith('.')) && rx.test(name);
+  return (name) => (dotOk || !name.startsWith('.')) && matchTokens(tokens, name);
 }
 
 /**

@@ -2,8 +2,11 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import ini from 'ini';
 import { UpgradeError } from '../core/errors.js';
+import { checkIniLines, IniLineError, type IniLines, type IniSchema } from '../core/ini-lines.js';
 import type { Layout } from '../core/layout.js';
 import { DEFAULT_WHITELIST } from './default-whitelist.js';
+import { compileGlob, GlobError } from './glob.js';
+import { hasWildcard } from './tree-path.js';
 
 /**
  * The migration whitelist: `DIR/etc/upgradectl/migrate.conf` (INI) over the default list.
@@ -62,22 +65,32 @@ export async function loadWhitelist(layout: Layout): Promise<Whitelist> {
   return parseWhitelist(text ?? '', text === null ? null : file);
 }
 
+/** [paths] keys are patterns, checked one by one below. */
+const WHITELIST_SCHEMA: IniSchema = { options: ['defaults'], accounts: ['on_clash'], paths: 'any' };
+
+function checkLines(text: string, where: string): IniLines {
+  try {
+    return checkIniLines(text, WHITELIST_SCHEMA);
+  } catch (err) {
+    if (!(err instanceof IniLineError)) throw err;
+    throw bad(`${where}:${err.line}`, err.what, err.hint);
+  }
+}
+
 export function parseWhitelist(text: string, file: string | null): Whitelist {
   const where = file ?? 'migrate.conf';
+  const lines = checkLines(text, where);
+  // Only the three known sections and their keys are left (checked above).
   const raw = ini.parse(text) as Record<string, unknown>;
-  for (const [key, value] of Object.entries(raw)) {
-    if (!['options', 'accounts', 'paths'].includes(key) || typeof value !== 'object' || value === null) {
-      throw bad(where, `unknown section or key "${key}"`, 'sections are [options], [accounts] and [paths]');
-    }
-  }
+  const at = (section: string, key: string) => `${where}:${lines.lineOf(section, key) ?? '?'}`;
   const options = (raw.options ?? {}) as Record<string, unknown>;
   const accounts = (raw.accounts ?? {}) as Record<string, unknown>;
   const paths = (raw.paths ?? {}) as Record<string, unknown>;
 
-  const useDefaults = parseBool(where, 'options', 'defaults', options.defaults, true);
+  const useDefaults = parseBool(at('options', 'defaults'), 'options', 'defaults', options.defaults, true);
   const onClashRaw = accounts.on_clash === undefined ? 'stop' : String(accounts.on_clash).trim();
   if (onClashRaw !== 'stop' && onClashRaw !== 'skip') {
-    throw bad(where, `[accounts] on_clash = ${onClashRaw} is not valid`, 'set on_clash to stop or skip');
+    throw bad(at('accounts', 'on_clash'), `[accounts] on_clash = ${onClashRaw} is not valid`, 'set on_clash to stop or skip');
   }
 
   const byPattern = new Map<string, WhitelistEntry | 'skip'>();
@@ -88,18 +101,19 @@ export function parseWhitelist(text: string, file: string | null): Whitelist {
     }
   }
   for (const [key, value] of Object.entries(paths)) {
-    const { pattern, dirOnly } = normalisePattern(key, where);
+    const here = at('paths', key);
+    const { pattern, dirOnly } = normalisePattern(key, here);
     const mode = String(value).trim();
     if (!(MODES as readonly string[]).includes(mode)) {
-      throw bad(where, `[paths] ${key} = ${String(value)}: unknown mode`, `use one of: ${MODES.join(', ')}`);
+      throw bad(here, `[paths] ${key} = ${String(value)}: unknown mode`, `use one of: ${MODES.join(', ')}`);
     }
     const isAccountFile = (ACCOUNT_FILES as readonly string[]).includes(pattern);
     if (mode === 'accounts' && !isAccountFile) {
-      throw bad(where, `[paths] ${key} = accounts: only ${ACCOUNT_FILES.join(', ')} can be merged`, 'use copy or keep-if-absent for other files');
+      throw bad(here, `[paths] ${key} = accounts: only ${ACCOUNT_FILES.join(', ')} can be merged`, 'use copy or keep-if-absent for other files');
     }
     if (isAccountFile && mode !== 'accounts' && mode !== 'skip') {
       throw bad(
-        where,
+        here,
         `[paths] ${key} = ${mode}: copying the account database would throw away the image's system accounts`,
         `use ${key} = accounts (merge) or ${key} = skip (keep the image's)`,
       );
@@ -127,6 +141,14 @@ function normalisePattern(p: string, where: string): { pattern: string; dirOnly:
   }
   if (parts.some((c) => c.includes('**'))) {
     throw bad(where, `"${p}": ** is not supported`, 'wildcards (*, ?, […]) match within one path component; list a directory with a trailing slash to take its whole tree');
+  }
+  for (const c of parts.filter(hasWildcard)) {
+    try {
+      compileGlob(c);
+    } catch (err) {
+      if (!(err instanceof GlobError)) throw err;
+      throw bad(where, err.message, 'write ranges low to high, e.g. [a-z]; a ] right after [ or [! is a member, e.g. []a]');
+    }
   }
   return { pattern: body, dirOnly };
 }

@@ -1,9 +1,13 @@
 import { promises as fs } from 'node:fs';
 import ini from 'ini';
 import { UpgradeError } from '../core/errors.js';
+import { checkIniLines, IniLineError, type IniLines, type IniSchema } from '../core/ini-lines.js';
 import type { Layout } from '../core/layout.js';
 
-/** `DIR/etc/upgradectl/upgradectl.conf` (INI). Every key has a default; unknown keys are kept for later sections. */
+/**
+ * `DIR/etc/upgradectl/upgradectl.conf` (INI). Every key has a default. Unknown sections and keys are
+ * refused with the nearest known one: a typo silently ignored would leave a default in force.
+ */
 export interface Config {
   source: {
     /** s3://bucket/prefix, https://host/prefix, http://127.0.0.1/… (loopback only) or file:///dir */
@@ -47,8 +51,16 @@ export interface Config {
   };
   health: { timeout: number };
   hooks: { timeout: number };
-  raw: Record<string, unknown>;
 }
+
+/** Every section and key a config may hold (the file's keys, as written). */
+export const CONFIG_SCHEMA: IniSchema = {
+  source: ['url', 'channel', 'region', 'endpoint', 'force_path_style'],
+  prepare: ['parallel', 'retries', 'stall_timeout', 'allow_unsigned', 'allow_downgrade'],
+  boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command'],
+  health: ['timeout'],
+  hooks: ['timeout'],
+};
 
 export async function loadConfig(layout: Layout): Promise<Config> {
   let text = '';
@@ -62,8 +74,25 @@ export async function loadConfig(layout: Layout): Promise<Config> {
   return parseConfig(text, layout.configFile);
 }
 
+function checkLines(text: string, file: string): IniLines {
+  try {
+    return checkIniLines(text, CONFIG_SCHEMA);
+  } catch (err) {
+    if (!(err instanceof IniLineError)) throw err;
+    throw new UpgradeError('CONFIG', `${file}:${err.line}: ${err.what}`, { hint: err.hint });
+  }
+}
+
 export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
+  const lines = checkLines(text, file);
+  // Only known sections and keys are left (checked above), so lookups below never reach a prototype.
   const raw = ini.parse(text) as Record<string, Record<string, unknown>>;
+  const badValue = (section: string, key: string, value: unknown, want: string): UpgradeError => {
+    const at = `${file}:${lines.lineOf(section, key) ?? '?'}`;
+    return new UpgradeError('CONFIG', `${at}: [${section}] ${key} = ${String(value)} is not valid`, {
+      hint: `set ${key} to ${want} in the [${section}] section of ${file}`,
+    });
+  };
   const get = (section: string, key: string): unknown => raw[section]?.[key];
   const str = (section: string, key: string): string | undefined => {
     const v = get(section, key);
@@ -77,13 +106,14 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     const s = String(v).toLowerCase();
     if (['1', 'yes', 'true', 'on'].includes(s)) return true;
     if (['0', 'no', 'false', 'off'].includes(s)) return false;
-    throw badValue(file, section, key, v, 'true or false');
+    throw badValue(section, key, v, 'true or false');
   };
   const int = (section: string, key: string, dflt: number, min: number, max: number): number => {
     const v = get(section, key);
     if (v === undefined || v === '') return dflt;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw badValue(file, section, key, v, `a whole number from ${min} to ${max}`);
+    // Plain decimal only: Number() would also take 0x10, 1e1 and whitespace.
+    const n = /^\d{1,15}$/.test(String(v).trim()) ? Number(String(v).trim()) : NaN;
+    if (!Number.isInteger(n) || n < min || n > max) throw badValue(section, key, v, `a whole number from ${min} to ${max}`);
     return n;
   };
 
@@ -115,12 +145,5 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     },
     health: { timeout: int('health', 'timeout', 300, 1, 86400) },
     hooks: { timeout: int('hooks', 'timeout', 120, 1, 86400) },
-    raw,
   };
-}
-
-function badValue(file: string, section: string, key: string, value: unknown, want: string): UpgradeError {
-  return new UpgradeError('CONFIG', `${file}: [${section}] ${key} = ${String(value)} is not valid`, {
-    hint: `set ${key} to ${want} in the [${section}] section of ${file}`,
-  });
 }

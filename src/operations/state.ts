@@ -2,8 +2,9 @@ import { promises as fs } from 'node:fs';
 import { UpgradeError } from '../core/errors.js';
 import { readJsonIfExists, writeFileDurable } from '../core/durable.js';
 import type { Layout } from '../core/layout.js';
+import { validateState, type Phase } from './state-check.js';
 
-export type Phase = 'idle' | 'prepared' | 'committed' | 'trying' | 'rolled-back';
+export { PHASES, type Phase } from './state-check.js';
 
 export interface HistoryEntry {
   at: string;
@@ -36,7 +37,7 @@ export interface State {
   previous?: string;
   /** The prepared, committed or trying image. */
   next?: string;
-  /** Versions whose trial failed: never offered again unless forced. */
+  /** Versions whose trial failed: never offered again unless forced. No prototype: keys are versions (input). */
   bad: Record<string, { reason: string; at: string }>;
   /** Re-entries of the step in progress; bounds crash loops (STYLE.md: Mender's loop breaker). */
   reentries?: { event: string; count: number };
@@ -55,32 +56,27 @@ export interface State {
 export const HISTORY_LIMIT = 100;
 
 export function initialState(): State {
-  return { schema: 1, phase: 'idle', bad: {}, history: [] };
+  return { schema: 1, phase: 'idle', bad: Object.create(null) as State['bad'], history: [] };
 }
 
 export async function loadState(layout: Layout): Promise<State> {
-  let state: State | undefined;
+  let doc: unknown;
   try {
-    state = await readJsonIfExists<State>(layout.stateFile);
+    doc = await readJsonIfExists<unknown>(layout.stateFile);
   } catch (err) {
     throw new UpgradeError('STATE', `${layout.stateFile} is not valid JSON: ${(err as Error).message}`, {
       cause: err,
       hint: `move it aside (mv ${layout.stateFile} ${layout.stateFile}.broken); upgradectl rebuilds it from what is on disk`,
     });
   }
-  if (!state) return initialState();
-  if (state.schema !== 1 || typeof state.phase !== 'string') {
-    throw new UpgradeError('STATE', `${layout.stateFile} has an unknown schema (${String(state.schema)})`, {
-      hint: 'this state was written by a newer upgradectl; upgrade upgradectl or move the file aside',
-    });
-  }
-  state.bad ??= {};
-  state.history ??= [];
-  return state;
+  // Only a missing file means a fresh machine; `null`, `0` or `""` in it is damage, refused below.
+  if (doc === undefined) return initialState();
+  return validateState(doc, layout.stateFile);
 }
 
 export async function saveState(layout: Layout, state: State): Promise<void> {
-  await fs.mkdir(layout.stateDir, { recursive: true });
+  await fs.mkdir(layout.stateDir, { recursive: true, mode: 0o700 });
   if (state.history.length > HISTORY_LIMIT) state.history = state.history.slice(-HISTORY_LIMIT);
-  await writeFileDurable(layout.stateFile, `${JSON.stringify(state, null, 2)}\n`, 0o644);
+  // Root-only: history entries carry hook output and migration reports.
+  await writeFileDurable(layout.stateFile, `${JSON.stringify(state, null, 2)}\n`, 0o600);
 }

@@ -50,13 +50,15 @@ export async function runCli(argv: string[], commands: CommandTable): Promise<nu
       return name || globals.help ? 0 : 2;
     }
     // `image build` is a two-word command.
+    // Own properties only: the name is input, and `constructor` or `toString` is in every object.
+    const has = (k: string) => Object.hasOwn(commands, k);
     let key = name;
     let args = rest;
-    if (!(key in commands) && rest[0] && `${name} ${rest[0]}` in commands) {
+    if (!has(key) && rest[0] && has(`${name} ${rest[0]}`)) {
       key = `${name} ${rest[0]}`;
       args = rest.slice(1);
     }
-    const load = commands[key];
+    const load = has(key) ? commands[key] : undefined;
     if (!load) {
       throw new UpgradeError('USAGE', `unknown command '${name}'`, { hint: 'run upgradectl --help for the list of commands' });
     }

@@ -85,3 +85,24 @@ t.test('a corrupt or wrong-size grubenv is rebuilt from the roles, with the defa
   writeFileSync(layout.grubEnv, Buffer.alloc(1024, 0));
   t.equal((await readGrubEnvFile(layout.grubEnv)).kind, 'corrupt');
 });
+
+t.test('names that are Object.prototype members round-trip byte-identically with grub-editenv', { skip }, async (t) => {
+  const dir = t.testdir();
+  const theirs = path.join(dir, 'theirs');
+  editenv(theirs, 'create');
+  editenv(theirs, 'set', '__proto__=x', 'constructor=y', 'saved_entry=upgradectl-1.0');
+  const r = await readGrubEnvFile(theirs);
+  t.equal(r.kind, 'ok');
+  const env = r.kind === 'ok' ? r.env : {};
+  t.same(Object.entries(env), [['__proto__', 'x'], ['constructor', 'y'], ['saved_entry', 'upgradectl-1.0']], '__proto__ is a variable, not dropped');
+  t.equal(env.toString, undefined, 'nothing is inherited');
+  t.ok(formatGrubEnv(env).equals(readFileSync(theirs)), 'written back byte for byte');
+
+  // Through the boot contract: a change leaves the odd names as grub-editenv wrote them.
+  const layout = new Layout(path.join(dir, 'root'));
+  await writeGrubEnvFile(layout.grubEnv, env);
+  await updateBootEnv({ layout, settings: parseConfig('').boot, roles: { current: '1.0' } }, { saved_entry: 'upgradectl-2.0' });
+  t.same(editenv(layout.grubEnv, 'list').trim().split('\n'), ['__proto__=x', 'constructor=y', 'saved_entry=upgradectl-2.0']);
+  editenv(theirs, 'set', 'saved_entry=upgradectl-2.0');
+  t.ok(readFileSync(layout.grubEnv).equals(readFileSync(theirs)), 'the same bytes grub-editenv writes');
+});

@@ -207,7 +207,7 @@ t.test('evil cases', { skip }, async (t) => {
     const s = await scenario(await fresh(), async ({ machine }) => {
       await fs.writeFile(path.join(machine, 'etc/upgradectl/migrate.conf'), '[paths]\n/etc/passwd = copy\n');
     });
-    await expectRefusal(t, s, /migrate\.conf: \[paths\] \/etc\/passwd = copy: copying the account database/);
+    await expectRefusal(t, s, /migrate\.conf:2: \[paths\] \/etc\/passwd = copy: copying the account database/);
   });
 
   t.test('an image that is already attached is refused', async (t) => {

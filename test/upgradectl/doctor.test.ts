@@ -7,6 +7,7 @@ import { diagnose } from '../../src/upgradectl/commands/doctor.js';
 import { grubConfigCommand } from '../../src/upgradectl/commands/grub-config.js';
 import { makeMachine, envList } from '../operations/fixtures/machine.js';
 import { fallbackEntryId } from '../helpers/assert.js';
+import { Layout } from '../../src/core/layout.js';
 
 const skip = skipUnless({ commands: ['grub-editenv', 'grub-script-check', 'mke2fs', 'debugfs', 'findmnt', 'lsblk', 'losetup', 'getfattr', 'setfattr'] });
 
@@ -65,4 +66,14 @@ t.test('doctor shows GRUB\'s count of starts of the default that the booted OS h
   execFileSync('grub-editenv', [layout.grubEnv, 'set', 'upgradectl_default_tries=1']);
   const f = await diagnose(layout);
   t.match(f.find((x) => x.check === 'grubenv'), { level: 'ok', message: /^default 1\.0, 1 start\(s\) of it not yet cleared by the booted OS \(upgradectl_default_tries\)$/ });
+});
+
+t.test('doctor reports a config typo as a failed check, with its line and the nearest key', async (t) => {
+  const dir = t.testdir({ etc: { upgradectl: { 'upgradectl.conf': '[source]\nurl = file:///srv/r\nchanel = beta\n' } } });
+  const f = await diagnose(new Layout(dir));
+  t.match(f.find((x) => x.check === 'config'), {
+    level: 'error',
+    message: `${path.join(dir, 'etc/upgradectl/upgradectl.conf')}:3: unknown key "chanel" in [source]`,
+    fix: /^did you mean `channel`\?/,
+  });
 });

@@ -12,7 +12,7 @@ import { messageOf } from '../../core/errors.js';
 import { findMigrationTools } from '../../migrate/index.js';
 import { run } from '../../core/exec.js';
 import type { Layout } from '../../core/layout.js';
-import { loadState, type State } from '../../operations/state.js';
+import { initialState, loadState, type State } from '../../operations/state.js';
 
 export interface Finding {
   check: string;
@@ -61,7 +61,7 @@ export async function diagnose(layout: Layout): Promise<Finding[]> {
   await step('migration tools', async () => checkMigrationTools());
   await step('grub installed', async () => checkGrubInstalled(layout));
   await step('grubenv', async () => checkGrubEnv(layout, state));
-  await step('images', async () => checkImages(layout, state ?? { schema: 1, phase: 'idle', bad: {}, history: [] }));
+  await step('images', async () => checkImages(layout, state ?? initialState()));
   await step('space', async () => checkSpace(layout));
   return out;
 }
