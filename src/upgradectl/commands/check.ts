@@ -3,6 +3,7 @@ import { loadConfig } from '../../operations/config.js';
 import { loadState } from '../../operations/state.js';
 import { openConfiguredSource } from '../../operations/prepare.js';
 import { checkChannel } from '../../operations/offer.js';
+import { rememberChannel } from '../../operations/trust-memory.js';
 import { trustPolicy, TRUST_OPTIONS } from './trust.js';
 
 export const checkCommand: Command = {
@@ -15,6 +16,7 @@ export const checkCommand: Command = {
     const source = openConfiguredSource(layout, config);
     try {
       const offer = await checkChannel(source, config, layout, state, trustPolicy(options, config));
+      await rememberChannel(layout, source.url, offer.seen);
       if (offer.kind === 'up-to-date') {
         return { data: { available: false, version: offer.version, reason: offer.reason, current: state.current }, text: `up to date: ${offer.reason}` };
       }
