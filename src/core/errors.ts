@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'MANIFEST'
   | 'EXPIRED'
   | 'DOWNGRADE'
+  | 'REPLAY'
   | 'BAD_VERSION'
   | 'NOT_FOUND'
   | 'CORRUPT'

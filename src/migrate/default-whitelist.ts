@@ -1,6 +1,7 @@
 /**
  * What a fresh image needs to come up as *this* machine (issue 4, DESIGN.md §7): identity, network,
- * SSH host keys, time zone, upgradectl's own configuration, root's SSH access and the accounts.
+ * SSH host keys, time zone, upgradectl's machine-owned configuration (source and channel, the
+ * operator's own keys, fleet credentials), root's SSH access and the accounts.
  * Everything else comes fresh from the image. `DIR/etc/upgradectl/migrate.conf` adds to this list,
  * changes a mode, or drops an entry with `skip`; `[options] defaults = no` starts from nothing.
  *
@@ -22,8 +23,13 @@ export const DEFAULT_WHITELIST: ReadonlyArray<readonly [pattern: string, mode: '
   // Time zone: /etc/localtime is a symlink into /usr/share/zoneinfo and is copied as the link
   ['/etc/timezone', 'copy'],
   ['/etc/localtime', 'copy'],
-  // upgradectl itself: source, channel, keys, this whitelist
-  ['/etc/upgradectl/', 'copy'],
+  // upgradectl: only what the machine owns (docs/security.md, "Who owns /etc/upgradectl"). The image owns
+  // keys.d (the vendor's trusted keys and revoked list) and the hook directories: copying the old ones
+  // over the new image's would keep a revoked key trusted and an old hook running.
+  ['/etc/upgradectl/upgradectl.conf', 'copy'],
+  ['/etc/upgradectl/migrate.conf', 'copy'],
+  ['/etc/upgradectl/keys.d/local/', 'copy'],
+  ['/etc/upgradectl/credentials.d/', 'copy'],
   // Remote access for root
   ['/root/.ssh/', 'copy'],
   // Accounts are merged, never copied (see accounts-merge.ts)

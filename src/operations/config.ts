@@ -3,6 +3,8 @@ import ini from 'ini';
 import { UpgradeError } from '../core/errors.js';
 import { checkIniLines, IniLineError, type IniLines, type IniSchema } from '../core/ini-lines.js';
 import type { Layout } from '../core/layout.js';
+import { kernelArgsProblem } from '../core/boot-data.js';
+import { isVersion } from '../core/version.js';
 
 /**
  * `DIR/etc/upgradectl/upgradectl.conf` (INI). Every key has a default. Unknown sections and keys are
@@ -13,6 +15,8 @@ export interface Config {
     /** s3://bucket/prefix, https://host/prefix, http://127.0.0.1/… (loopback only) or file:///dir */
     url: string | undefined;
     channel: string;
+    /** Operator's version floor (RAUC min-bundle-version, sysupdate MinVersion=); a signed channel may raise it. */
+    minVersion: string | undefined;
     /** S3: region, custom endpoint and path-style addressing (MinIO, s3rver, Ceph). */
     region: string | undefined;
     endpoint: string | undefined;
@@ -55,7 +59,7 @@ export interface Config {
 
 /** Every section and key a config may hold (the file's keys, as written). */
 export const CONFIG_SCHEMA: IniSchema = {
-  source: ['url', 'channel', 'region', 'endpoint', 'force_path_style'],
+  source: ['url', 'channel', 'min_version', 'region', 'endpoint', 'force_path_style'],
   prepare: ['parallel', 'retries', 'stall_timeout', 'allow_unsigned', 'allow_downgrade'],
   boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command'],
   health: ['timeout'],
@@ -116,11 +120,17 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     if (!Number.isInteger(n) || n < min || n > max) throw badValue(section, key, v, `a whole number from ${min} to ${max}`);
     return n;
   };
+  const checked = (section: string, key: string, ok: (v: string) => boolean, want: string): string | undefined => {
+    const v = str(section, key);
+    if (v !== undefined && !ok(v)) throw badValue(section, key, v, want);
+    return v;
+  };
 
   return {
     source: {
       url: str('source', 'url'),
       channel: str('source', 'channel') ?? 'stable',
+      minVersion: checked('source', 'min_version', isVersion, 'a version, e.g. 2026.11.1'),
       region: str('source', 'region'),
       endpoint: str('source', 'endpoint'),
       forcePathStyle: bool('source', 'force_path_style', false),
@@ -136,7 +146,7 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       panicTimeout: int('boot', 'panic_timeout', 10, 1, 3600),
       trialAttempts: int('boot', 'trial_attempts', 1, 1, 3),
       defaultAttempts: int('boot', 'default_attempts', 2, 1, 5),
-      kernelArgs: str('boot', 'kernel_args') ?? '',
+      kernelArgs: checked('boot', 'kernel_args', (v) => !kernelArgsProblem(v), 'kernel arguments without root=, panic=, loop= or upgradectl.*') ?? '',
       serialConsole: str('boot', 'serial_console') ?? '',
       menuTimeout: int('boot', 'menu_timeout', 0, 0, 600),
       hostUuid: str('boot', 'host_uuid'),

@@ -3,10 +3,11 @@ import { promises as fs } from 'node:fs';
 import { UpgradeError } from '../core/errors.js';
 import type { Layout } from '../core/layout.js';
 import { compareVersions } from '../core/version.js';
-import { readChannel, readRelease, type ResolvedRelease, type TrustPolicy } from '../release/resolve.js';
+import { readChannel, readRelease, type ResolvedRelease, type TrustPolicy, type VerifiedChannel } from '../release/resolve.js';
 import type { Source } from '../release/sources/source.js';
 import type { Config } from './config.js';
 import type { State } from './state.js';
+import { refuseReplay, trustInput, versionFloor } from './trust-memory.js';
 
 /**
  * What a verified release means for this machine: is it newer than what runs, did it fail here before,
@@ -21,8 +22,8 @@ export interface OfferPolicy extends TrustPolicy {
 
 /** What the channel offers this machine, if anything (no download, no state change). */
 export type Offer =
-  | { kind: 'release'; release: ResolvedRelease }
-  | { kind: 'up-to-date'; version: string; reason: string };
+  | { kind: 'release'; release: ResolvedRelease; seen: VerifiedChannel }
+  | { kind: 'up-to-date'; version: string; reason: string; seen: VerifiedChannel };
 
 /** Which bucket (0–99) this machine is in for a rollout: stable per machine and release, spread across the fleet. */
 export async function rolloutBucket(layout: Layout, version: string): Promise<number> {
@@ -36,29 +37,58 @@ export async function rolloutBucket(layout: Layout, version: string): Promise<nu
   return parseInt(createHash('sha256').update(`${id}:${version}`).digest('hex').slice(0, 8), 16) % 100;
 }
 
-/** The channel's newest release for this machine, or why there is nothing to do. */
+
+/**
+ * What the channel offers this machine, if anything (no download, no state change: the caller records
+ * `seen` with trust-memory.ts). Refuses a channel older than one seen before; honours the version floor.
+ */
 export async function checkChannel(source: Source, config: Config, layout: Layout, state: State, policy: OfferPolicy): Promise<Offer> {
-  const { channel } = await readChannel(source, config.source.channel, layout.keysDir, policy, layout.configFile);
+  const seen = await readChannel(source, config.source.channel, trustInput(layout, state), policy, layout.configFile);
+  refuseReplay(state, source.url, seen);
+  const { channel } = seen;
   const v = channel.version;
-  if (state.current && v === state.current) return { kind: 'up-to-date', version: v, reason: `${v} is already the current image` };
+  const nothing = (reason: string): Offer => ({ kind: 'up-to-date', version: v, reason, seen });
+  if (state.current && v === state.current) return nothing(`${v} is already the current image`);
   if (state.current && compareVersions(v, state.current) < 0 && !policy.allowDowngrade) {
-    return { kind: 'up-to-date', version: v, reason: `the channel offers ${v}, older than the current ${state.current}` };
+    return nothing(`the channel offers ${v}, older than the current ${state.current}`);
+  }
+  const floor = versionFloor(config, state, source.url, seen);
+  if (floor && compareVersions(v, floor.version) < 0 && !policy.allowDowngrade) {
+    return nothing(`the channel offers ${v}, below the minimum version ${floor.version} (set by ${floor.by})`);
   }
   const bad = failedBefore(state, v);
-  if (bad && !policy.force) return { kind: 'up-to-date', version: v, reason: `${v} failed its trial before (${bad.reason}); not offered again` };
+  if (bad && !policy.force) return nothing(`${v} failed its trial before (${bad.reason}); not offered again`);
   const percent = channel.rollout?.percent ?? 100;
   const bucket = await rolloutBucket(layout, v);
-  if (bucket >= percent) return { kind: 'up-to-date', version: v, reason: `${v} is rolling out to ${percent}% of machines; this one (bucket ${bucket}) is not yet included` };
-  const release = await fetchRelease(source, v, layout, state, policy, channel.manifest);
-  return { kind: 'release', release: { ...release, channel } };
+  if (bucket >= percent) return nothing(`${v} is rolling out to ${percent}% of machines; this one (bucket ${bucket}) is not yet included`);
+  const release = await fetchRelease(source, v, config, layout, state, policy, seen);
+  return { kind: 'release', release: { ...release, channel }, seen };
 }
 
-/** A named version's manifest, verified and checked against this machine's state. */
-export async function fetchRelease(source: Source, version: string, layout: Layout, state: State, policy: OfferPolicy, manifestKey?: string): Promise<ResolvedRelease> {
-  const release = await readRelease(source, version, layout.keysDir, policy, manifestKey);
+/**
+ * A named version's manifest, verified and checked against this machine's state: not older than the
+ * current image, not below the floor, not failed before. `via` is the channel that named it, if any:
+ * its manifest key, and its revocations and floor, which apply at once.
+ */
+export async function fetchRelease(
+  source: Source,
+  version: string,
+  config: Config,
+  layout: Layout,
+  state: State,
+  policy: OfferPolicy,
+  via?: VerifiedChannel,
+): Promise<ResolvedRelease> {
+  const release = await readRelease(source, version, trustInput(layout, state, via), policy, via?.channel.manifest);
   if (state.current && compareVersions(version, state.current) < 0 && !policy.allowDowngrade) {
     throw new UpgradeError('DOWNGRADE', `release ${version} is older than the current image ${state.current}`, {
       hint: 'to go back on purpose, run upgradectl prepare --allow-downgrade VERSION (or upgradectl rollback for the previous image)',
+    });
+  }
+  const floor = versionFloor(config, state, source.url, via);
+  if (floor && compareVersions(version, floor.version) < 0 && !policy.allowDowngrade) {
+    throw new UpgradeError('DOWNGRADE', `release ${version} is below the minimum version ${floor.version} (set by ${floor.by})`, {
+      hint: `install ${floor.version} or newer; to go below the floor on purpose, run upgradectl prepare --allow-downgrade ${version}`,
     });
   }
   const bad = failedBefore(state, version);

@@ -8,8 +8,9 @@ import type { State } from './state.js';
 import { reconcile } from './reconcile/index.js';
 import { bootedVersion } from './boot.js';
 import type { Progress } from '../release/progress.js';
-import type { ResolvedRelease } from '../release/resolve.js';
+import type { ResolvedRelease, VerifiedChannel } from '../release/resolve.js';
 import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
+import { remember, rememberChannel } from './trust-memory.js';
 import { ensureSpace } from '../release/space.js';
 import { stageImage, stagingPaths, type StageResult } from '../release/stage.js';
 import { openSource } from '../release/sources/index.js';
@@ -57,11 +58,17 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
     const before = await reconcile(layout);
     // Resolve without the lock: it only reads, and "nothing to do" must not touch the state.
     let release: ResolvedRelease;
+    let seen: VerifiedChannel | undefined;
     if (opts.version) {
-      release = await fetchRelease(source, opts.version, layout, before, opts.policy);
+      release = await fetchRelease(source, opts.version, config, layout, before, opts.policy);
     } else {
       const offer = await checkChannel(source, config, layout, before, opts.policy);
-      if (offer.kind === 'up-to-date') return { action: 'nothing-to-do', version: offer.version, reason: offer.reason };
+      seen = offer.seen;
+      if (offer.kind === 'up-to-date') {
+        // Remembered even when there is nothing to do: the replay it protects against comes later.
+        await rememberChannel(layout, source.url, offer.seen);
+        return { action: 'nothing-to-do', version: offer.version, reason: offer.reason };
+      }
       release = offer.release;
     }
     const version = release.manifest.version;
@@ -72,6 +79,8 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
 
     let result: PrepareResult | undefined;
     await runEvent(layout, 'prepare', async (state) => {
+      // First, so that a failed download still persists the channel it saw (runLocked saves on failure).
+      if (seen) remember(state, source.url, seen);
       const booted = await bootedVersion(layout);
       const keep = keepSet(state, version, booted);
       // A prepared image that was never committed is dropped when another is prepared — unless it is

@@ -51,6 +51,21 @@ export interface State {
   /** What a committed/trying trial is: an upgrade to next, or a rollback to the previous image. */
   trialKind?: 'upgrade' | 'rollback';
   history: HistoryEntry[];
+  // --- Trust memory (src/operations/trust-memory.ts, docs/security.md); both optional, absent = nothing seen.
+  /** The newest signed channel seen, per `<source url>#<channel name>`: anti-replay and the version floor. */
+  channels?: Record<string, ChannelSeen>;
+  /** Key ids a signed channel revoked: refused from then on, whatever keys.d says. */
+  revokedKeys?: Record<string, { by: string; at: string }>;
+  // --- end trust memory
+}
+
+export interface ChannelSeen {
+  /** The channel's signed `published` time: an older one is a replay. */
+  published: string;
+  version: string;
+  /** The highest signed minVersion seen on this channel (a floor is only ever raised). */
+  minVersion?: string;
+  seenAt: string;
 }
 
 export const HISTORY_LIMIT = 100;

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { UpgradeError } from '../core/errors.js';
 import { run } from '../core/exec.js';
 import { log } from '../core/log.js';
+import { checkImageOutput } from './image-output.js';
 
 export interface ImageBuildOptions {
   rootfs: string;
@@ -21,6 +22,10 @@ export interface ImageBuildOptions {
   time?: number;
   kernel?: string;
   initrd?: string;
+  /** Replace an existing OUT (never the booted image nor one a loop device uses: see image-output.ts). */
+  force?: boolean;
+  /** Files never to replace, even with force: the booted image. */
+  protect?: string[];
 }
 
 export interface ImageBuildResult {
@@ -42,6 +47,7 @@ export async function buildImage(opts: ImageBuildOptions): Promise<ImageBuildRes
   const kernel = opts.kernel ?? '/vmlinuz';
   const initrd = opts.initrd ?? '/initrd.img';
   await checkTree(rootfs, kernel, initrd);
+  await checkImageOutput(rootfs, opts.out, { force: opts.force, protect: opts.protect });
   const entries = await walk(rootfs);
   const label = (opts.label ?? path.basename(opts.out).replace(/\.img$/, '')).slice(0, 16);
   const uuid = opts.uuid ?? uuidFrom(`upgradectl-image:${label}`);

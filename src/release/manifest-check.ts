@@ -1,3 +1,4 @@
+import { bootPathProblem, kernelArgsProblem } from '../core/boot-data.js';
 import { UpgradeError } from '../core/errors.js';
 import { MAX_BLOCK } from './lz4.js';
 import { assertVersion } from '../core/version.js';
@@ -60,10 +61,12 @@ export function validateManifest(doc: unknown, where: string): Manifest {
   }
   const boot = obj(m.boot, 'boot');
   for (const k of ['kernel', 'initrd'] as const) {
-    const p = str(boot[k], `boot.${k}`);
-    if (!p.startsWith('/') || p.includes('..')) fail(`boot.${k}`, 'an absolute path inside the image');
+    const problem = bootPathProblem(boot[k]);
+    if (problem) fail(`boot.${k}`, `an absolute, normalised path inside the image: ${problem}`);
   }
   if (typeof boot.cmdline !== 'string') fail('boot.cmdline', 'a string');
+  const argsProblem = kernelArgsProblem(boot.cmdline);
+  if (argsProblem) fail('boot.cmdline', `kernel arguments GRUB can pass safely: ${argsProblem}`);
   if (typeof m.reflash !== 'boolean') fail('reflash', 'true or false');
   if (Number.isNaN(Date.parse(created))) fail('created', 'an ISO 8601 date');
   return m as unknown as Manifest;

@@ -64,8 +64,16 @@ export interface Channel {
   version: string;
   /** Path of the manifest relative to the source prefix. */
   manifest: string;
+  /**
+   * When the publisher wrote this pointer; strictly increasing per channel (publish makes sure), so a
+   * machine that saw a newer one refuses an older one replayed to it (src/operations/offer.ts).
+   */
   published: string;
   expires?: string;
   /** Staged rollout: a machine takes this release when its bucket (0–99) is below percent. */
   rollout: { percent: number };
+  /** Optional floor: machines that saw it refuse releases older than this (raised only, never lowered). */
+  minVersion?: string;
+  /** Optional key ids (16 hex) that machines must never trust again, remembered once seen. */
+  revokedKeys?: string[];
 }

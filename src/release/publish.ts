@@ -1,4 +1,4 @@
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -6,13 +6,14 @@ import { UpgradeError, isUpgradeError } from '../core/errors.js';
 import { log } from '../core/log.js';
 import { FramePool } from './frame-pool.js';
 import { allocatedBytes } from './holes.js';
-import { FRAME_MAGIC, Lz4StreamDecoder, MAX_BLOCK } from './lz4.js';
-import { assertVersion } from '../core/version.js';
+import { Lz4StreamDecoder } from './lz4.js';
+import { compareVersions } from '../core/version.js';
 import { CHANNEL_FORMAT, MANIFEST_FORMAT, type BootData, type Channel, type Frame, type Manifest } from './manifest.js';
 import { releaseKeys, channelKey } from './layout.js';
-import { signBytes } from './signing.js';
+import { keyIdOf, normalKeyId, signBytes } from './signing.js';
+import { checkPublishArgs } from './publish-check.js';
 import { openSource, openTarget } from './sources/index.js';
-import type { SourceOptions, Target } from './sources/source.js';
+import { objectUrl, type SourceOptions, type Target } from './sources/source.js';
 import type { Progress } from './progress.js';
 
 export interface PublishOptions {
@@ -27,6 +28,10 @@ export interface PublishOptions {
   reflash: boolean;
   /** Days until machines refuse this release (and the channel pointer). */
   expiresInDays: number;
+  /** Channel only: the version floor machines must keep to (carried forward while the same key signs). */
+  minVersion?: string;
+  /** Channel only: key ids machines must stop trusting (added to those of the previous channel). */
+  revokeKeys?: string[];
   frameSize: number;
   sourceOptions?: SourceOptions;
   progress?: Progress;
@@ -48,17 +53,15 @@ export interface PublishResult {
  */
 export async function publishRelease(opts: PublishOptions): Promise<PublishResult> {
   const started = Date.now();
-  assertVersion(opts.version);
-  if (opts.frameSize <= 0 || opts.frameSize > MAX_BLOCK || opts.frameSize % 4096 !== 0) {
-    throw new UpgradeError('USAGE', `frame size ${opts.frameSize} is not valid`, { hint: `use a multiple of 4096 up to ${MAX_BLOCK}` });
-  }
+  // Every argument and the image itself first: nothing may fail after the payload is uploaded.
+  const input = await checkPublishArgs({ ...opts, revokeKeys: opts.revokeKeys ?? [], signingKeyId: keyIdOf(opts.key) });
   const keys = releaseKeys(opts.version);
   await refuseExistingRelease(opts, keys.manifest);
+  const previous = opts.channel ? await previousChannel(opts, opts.channel) : undefined;
 
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'upgradectl-publish-'));
   const target = openTarget(opts.to, opts.sourceOptions);
   try {
-    const input = await openInput(opts.image);
     const payloadFile = path.join(work, 'image.lz4');
     const built = input.lz4
       ? await indexLz4Payload(opts.image, opts.progress)
@@ -91,7 +94,7 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
     await target.putBytes(keys.manifest, manifestBytes);
 
     let channel: Channel | undefined;
-    if (opts.channel) channel = await publishChannel(target, opts, manifest, keys.manifest);
+    if (opts.channel) channel = await publishChannel(target, opts, opts.channel, manifest, keys.manifest, previous);
     return { version: opts.version, url: target.url, manifest, channel, seconds: (Date.now() - started) / 1000 };
   } finally {
     await target.close();
@@ -99,21 +102,72 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   }
 }
 
-async function publishChannel(target: Target, opts: PublishOptions, manifest: Manifest, manifestKey: string): Promise<Channel> {
+async function publishChannel(target: Target, opts: PublishOptions, name: string, manifest: Manifest, manifestKey: string, previous: Channel | undefined): Promise<Channel> {
   const channel: Channel = {
     format: CHANNEL_FORMAT,
-    channel: opts.channel!,
+    channel: name,
     version: manifest.version,
     manifest: manifestKey,
-    published: manifest.created,
+    published: nextPublished(previous, new Date(manifest.created)),
     expires: manifest.expires,
     rollout: { percent: opts.rollout },
   };
+  // A floor is only raised and a revocation never lifted, so a machine that missed a channel still learns them.
+  const floors = [previous?.minVersion, opts.minVersion].filter((v): v is string => Boolean(v)).sort(compareVersions);
+  if (floors.length) channel.minVersion = floors.at(-1);
+  const revoked = [...new Set([...(previous?.revokedKeys ?? []), ...(opts.revokeKeys ?? []).map((id) => normalKeyId(id)!)])].sort();
+  if (revoked.length) channel.revokedKeys = revoked;
   const bytes = Buffer.from(`${JSON.stringify(channel, null, 1)}\n`);
-  const key = channelKey(opts.channel!);
+  const key = channelKey(name);
   await target.putBytes(`${key}.sig`, signBytes(bytes, opts.key));
   await target.putBytes(key, bytes);
   return channel;
+}
+
+/**
+ * `published` must increase with every pointer of a channel: machines refuse an older one as a replay.
+ * A publisher whose clock is behind the last pointer's time steps 1 ms past it instead of going back.
+ */
+function nextPublished(previous: Channel | undefined, now: Date): string {
+  const last = previous ? Date.parse(previous.published) : NaN;
+  return new Date(Number.isNaN(last) || now.getTime() > last ? now.getTime() : last + 1).toISOString();
+}
+
+/**
+ * The channel's current pointer, if it is there and signed by this same key: only then are its time,
+ * floor and revocations carried forward (an unsigned or foreign file there is an attacker's, or a
+ * previous key's, and must not be signed over by this one).
+ */
+async function previousChannel(opts: PublishOptions, name: string): Promise<Channel | undefined> {
+  const source = openSource(opts.to, { ...opts.sourceOptions, retry: { retries: 1, ...opts.sourceOptions?.retry } });
+  const key = channelKey(name);
+  try {
+    let bytes: Buffer;
+    let sig: Buffer;
+    try {
+      [bytes, sig] = await Promise.all([source.get(key), source.get(`${key}.sig`)]);
+    } catch (err) {
+      if (isUpgradeError(err, 'NOT_FOUND')) return undefined;
+      throw err;
+    }
+    if (!signedByKey(bytes, sig, opts.key)) {
+      log.warn(`${objectUrl(source, key)} is not signed by this key: its floor and revoked keys are not carried forward`);
+      return undefined;
+    }
+    const previous = JSON.parse(bytes.toString('utf8')) as Channel;
+    return previous.format === CHANNEL_FORMAT && previous.channel === name ? previous : undefined;
+  } finally {
+    await source.close();
+  }
+}
+
+function signedByKey(bytes: Buffer, sigFile: Buffer, key: KeyObject): boolean {
+  try {
+    const sig = JSON.parse(sigFile.toString('utf8')) as { sig?: unknown };
+    return typeof sig.sig === 'string' && verify(null, bytes, createPublicKey(key), Buffer.from(sig.sig, 'base64'));
+  } catch {
+    return false;
+  }
 }
 
 /** Releases are immutable: machines may hold half a download of the old bytes under this version. */
@@ -130,23 +184,6 @@ async function refuseExistingRelease(opts: PublishOptions, manifestKey: string):
   throw new UpgradeError('USAGE', `release ${opts.version} already exists at ${opts.to}`, {
     hint: 'releases are immutable: publish under a new version number',
   });
-}
-
-async function openInput(file: string): Promise<{ lz4: boolean }> {
-  let fh;
-  try {
-    fh = await fs.open(file, 'r');
-  } catch (err) {
-    throw new UpgradeError('USAGE', `cannot open image ${file}: ${(err as Error).message}`, { cause: err, hint: 'pass an ext4 image file or a block device' });
-  }
-  try {
-    const head = Buffer.alloc(4);
-    const { bytesRead } = await fh.read(head, 0, 4, 0);
-    if (bytesRead === 0) throw new UpgradeError('USAGE', `image ${file} is empty`, { hint: 'build one with upgradectl image build' });
-    return { lz4: bytesRead === 4 && head.readUInt32LE(0) === FRAME_MAGIC };
-  } finally {
-    await fh.close();
-  }
 }
 
 interface Built {

@@ -5,7 +5,7 @@ import { channelKey, releaseKeys } from './layout.js';
 import { assertVersion } from '../core/version.js';
 import { CHANNEL_FORMAT, type Channel, type Manifest } from './manifest.js';
 import { validateManifest } from './manifest-check.js';
-import { loadTrustedKeys, verifySignature } from './signing.js';
+import { loadTrustStore, normalKeyId, verifySignature } from './signing.js';
 import { objectUrl, type Source } from './sources/source.js';
 
 /**
@@ -31,8 +31,17 @@ export interface ResolvedRelease {
   channel?: Channel;
 }
 
+/**
+ * Where trust comes from: the key directory, and the key ids this machine already knows to be revoked
+ * (from signed channels it has seen; the lists the image ships in keys.d are read with the keys).
+ */
+export interface TrustInput {
+  keysDir: string;
+  revoked: ReadonlyMap<string, string>;
+}
+
 /** A signed object: its exact bytes, checked against the trusted keys before anything parses them. */
-async function fetchSigned(source: Source, key: string, keysDir: string, policy: TrustPolicy): Promise<{ bytes: Buffer; signedBy?: string }> {
+async function fetchSigned(source: Source, key: string, trust: TrustInput, policy: TrustPolicy): Promise<{ bytes: Buffer; signer?: { keyid: string; file: string } }> {
   const where = objectUrl(source, key);
   const bytes = await source.get(key);
   let sig: Buffer | undefined;
@@ -45,8 +54,8 @@ async function fetchSigned(source: Source, key: string, keysDir: string, policy:
     log.warn(`${where} is not signed; accepted because unsigned releases are allowed`);
     return { bytes };
   }
-  const keys = await loadTrustedKeys(keysDir);
-  return { bytes, signedBy: verifySignature(where, bytes, sig, keys, keysDir) };
+  const store = await loadTrustStore(trust.keysDir, trust.revoked);
+  return { bytes, signer: verifySignature(where, bytes, sig, store) };
 }
 
 function parseJson<T>(bytes: Buffer, where: string): T {
@@ -76,15 +85,20 @@ export interface VerifiedChannel {
   channel: Channel;
   where: string;
   signedBy: string | undefined;
+  signerKeyId: string | undefined;
 }
 
-/** A channel file, verified and validated; `hintFile` is where the operator names the channel. */
-export async function readChannel(source: Source, name: string, keysDir: string, policy: TrustPolicy, hintFile: string): Promise<VerifiedChannel> {
+/**
+ * A channel file, verified and validated; `hintFile` is where the operator names the channel. The body
+ * must name the channel it was fetched as: the signature covers the bytes, not the file name, so
+ * without this a signed `beta` copied over `stable` would pass.
+ */
+export async function readChannel(source: Source, name: string, trust: TrustInput, policy: TrustPolicy, hintFile: string): Promise<VerifiedChannel> {
   const key = channelKey(name);
   const where = objectUrl(source, key);
   let fetched;
   try {
-    fetched = await fetchSigned(source, key, keysDir, policy);
+    fetched = await fetchSigned(source, key, trust, policy);
   } catch (err) {
     if (isUpgradeError(err, 'NOT_FOUND')) {
       throw new UpgradeError('NOT_FOUND', `channel '${name}' does not exist at ${where}`, {
@@ -98,18 +112,40 @@ export async function readChannel(source: Source, name: string, keysDir: string,
   if (channel === null || typeof channel !== 'object' || channel.format !== CHANNEL_FORMAT || typeof channel.version !== 'string' || typeof channel.manifest !== 'string') {
     throw new UpgradeError('MANIFEST', `${where} is not an upgradectl channel file (format ${String(channel?.format)})`, { hint: 're-publish it with upgradectl publish --channel' });
   }
+  if (channel.channel !== name) {
+    throw new UpgradeError('SIGNATURE', `${where} is the signed pointer of channel '${String(channel.channel)}', not of '${name}'`, {
+      hint: `someone copied another channel's file over this one: do not trust this source until ${where} is re-published with upgradectl publish --channel ${name}`,
+    });
+  }
   assertVersion(channel.version, `channel ${name}'s version`);
+  if (typeof channel.published !== 'string' || Number.isNaN(Date.parse(channel.published))) {
+    throw new UpgradeError('MANIFEST', `${where}: published is missing or invalid (expected an ISO 8601 time)`, { hint: 're-publish it with upgradectl publish --channel' });
+  }
+  if (channel.minVersion !== undefined) assertVersion(channel.minVersion, `channel ${name}'s minVersion`);
+  checkRevokedKeys(channel, where, fetched.signer?.keyid);
   checkExpiry(`channel ${where}`, channel.expires, policy);
-  return { channel, where, signedBy: fetched.signedBy };
+  return { channel, where, signedBy: fetched.signer?.file, signerKeyId: fetched.signer?.keyid };
+}
+
+function checkRevokedKeys(channel: Channel, where: string, signer: string | undefined): void {
+  if (channel.revokedKeys === undefined) return;
+  const ids = channel.revokedKeys;
+  if (!Array.isArray(ids) || ids.some((id) => typeof id !== 'string' || normalKeyId(id) !== id)) {
+    throw new UpgradeError('MANIFEST', `${where}: revokedKeys is invalid (expected a list of 16-hex-digit key ids)`, { hint: 're-publish it with upgradectl publish --revoke KEYID' });
+  }
+  if (signer && ids.includes(signer)) {
+    // Accepting it would trust the key for this file and distrust it from the next: ambiguous, refuse.
+    throw new UpgradeError('SIGNATURE', `${where} revokes key ${signer}, the key it is signed with`, { hint: 'the publisher must sign the channel with a key that is not revoked' });
+  }
 }
 
 /** A named version's manifest, verified and validated (no judgement about this machine). */
-export async function readRelease(source: Source, version: string, keysDir: string, policy: TrustPolicy, manifestKey = releaseKeys(version).manifest): Promise<ResolvedRelease> {
+export async function readRelease(source: Source, version: string, trust: TrustInput, policy: TrustPolicy, manifestKey = releaseKeys(version).manifest): Promise<ResolvedRelease> {
   assertVersion(version);
   const where = objectUrl(source, manifestKey);
   let fetched;
   try {
-    fetched = await fetchSigned(source, manifestKey, keysDir, policy);
+    fetched = await fetchSigned(source, manifestKey, trust, policy);
   } catch (err) {
     if (isUpgradeError(err, 'NOT_FOUND')) {
       throw new UpgradeError('NOT_FOUND', `release ${version} does not exist at ${source.url} (no ${manifestKey})`, {
@@ -129,6 +165,6 @@ export async function readRelease(source: Source, version: string, keysDir: stri
     manifestBytes: fetched.bytes,
     manifestSha256: createHash('sha256').update(fetched.bytes).digest('hex'),
     where,
-    signedBy: fetched.signedBy,
+    signedBy: fetched.signer?.file,
   };
 }

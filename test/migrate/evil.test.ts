@@ -181,7 +181,8 @@ t.test('evil cases', { skip }, async (t) => {
       await fresh(),
       async ({ imageTree, machine }) => {
         // 6 MiB of the machine's own data to migrate; an image with ~2 MiB left.
-        await fs.writeFile(path.join(machine, 'etc/upgradectl/fleet-ca-bundle.pem'), Buffer.alloc(6 * 1024 * 1024, 0x41));
+        await fs.mkdir(path.join(machine, 'etc/upgradectl/credentials.d'), { recursive: true });
+        await fs.writeFile(path.join(machine, 'etc/upgradectl/credentials.d/fleet-ca-bundle.pem'), Buffer.alloc(6 * 1024 * 1024, 0x41));
         await fs.writeFile(path.join(imageTree, 'filler'), Buffer.alloc(20 * 1024 * 1024, 0x42));
       },
       '32M',
@@ -192,14 +193,15 @@ t.test('evil cases', { skip }, async (t) => {
 
   t.test('devices, sockets and FIFOs are skipped with a warning', async (t) => {
     const s = await scenario(await fresh(), async ({ machine }) => {
-      await run('mkfifo', [path.join(machine, 'etc/upgradectl/control.fifo')]);
-      await run('mknod', [path.join(machine, 'etc/upgradectl/null'), 'c', '1', '3']);
+      await fs.mkdir(path.join(machine, 'etc/upgradectl/credentials.d'), { recursive: true });
+      await run('mkfifo', [path.join(machine, 'etc/upgradectl/credentials.d/control.fifo')]);
+      await run('mknod', [path.join(machine, 'etc/upgradectl/credentials.d/null'), 'c', '1', '3']);
     });
     const report = await migrateOk(t, s);
-    t.ok(report.skipped.find((x) => x.path === '/etc/upgradectl/control.fifo' && /FIFO/.test(x.reason)));
-    t.ok(report.skipped.find((x) => x.path === '/etc/upgradectl/null' && /device/.test(x.reason)));
+    t.ok(report.skipped.find((x) => x.path === '/etc/upgradectl/credentials.d/control.fifo' && /FIFO/.test(x.reason)));
+    t.ok(report.skipped.find((x) => x.path === '/etc/upgradectl/credentials.d/null' && /device/.test(x.reason)));
     t.ok(report.warnings.some((w) => /control\.fifo/.test(w)));
-    t.equal(await imageStat(s.image, '/etc/upgradectl/null'), undefined, 'no device node in the image');
+    t.equal(await imageStat(s.image, '/etc/upgradectl/credentials.d/null'), undefined, 'no device node in the image');
     t.equal(await imageCat(s.image, '/etc/upgradectl/upgradectl.conf'), await fs.readFile(path.join(s.machine, 'etc/upgradectl/upgradectl.conf'), 'utf8'));
   });
 

@@ -32,6 +32,15 @@ t.test('default whitelist into a real Debian image', { skip }, async (t) => {
   await run('setfacl', ['-m', 'u:1001:r', path.join(machine, 'etc/upgradectl/upgradectl.conf')]);
   const imageTree = await debianTree(path.join(dir, 'image-tree'));
   await freshImageTree(imageTree);
+  // Trust and hooks belong to the image; only the operator's own keys travel (docs/security.md).
+  const put = async (root: string, rel: string, text: string) => {
+    await fs.mkdir(path.dirname(path.join(root, rel)), { recursive: true });
+    await fs.writeFile(path.join(root, rel), text, { mode: 0o755 });
+  };
+  await put(machine, 'etc/upgradectl/keys.d/local/operator.pub', 'operator key\n');
+  await put(machine, 'etc/upgradectl/health.d/10-old-check', '#!/bin/sh\nexit 0\n');
+  await put(imageTree, 'etc/upgradectl/keys.d/release.pub', 'the new image vendor key\n');
+  await put(imageTree, 'etc/upgradectl/keys.d/revoked', '# revoked by the vendor\n');
   const image = await buildImage(imageTree, path.join(dir, 'next.img'));
   const layout = new Layout(machine);
   const machineBefore = await treeDigest(machine);
@@ -76,7 +85,7 @@ t.test('default whitelist into a real Debian image', { skip }, async (t) => {
       'etc/NetworkManager/system-connections/wired.nmconnection',
       'etc/timezone',
       'etc/upgradectl/upgradectl.conf',
-      'etc/upgradectl/keys.d/release.pub',
+      'etc/upgradectl/keys.d/local/operator.pub',
       'root/.ssh/authorized_keys',
     ]) {
       const want = await fs.lstat(path.join(machine, rel));
@@ -87,6 +96,9 @@ t.test('default whitelist into a real Debian image', { skip }, async (t) => {
       t.equal(got?.mtimeS, Math.floor(want.mtimeMs / 1000), `${rel}: mtime`);
     }
     t.equal((await imageStat(image, '/etc/ssh/ssh_host_rsa_key'))?.mode, 0o600, 'private host key stays 0600');
+    t.equal(await imageCat(image, '/etc/upgradectl/keys.d/release.pub'), 'the new image vendor key\n', "the machine's old trusted key does not replace the image's");
+    t.equal(await imageCat(image, '/etc/upgradectl/keys.d/revoked'), '# revoked by the vendor\n', "the image's revoked list stays");
+    t.equal(await imageStat(image, '/etc/upgradectl/health.d/10-old-check'), undefined, "the machine's old hook does not travel into the image");
     t.equal((await imageStat(image, '/etc/NetworkManager/system-connections'))?.mode, 0o700, 'a created directory keeps its mode');
     t.equal((await imageStat(image, '/root/.ssh'))?.mode, 0o700);
     const link = await imageStat(image, '/etc/localtime');

@@ -52,3 +52,37 @@ t.test('the same tree gives the same image, even after it was read and copied wi
   const mtime = /mtime: 0x([0-9a-f]+)/.exec(st.stdout)?.[1];
   t.equal(atime, mtime, 'its atime was normalised to its mtime although its name cannot be quoted');
 });
+
+t.test('image build never replaces the booted image, asks before replacing a file, and stays out of its tree', { skip }, async (t) => {
+  const { upgradectl } = await import('../helpers/cli.js');
+  const dir = t.testdir();
+  const tree = makeTree(dir);
+  const out = path.join(dir, 'out.img');
+  const first = await upgradectl(['--json', 'image', 'build', tree, out, '--size', '16M']);
+  t.equal(first.code, 0, first.stderr);
+
+  const again = await upgradectl(['--json', 'image', 'build', tree, out, '--size', '16M']);
+  t.equal(again.json?.error?.code, 'USAGE');
+  t.match(again.json?.error?.message, /out\.img already exists/);
+  t.match(again.json?.error?.hint, /--force/);
+  const forced = await upgradectl(['--json', 'image', 'build', tree, out, '--size', '16M', '--force']);
+  t.equal(forced.code, 0, forced.stderr);
+
+  const inside = await upgradectl(['--json', 'image', 'build', tree, path.join(tree, 'usr/self.img'), '--size', '16M']);
+  t.match(inside.json?.error?.message, /self\.img is inside the tree being imaged/);
+
+  // A machine booted from images/1.0.img: not even --force replaces it, whatever path names it.
+  const root = path.join(dir, 'machine');
+  mkdirSync(path.join(root, 'images'), { recursive: true });
+  mkdirSync(path.join(root, 'proc'), { recursive: true });
+  writeFileSync(path.join(root, 'proc/cmdline'), 'root=UUID=x upgradectl.loop=/images/1.0.img ro panic=10\n');
+  const booted = path.join(root, 'images/1.0.img');
+  writeFileSync(booted, 'the running system\n');
+  symlinkSync(booted, path.join(dir, 'alias.img'));
+  for (const target of [booted, path.join(dir, 'alias.img')]) {
+    const r = await upgradectl(['--root', root, '--json', 'image', 'build', tree, target, '--size', '16M', '--force']);
+    t.equal(r.json?.error?.code, 'USAGE', target);
+    t.match(r.json?.error?.message, /is the image this machine is running/);
+  }
+  t.equal(readFileSync(booted, 'utf8'), 'the running system\n', 'the booted image is untouched');
+});

@@ -2,10 +2,17 @@ import type { Command } from '../cli.js';
 import { UpgradeError } from '../../core/errors.js';
 import { buildImage } from '../../release/image-build.js';
 import { parseSize } from './args.js';
+import type { Layout } from '../../core/layout.js';
+import { bootedVersion } from '../../grub/boot-control.js';
+
+async function bootedImage(layout: Layout): Promise<string[]> {
+  const v = await bootedVersion(layout);
+  return v ? [layout.imageFile(v)] : [];
+}
 
 export const imageBuildCommand: Command = {
   summary: 'a reproducible ext4 image from a directory tree',
-  usage: 'image build ROOTFS_DIR OUT.img [--size SIZE] [--uuid UUID] [--label L] [--kernel PATH] [--initrd PATH]',
+  usage: 'image build ROOTFS_DIR OUT.img [--size SIZE] [--uuid UUID] [--label L] [--kernel PATH] [--initrd PATH] [--force]',
   options: {
     size: { type: 'string' },
     uuid: { type: 'string' },
@@ -13,8 +20,9 @@ export const imageBuildCommand: Command = {
     time: { type: 'string' },
     kernel: { type: 'string' },
     initrd: { type: 'string' },
+    force: { type: 'boolean' },
   },
-  async run({ options, positionals }) {
+  async run({ layout, options, positionals }) {
     const [rootfs, out] = positionals;
     if (!rootfs || !out || positionals.length > 2) {
       throw new UpgradeError('USAGE', 'image build needs ROOTFS_DIR and OUT.img', { hint: 'e.g. upgradectl image build ./rootfs ./2.0.img' });
@@ -28,6 +36,9 @@ export const imageBuildCommand: Command = {
       time: typeof options.time === 'string' ? Number(options.time) : undefined,
       kernel: options.kernel as string | undefined,
       initrd: options.initrd as string | undefined,
+      force: Boolean(options.force),
+      // The image this machine booted from (--root's /proc/cmdline) is never a valid output.
+      protect: await bootedImage(layout),
     });
     return { data: result, text: `${result.out}: ${result.size} bytes, ${result.files} files, UUID ${result.uuid}, sha256 ${result.sha256}` };
   },

@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 
 export const publishCommand: Command = {
   summary: 'compress, index, sign and upload a release (file:// or s3://)',
-  usage: 'publish IMAGE --version V --to URL --key KEY [--channel NAME] [--rollout PCT] [--kernel P] [--initrd P] [--cmdline ARGS] [--reflash] [--expires-days N]',
+  usage: 'publish IMAGE --version V --to URL --key KEY [--channel NAME] [--rollout PCT] [--kernel P] [--initrd P] [--cmdline ARGS] [--reflash] [--expires-days N] [--min-version V] [--revoke KEYID[,KEYID…]]',
   options: {
     version: { type: 'string' },
     to: { type: 'string' },
@@ -20,6 +20,8 @@ export const publishCommand: Command = {
     cmdline: { type: 'string' },
     reflash: { type: 'boolean' },
     'expires-days': { type: 'string' },
+    'min-version': { type: 'string' },
+    revoke: { type: 'string' },
     'frame-size': { type: 'string' },
     region: { type: 'string' },
     endpoint: { type: 'string' },
@@ -48,6 +50,8 @@ export const publishCommand: Command = {
         cmdline: (options.cmdline as string | undefined) ?? '',
       },
       reflash: Boolean(options.reflash),
+      minVersion: options['min-version'] as string | undefined,
+      revokeKeys: typeof options.revoke === 'string' ? options.revoke.split(',').map((id) => id.trim()).filter(Boolean) : [],
       expiresInDays: parseWhole(options['expires-days'] as string | undefined, '--expires-days', 365, 1, 36500),
       frameSize: options['frame-size'] ? parseSize(options['frame-size'] as string, '--frame-size') : 4 << 20,
       sourceOptions: {
@@ -64,7 +68,7 @@ export const publishCommand: Command = {
         `published ${m.version} to ${result.url} in ${result.seconds.toFixed(1)} s`,
         `  image   ${m.image.size} bytes (${m.image.allocated} allocated), sha256 ${m.image.sha256}`,
         `  payload ${m.payload.size} bytes, ${m.payload.compression}${m.payload.frames ? `, ${m.payload.frames.length} frames` : ''}`,
-        result.channel ? `  channel ${result.channel.channel} → ${m.version} (rollout ${result.channel.rollout.percent}%)` : '',
+        result.channel ? `  channel ${result.channel.channel} → ${m.version} (rollout ${result.channel.rollout.percent}%, published ${result.channel.published}${result.channel.minVersion ? `, minimum ${result.channel.minVersion}` : ''}${result.channel.revokedKeys ? `, revoked ${result.channel.revokedKeys.join(' ')}` : ''})` : '',
       ].filter(Boolean).join('\n'),
     };
   },
