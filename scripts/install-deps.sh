@@ -12,6 +12,7 @@ PACKAGES=(
   acl attr                        # ACLs and xattrs carried by migration
   openssl                         # the boot tests' HTTPS release server certificate
   btrfs-progs                     # a host filesystem where GRUB cannot save_env: commit must refuse it
+  systemd python3-minimal         # systemd-notify, systemd-analyze; a NOTIFY_SOCKET listener for the daemon tests
 )
 if [ "$(id -u)" != 0 ]; then
   echo "run as root, or install by hand: apt-get install -y --no-install-recommends ${PACKAGES[*]}" >&2

@@ -5,6 +5,9 @@ import { checkIniLines, IniLineError, type IniLines, type IniSchema } from '../c
 import type { Layout } from '../core/layout.js';
 import { kernelArgsProblem } from '../core/boot-data.js';
 import { isVersion } from '../core/version.js';
+import { parseSize } from '../core/size.js';
+
+const isWindow = (v: string) => /^\s*([01]?\d|2[0-3]):[0-5]\d\s*-\s*([01]?\d|2[0-4]):[0-5]\d\s*$/.test(v);
 
 /**
  * `DIR/etc/upgradectl/upgradectl.conf` (INI). Every key has a default. Unknown sections and keys are
@@ -30,6 +33,23 @@ export interface Config {
     stallTimeout: number;
     allowUnsigned: boolean;
     allowDowngrade: boolean;
+    /** Bytes per second the payload download may use (0: no limit); `20M` in the file. */
+    maxRate: number;
+  };
+  /** The resident service (upgradectl daemon). */
+  daemon: {
+    /** Seconds between checks of the channel for a new release (±20 % jitter). */
+    checkInterval: number;
+    /** The first check after the service starts waits a random part of this many seconds. */
+    startupDelay: number;
+  };
+  window: {
+    /** `HH:MM-HH:MM` local time in which the daemon may commit and reboot, or `never`. */
+    commit: string;
+  };
+  metrics: {
+    /** node_exporter textfile collector file, under the root; empty: none. */
+    textfile: string;
   };
   boot: {
     /** Seconds the kernel waits after a panic before it reboots (and GRUB falls back). */
@@ -60,7 +80,10 @@ export interface Config {
 /** Every section and key a config may hold (the file's keys, as written). */
 export const CONFIG_SCHEMA: IniSchema = {
   source: ['url', 'channel', 'min_version', 'region', 'endpoint', 'force_path_style'],
-  prepare: ['parallel', 'retries', 'stall_timeout', 'allow_unsigned', 'allow_downgrade'],
+  prepare: ['parallel', 'retries', 'stall_timeout', 'allow_unsigned', 'allow_downgrade', 'max_rate'],
+  daemon: ['check_interval', 'startup_delay'],
+  window: ['commit'],
+  metrics: ['textfile'],
   boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command'],
   health: ['timeout'],
   hooks: ['timeout'],
@@ -120,6 +143,15 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     if (!Number.isInteger(n) || n < min || n > max) throw badValue(section, key, v, `a whole number from ${min} to ${max}`);
     return n;
   };
+  const size = (section: string, key: string, dflt: number): number => {
+    const v = str(section, key);
+    if (v === undefined || v === '0') return v === '0' ? 0 : dflt;
+    try {
+      return parseSize(v, `[${section}] ${key}`);
+    } catch {
+      throw badValue(section, key, v, 'a size in bytes, or with K, M, G (e.g. 20M), or 0 for no limit');
+    }
+  };
   const checked = (section: string, key: string, ok: (v: string) => boolean, want: string): string | undefined => {
     const v = str(section, key);
     if (v !== undefined && !ok(v)) throw badValue(section, key, v, want);
@@ -141,7 +173,14 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       stallTimeout: int('prepare', 'stall_timeout', 30, 1, 3600),
       allowUnsigned: bool('prepare', 'allow_unsigned', false),
       allowDowngrade: bool('prepare', 'allow_downgrade', false),
+      maxRate: size('prepare', 'max_rate', 0),
     },
+    daemon: {
+      checkInterval: int('daemon', 'check_interval', 6 * 3600, 60, 30 * 86400),
+      startupDelay: int('daemon', 'startup_delay', 900, 0, 86400),
+    },
+    window: { commit: checked('window', 'commit', (v) => v === 'never' || isWindow(v), 'HH:MM-HH:MM in local time, or never') ?? '03:00-05:00' },
+    metrics: { textfile: str('metrics', 'textfile') ?? '/var/lib/prometheus/node-exporter/upgradectl.prom' },
     boot: {
       panicTimeout: int('boot', 'panic_timeout', 10, 1, 3600),
       trialAttempts: int('boot', 'trial_attempts', 1, 1, 3),

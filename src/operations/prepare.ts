@@ -14,6 +14,7 @@ import { remember, rememberChannel } from './trust-memory.js';
 import { ensureSpace } from '../release/space.js';
 import { stageImage, stagingPaths, type StageResult } from '../release/stage.js';
 import { openSource } from '../release/sources/index.js';
+import { RateLimit, throttleSource } from '../release/sources/throttle.js';
 import type { Source } from '../release/sources/source.js';
 
 export interface PrepareOptions {
@@ -36,12 +37,13 @@ export function openConfiguredSource(layout: Layout, config: Config): Source {
       hint: `add a [source] section with url = s3://BUCKET/PREFIX, https://HOST/PREFIX or file:///DIR`,
     });
   }
-  return openSource(config.source.url, {
+  const source = openSource(config.source.url, {
     region: config.source.region,
     endpoint: config.source.endpoint,
     forcePathStyle: config.source.forcePathStyle,
     retry: { retries: config.prepare.retries, stallTimeoutMs: config.prepare.stallTimeout * 1000 },
   });
+  return config.prepare.maxRate > 0 ? throttleSource(source, new RateLimit(config.prepare.maxRate)) : source;
 }
 
 /**

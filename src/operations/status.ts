@@ -5,6 +5,7 @@ import type { Layout } from '../core/layout.js';
 import { readStagingProgress } from '../release/stage.js';
 import { bootedVersion } from './boot.js';
 import { reconcile } from './reconcile/index.js';
+import { readServiceStatus, type ServiceStatus } from './service-status.js';
 import type { HistoryEntry, State } from './state.js';
 
 export interface Download {
@@ -25,6 +26,8 @@ export interface MachineStatus {
   images: Array<Omit<ImageFile, 'file'>>;
   last: HistoryEntry | null;
   host: string;
+  /** What the resident service last did and will do next (absent when no daemon ran). */
+  service: ServiceStatus | null;
 }
 
 /** Downloads in progress or interrupted, from their progress files under .staging. */
@@ -43,7 +46,7 @@ async function downloads(layout: Layout): Promise<Download[]> {
 export async function machineStatus(layout: Layout): Promise<MachineStatus> {
   const state = await reconcile(layout);
   const booted = await bootedVersion(layout);
-  const [dl, imgs] = await Promise.all([downloads(layout), listImages(layout)]);
+  const [dl, imgs, service] = await Promise.all([downloads(layout), listImages(layout), readServiceStatus(layout)]);
   return {
     phase: state.phase,
     booted: booted ?? null,
@@ -55,5 +58,6 @@ export async function machineStatus(layout: Layout): Promise<MachineStatus> {
     images: imgs.map(({ version, bytes, allocated }) => ({ version, bytes, allocated })),
     last: state.history.at(-1) ?? null,
     host: layout.host,
+    service: service ?? null,
   };
 }

@@ -13,6 +13,7 @@ export const COMMANDS: CommandTable = {
   commit: async () => (await import('./commands/commit.js')).commitCommand,
   confirm: async () => (await import('./commands/confirm.js')).confirmCommand,
   rollback: async () => (await import('./commands/rollback.js')).rollbackCommand,
+  daemon: async () => (await import('./commands/daemon.js')).daemonCommand,
   'grub-config': async () => (await import('./commands/grub-config.js')).grubConfigCommand,
   doctor: async () => (await import('./commands/doctor.js')).doctorCommand,
   keygen: async () => (await import('./commands/keygen.js')).keygenCommand,

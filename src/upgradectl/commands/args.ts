@@ -1,21 +1,5 @@
 import { UpgradeError } from '../../core/errors.js';
-
-/** 16 TiB: the largest file ext4 holds with 4 KiB blocks, so no image or frame is larger. */
-export const MAX_SIZE = 2 ** 44;
-
-/**
- * `512M`, `1.5G`, `1048576`: sizes as operators write them, in plain decimal, from 1 byte to `max`.
- * Bounded so that a long run of digits cannot become Infinity or an integer past 2^53.
- */
-export function parseSize(text: string, what: string, max = MAX_SIZE): number {
-  const m = /^(\d{1,20}(?:\.\d{1,20})?)\s*([KMGT]?)(i?B)?$/i.exec(text.trim());
-  const hint = `write it as bytes or with K, M, G or T, from 1 byte to ${max} bytes, e.g. 2G`;
-  if (!m) throw new UpgradeError('USAGE', `${what} ${text} is not a size`, { hint });
-  const mult = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2]!.toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
-  const n = Math.round(Number(m[1]) * mult);
-  if (!Number.isSafeInteger(n) || n < 1 || n > max) throw new UpgradeError('USAGE', `${what} ${text} is out of range`, { hint });
-  return n;
-}
+export { parseSize, MAX_SIZE } from '../../core/size.js';
 
 /** A whole number in plain decimal (Number() would take "" as 0, 0x10 as 16 and 1e1 as 10). */
 export function parseWhole(text: string | undefined, what: string, dflt: number, min: number, max: number): number {

@@ -22,6 +22,17 @@ export const statusCommand: Command = {
     if (bad.length) lines.push(`failed:   ${bad.map(([v, b]) => `${v}: ${b.reason}`).join('; ')}`);
     const last = s.last;
     if (last) lines.push(`last:     ${last.at} ${last.event} ${last.ok ? 'ok' : 'FAILED'}${last.version ? ` (${last.version})` : ''}${last.reason ? `: ${last.reason}` : ''}`);
+    const svc = s.service;
+    if (svc) {
+      if (svc.lastCheck) lines.push(`checked:  ${svc.lastCheck.at} ${svc.lastCheck.ok ? 'ok' : 'FAILED'}: ${svc.lastCheck.result}${svc.lastCheck.hint ? ` (${svc.lastCheck.hint})` : ''}`);
+      if (svc.download) {
+        const eta = svc.download.etaSeconds === null ? '' : `, about ${Math.ceil(svc.download.etaSeconds / 60)} min left`;
+        lines.push(`fetching: ${fmtBytes(svc.download.bytesDone)} of ${fmtBytes(svc.download.total)} at ${fmtBytes(svc.download.bytesPerSecond)}/s${eta}`);
+      }
+      if (svc.window) lines.push(`window:   ${svc.window.text} (${svc.window.open ? `open until ${svc.window.closes}` : `this machine's turn at ${svc.window.next}`})`);
+      if (svc.next) lines.push(`plan:     ${svc.next.action} at ${svc.next.at}`);
+      if (svc.lastError) lines.push(`error:    ${svc.lastError.at} ${svc.lastError.message}${svc.lastError.hint ? `\n          ${svc.lastError.hint}` : ''}`);
+    }
     return { data: s, text: lines.join('\n') };
   },
 };

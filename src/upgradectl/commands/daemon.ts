@@ -1,0 +1,12 @@
+import type { Command } from '../cli.js';
+import { runDaemon } from '../../daemon/service.js';
+
+export const daemonCommand: Command = {
+  summary: 'the resident service: check, prefetch, commit in the window, report (systemd: upgradectl.service)',
+  usage: 'daemon [--once]',
+  options: { once: { type: 'boolean' } },
+  async run({ layout, options }) {
+    const code = await runDaemon(layout, { once: Boolean(options.once) });
+    return { data: { stopped: true }, text: 'upgradectl daemon stopped', exitCode: code };
+  },
+};
