@@ -57,8 +57,10 @@ export async function checkChannel(source: Source, config: Config, layout: Layou
 export async function fetchRelease(source: Source, version: string, layout: Layout, state: State, policy: OfferPolicy, manifestKey?: string): Promise<ResolvedRelease> {
   const release = await readRelease(source, version, layout.keysDir, policy, manifestKey);
   if (state.current && compareVersions(version, state.current) < 0 && !policy.allowDowngrade) {
+    // Point at rollback only when it would boot this very version: its own hint leads back here otherwise.
+    const viaRollback = state.previous === version ? ` (or upgradectl rollback, which boots the previous image ${version} without a download)` : '';
     throw new UpgradeError('DOWNGRADE', `release ${version} is older than the current image ${state.current}`, {
-      hint: 'to go back on purpose, run upgradectl prepare --allow-downgrade VERSION (or upgradectl rollback for the previous image)',
+      hint: `to go back on purpose, run upgradectl prepare --allow-downgrade ${version}${viaRollback}`,
     });
   }
   const bad = failedBefore(state, version);

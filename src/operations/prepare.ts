@@ -10,6 +10,7 @@ import type { Progress } from '../release/progress.js';
 import type { ResolvedRelease } from '../release/resolve.js';
 import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
 import { ensureSpace } from '../release/space.js';
+import { checkImagesWritable } from '../release/images-writable.js';
 import { stageImage, stagingPaths, type StageResult } from '../release/stage.js';
 import { openSource } from '../release/sources/index.js';
 import type { Source } from '../release/sources/source.js';
@@ -71,6 +72,8 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
     await runEvent(layout, 'prepare', async (state) => {
       const superseded = state.phase === 'prepared' && state.next && state.next !== version ? state.next : undefined;
       const keep = keepSet(state, version, await bootedVersion(layout));
+      // A host that cannot take the finished image must fail now, not after the download.
+      await checkImagesWritable(layout);
       const staged = await stagedBytes(layout, version);
       const { removed } = await ensureSpace(layout, Math.max(0, release.manifest.image.allocated - staged), keep, version);
       const progress = opts.progress?.(release.manifest.image.size);
