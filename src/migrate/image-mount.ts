@@ -1,13 +1,13 @@
 import { promises as fs } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { UpgradeError, messageOf } from '../core/errors.js';
 import { ExecError, run } from '../core/exec.js';
 import { log } from '../core/log.js';
+import { claimMountPoint, recordLoopDevice, releaseMountPoint } from './mount-claim.js';
 
 /**
  * Attach an image file (a whole ext4 filesystem, no partition table) to a real loop device and
- * mount it at a private temporary directory for the duration of one function. Whatever happens in
+ * mount it at its own root-only directory for the duration of one function. Whatever happens in
  * that function, the filesystem is unmounted and the loop device detached before this returns.
  * Used by migration at commit, by the RAM flasher and by the boot tests.
  */
@@ -31,13 +31,15 @@ const UMOUNT_TRIES = 10;
 export async function withMountedImage<T>(file: string, opts: MountOptions, fn: (m: MountedImage) => Promise<T>): Promise<T> {
   const readOnly = opts.readOnly ?? false;
   const image = path.resolve(file);
-  await refuseIfAttached(image);
-  const mountPoint = await fs.mkdtemp(path.join(os.tmpdir(), 'upgradectl-mnt-'));
+  // A fixed, claimed mount point (mount-claim.ts): what a killed run left is found and cleaned here.
+  const mountPoint = await claimMountPoint(image);
   let device: string | undefined;
   let mounted = false;
   let result: T;
   try {
+    await refuseIfAttached(image);
     device = await attach(image, readOnly);
+    await recordLoopDevice(mountPoint, device);
     // A read-only mount of a filesystem whose journal needs replay would write to it anyway (or
     // fail on a read-only loop device): noload skips the replay, the view is good enough to plan.
     const options = [readOnly ? 'ro' : 'rw', ...(readOnly ? ['noload'] : []), ...(opts.mountOptions ?? ['nodev', 'nosuid'])];
@@ -102,7 +104,8 @@ async function cleanup(image: string, device: string | undefined, mounted: strin
     // On a device that is still mounted the kernel only sets autoclear: it detaches at the last unmount.
     await run('losetup', ['--detach', device]).catch((err: unknown) => problems.push(`cannot detach ${device}: ${messageOf(err)}`));
   }
-  if (!stillMounted) await fs.rmdir(mountPoint).catch((err: unknown) => log.warn(`could not remove ${mountPoint}: ${messageOf(err)}`));
+  // Still mounted: the claim stays, so that the next run or doctor cleans up once the holder is gone.
+  if (!stillMounted) await releaseMountPoint(mountPoint);
   if (problems.length) {
     throw new UpgradeError('IMAGE', `cleaning up ${image}: ${problems.join('; ')}`, {
       hint: stillMounted

@@ -13,6 +13,7 @@ import { loadWhitelist, migrateConfFile, type Whitelist } from './whitelist.js';
 export { formatMigrationReport, type MigrationReport, type MovedItem, type SkippedItem } from './report.js';
 export type { AccountsReport } from './accounts-merge.js';
 export { withMountedImage, type MountedImage } from './image-mount.js';
+export { cleanStaleMounts, type CleanedMount } from './mount-claim.js';
 export { loadWhitelist, parseWhitelist, type Whitelist } from './whitelist.js';
 export { DEFAULT_WHITELIST } from './default-whitelist.js';
 

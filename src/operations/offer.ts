@@ -81,8 +81,10 @@ export async function fetchRelease(
 ): Promise<ResolvedRelease> {
   const release = await readRelease(source, version, trustInput(layout, state, via), policy, via?.channel.manifest);
   if (state.current && compareVersions(version, state.current) < 0 && !policy.allowDowngrade) {
+    // Point at rollback only when it would boot this very version: its own hint leads back here otherwise.
+    const viaRollback = state.previous === version ? ` (or upgradectl rollback, which boots the previous image ${version} without a download)` : '';
     throw new UpgradeError('DOWNGRADE', `release ${version} is older than the current image ${state.current}`, {
-      hint: 'to go back on purpose, run upgradectl prepare --allow-downgrade VERSION (or upgradectl rollback for the previous image)',
+      hint: `to go back on purpose, run upgradectl prepare --allow-downgrade ${version}${viaRollback}`,
     });
   }
   const floor = versionFloor(config, state, source.url, via);

@@ -12,6 +12,7 @@ import type { ResolvedRelease, VerifiedChannel } from '../release/resolve.js';
 import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
 import { remember, rememberChannel } from './trust-memory.js';
 import { ensureSpace } from '../release/space.js';
+import { checkImagesWritable } from '../release/images-writable.js';
 import { stageImage, stagingPaths, type StageResult } from '../release/stage.js';
 import { openSource } from '../release/sources/index.js';
 import { RateLimit, throttleSource } from '../release/sources/throttle.js';
@@ -88,6 +89,8 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
       // A prepared image that was never committed is dropped when another is prepared — unless it is
       // also an image the machine needs: current, previous (the fallback) or the one that runs.
       const superseded = state.phase === 'prepared' && state.next && state.next !== version && ![state.current, state.previous, booted].includes(state.next) ? state.next : undefined;
+      // A host that cannot take the finished image must fail now, not after the download.
+      await checkImagesWritable(layout);
       const staged = await stagedBytes(layout, version);
       const { removed } = await ensureSpace(layout, Math.max(0, release.manifest.image.allocated - staged), keep, version);
       const progress = opts.progress?.(release.manifest.image.size);

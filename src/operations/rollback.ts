@@ -64,7 +64,7 @@ export async function rollback(layout: Layout, config: Config, opts: { reboot: b
         const target = state.previous;
         if (!target || !state.current) {
           throw new UpgradeError('STATE', 'there is no previous image to roll back to', {
-            hint: 'upgradectl status lists the images; prepare and commit a release to change images',
+            hint: 'to run an older release, prepare it on purpose: upgradectl prepare --allow-downgrade VERSION, then upgradectl commit',
           });
         }
         requireImage(layout, target, 'the previous image');

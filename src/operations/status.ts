@@ -1,4 +1,4 @@
-import { promises as fs } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { listImages, type ImageFile } from '../core/images.js';
 import type { Layout } from '../core/layout.js';
@@ -28,6 +28,8 @@ export interface MachineStatus {
   host: string;
   /** What the resident service last did and will do next (absent when no daemon ran). */
   service: ServiceStatus | null;
+  /** Why the booted upgradectl image is not in the state, and what to do; null when it is (or none booted). */
+  untracked: { reason: string; hint: string } | null;
 }
 
 /** Downloads in progress or interrupted, from their progress files under .staging. */
@@ -59,5 +61,31 @@ export async function machineStatus(layout: Layout): Promise<MachineStatus> {
     last: state.history.at(-1) ?? null,
     host: layout.host,
     service: service ?? null,
+    untracked: untrackedBoot(layout, state, booted),
+  };
+}
+
+/**
+ * The kernel command line names an upgradectl image that the state does not know. Reconciliation adopts
+ * a booted image only when no current image is recorded and the file is on the host partition; say
+ * which of the two failed, since upgradectl then refuses to change images.
+ */
+function untrackedBoot(layout: Layout, state: State, booted: string | undefined): MachineStatus['untracked'] {
+  if (booted === undefined || [state.current, state.previous, state.next].includes(booted)) return null;
+  const file = layout.imageFile(booted);
+  if (!existsSync(file)) {
+    const where = layout.host === layout.root
+      ? `${path.join(layout.root, 'host/images')} does not exist, so the host partition was taken to be ${layout.root}`
+      : `the host partition is ${layout.host}`;
+    return {
+      reason: `the booted image ${booted} has no record: ${file} is not on disk (${where})`,
+      hint: layout.host === layout.root
+        ? `check that the host partition is mounted at ${path.join(layout.root, 'host')} (findmnt ${path.join(layout.root, 'host')}), then run upgradectl status again`
+        : `the image file was removed or renamed while booted; restore it, or reboot into ${state.current ?? 'an image on disk'}`,
+    };
+  }
+  return {
+    reason: `the booted image ${booted} has no record: the state's current image is ${state.current ?? 'unset'} (${booted} was picked by hand in the GRUB menu, or the state was replaced)`,
+    hint: `reboot to return to ${state.current ?? 'the default image'}; upgradectl prepares, commits and rolls back only from an image it tracks`,
   };
 }

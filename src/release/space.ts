@@ -36,10 +36,8 @@ export async function ensureSpace(layout: Layout, needed: number, keep: Set<stri
     const version = name.replace(/\.(img|progress\.json)$/, '');
     if (version !== stagingOf) candidates.push({ file: path.join(layout.stagingDir, name), version });
   }
-  const images = (await listImages(layout))
-    .map((i) => i.version)
-    .filter((v) => !keep.has(v))
-    .sort(compareVersions);
+  const onDisk = (await listImages(layout)).map((i) => i.version);
+  const images = onDisk.filter((v) => !keep.has(v)).sort(compareVersions);
   for (const version of images) candidates.push({ file: layout.imageFile(version), version });
 
   for (const c of candidates) {
@@ -51,7 +49,9 @@ export async function ensureSpace(layout: Layout, needed: number, keep: Set<stri
     free = await freeBytes(layout.imagesDir);
   }
   if (free < want) {
-    const kept = [...keep].filter(Boolean).join(', ') || 'none';
+    // `keep` also names the version being prepared and state entries whose file is gone: list only
+    // what takes space, so the operator knows what there is to remove.
+    const kept = onDisk.filter((v) => keep.has(v)).join(', ') || 'none';
     throw new UpgradeError('NO_SPACE', `not enough space in ${layout.imagesDir}: the image needs ${mib(want)} (with margin), ${mib(free)} is free`, {
       hint: `free ${mib(want - free)} on the host partition (images kept: ${kept}); nothing was downloaded`,
     });

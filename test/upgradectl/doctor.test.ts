@@ -8,6 +8,8 @@ import { grubConfigCommand } from '../../src/upgradectl/commands/grub-config.js'
 import { makeMachine, envList } from '../operations/fixtures/machine.js';
 import { fallbackEntryId } from '../helpers/assert.js';
 import { Layout } from '../../src/core/layout.js';
+import { upgradectl } from '../helpers/cli.js';
+import { isMounted, killedWhileMounted, removeMountsOf } from '../migrate/fixtures/killed-mount.js';
 
 const skip = skipUnless({ commands: ['grub-editenv', 'grub-script-check', 'mke2fs', 'debugfs', 'findmnt', 'lsblk', 'losetup', 'getfattr', 'setfattr'] });
 
@@ -76,4 +78,25 @@ t.test('doctor reports a config typo as a failed check, with its line and the ne
     message: `${path.join(dir, 'etc/upgradectl/upgradectl.conf')}:3: unknown key "chanel" in [source]`,
     fix: /^did you mean `channel`\?/,
   });
+});
+
+t.test('doctor finds the mount a killed migration left, and cleans it up', { skip: skipUnless({ root: true, commands: ['losetup', 'mke2fs', 'findmnt'] }) }, async (t) => {
+  // Registered before t.testdir(): teardowns run in order, and the image must still exist to be found.
+  const image = path.join(t.testdirName, 'next.img');
+  t.teardown(() => removeMountsOf(image));
+  const layout = makeMachine(t.testdir(), { images: ['1.0'], current: '1.0' });
+  execFileSync('mke2fs', ['-q', '-t', 'ext4', '-F', image, '16M']);
+  const held = await killedWhileMounted(image);
+
+  const r = await upgradectl(['--root', layout.root, '--json', 'doctor']);
+  const found = (r.json?.findings as Array<{ check: string }> | undefined)?.filter((f) => f.check === 'stale mounts');
+  t.match(found, [{
+    level: 'warn',
+    message: new RegExp(`cleaned up a mount of .*next\\.img left by an interrupted migration \\(process \\d+\\): unmounted ${held.mountPoint}, detached ${held.device}$`),
+  }], r.stderr);
+  t.notOk(await isMounted(held.mountPoint), 'unmounted');
+  t.equal(execFileSync('losetup', ['-j', image], { encoding: 'utf8' }), '', 'detached');
+
+  const again = await upgradectl(['--root', layout.root, '--json', 'doctor']);
+  t.match(again.json?.findings?.find((f: { check: string }) => f.check === 'stale mounts'), { level: 'ok', message: 'no mounts left by interrupted migrations' });
 });

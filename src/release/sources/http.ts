@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { Agent, request, type Dispatcher } from 'undici';
-import { UpgradeError } from '../../core/errors.js';
+import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
 import { checkRange, encodeKey } from './keys.js';
@@ -121,7 +121,11 @@ export class HttpSource implements Source {
 
   private async send(method: 'GET' | 'HEAD', url: URL, headers: Record<string, string>): Promise<Response> {
     if (this.authorization !== undefined) headers.authorization = this.authorization;
-    return request(url, { dispatcher: this.agent, method, headers });
+    try {
+      return await request(url, { dispatcher: this.agent, method, headers });
+    } catch (err) {
+      throw certificateError(err, url) ?? err;
+    }
   }
 
   /**
@@ -169,6 +173,25 @@ export class HttpSource implements Source {
       throw err;
     }
   }
+}
+
+/** OpenSSL's verdicts on a server certificate that no retry can change. */
+const CERT_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_UNTRUSTED',
+]);
+
+/** An untrusted server certificate (a private CA, a self-signed mirror): say how to trust its CA. */
+function certificateError(err: unknown, url: URL): UpgradeError | undefined {
+  const code = errnoOf(err);
+  if (code === undefined || !CERT_CODES.has(code)) return undefined;
+  return new UpgradeError('NETWORK', `${printable(url)}: the server's certificate is not trusted (${code}: ${messageOf(err)})`, {
+    cause: err,
+    hint:
+      'if the release server uses a private or self-signed CA, give upgradectl that CA certificate (PEM) with the environment ' +
+      'variable NODE_EXTRA_CA_CERTS=/path/ca.pem (for the service: systemctl edit upgradectl, Environment=NODE_EXTRA_CA_CERTS=…); ' +
+      'otherwise the connection may be intercepted',
+  });
 }
 
 /** http:// is only for this machine (tests, a local mirror through a tunnel); elsewhere https is required. */

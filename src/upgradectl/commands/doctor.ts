@@ -9,7 +9,7 @@ import { DEFAULT_TRIES_VAR, versionOfEntry } from '../../grub/render.js';
 import type { Command } from '../cli.js';
 import { loadConfig, type Config } from '../../operations/config.js';
 import { messageOf } from '../../core/errors.js';
-import { findMigrationTools } from '../../migrate/index.js';
+import { cleanStaleMounts, findMigrationTools } from '../../migrate/index.js';
 import { run } from '../../core/exec.js';
 import type { Layout } from '../../core/layout.js';
 import { initialState, loadState, type State } from '../../operations/state.js';
@@ -59,6 +59,7 @@ export async function diagnose(layout: Layout): Promise<Finding[]> {
   await step('host uuid', async () => ({ level: 'ok', message: await detectHostUuid(layout.host, config?.boot.hostUuid) }));
   await step('grub tools', checkGrubTools);
   await step('migration tools', async () => checkMigrationTools());
+  await step('stale mounts', checkStaleMounts);
   await step('grub installed', async () => checkGrubInstalled(layout));
   await step('grubenv', async () => checkGrubEnv(layout, state));
   await step('images', async () => checkImages(layout, state ?? initialState()));
@@ -105,6 +106,22 @@ function checkMigrationTools(): Omit<Finding, 'check'> {
     return { level: 'error', message: `commit cannot migrate files: ${missing.join(', ')} not installed`, fix: `apt-get install ${packages.join(' ')}` };
   }
   return { level: 'ok', message: `found ${all.join(', ')}` };
+}
+
+/**
+ * A migration killed mid-way (SIGKILL, power loss of a container) leaves its image mounted read-write
+ * and attached; commit cleans that up too, but doctor says so first and frees the loop device.
+ */
+async function checkStaleMounts(): Promise<Array<Omit<Finding, 'check'>>> {
+  const { cleaned, busy } = await cleanStaleMounts();
+  const out: Array<Omit<Finding, 'check'>> = cleaned.map((c) => ({
+    level: 'warn',
+    message: `cleaned up a mount of ${c.image} left by an interrupted migration${c.owner ? ` (process ${c.owner})` : ''}: ${[c.unmounted ? `unmounted ${c.mountPoint}` : '', c.detached.length ? `detached ${c.detached.join(', ')}` : ''].filter(Boolean).join(', ') || 'removed its empty mount point'}`,
+    fix: 'nothing more to do; if it recurs, look for what killed upgradectl in journalctl -u upgradectl',
+  }));
+  for (const b of busy) out.push({ level: 'ok', message: `${b.image} is mounted by the running process ${b.pid}` });
+  if (out.length === 0) out.push({ level: 'ok', message: 'no mounts left by interrupted migrations' });
+  return out;
 }
 
 function checkGrubInstalled(layout: Layout): Omit<Finding, 'check'> {

@@ -9,7 +9,7 @@ export const statusCommand: Command = {
     const s = await machineStatus(layout);
     const lines = [
       `phase:    ${s.phase}`,
-      `booted:   ${s.booted ?? '(not booted from an image)'}`,
+      `booted:   ${s.booted ?? '(not booted from an image)'}${s.untracked ? ' (untracked)' : ''}`,
       `current:  ${s.current ?? '-'}`,
       `previous: ${s.previous ?? '-'}`,
       `next:     ${s.next ?? '-'}`,
@@ -22,6 +22,7 @@ export const statusCommand: Command = {
     if (bad.length) lines.push(`failed:   ${bad.map(([v, b]) => `${v}: ${b.reason}`).join('; ')}`);
     const last = s.last;
     if (last) lines.push(`last:     ${last.at} ${last.event} ${last.ok ? 'ok' : 'FAILED'}${last.version ? ` (${last.version})` : ''}${last.reason ? `: ${last.reason}` : ''}`);
+    if (s.untracked) lines.push(`note:     ${s.untracked.reason}`, `          ${s.untracked.hint}`);
     const svc = s.service;
     if (svc) {
       if (svc.lastCheck) lines.push(`checked:  ${svc.lastCheck.at} ${svc.lastCheck.ok ? 'ok' : 'FAILED'}: ${svc.lastCheck.result}${svc.lastCheck.hint ? ` (${svc.lastCheck.hint})` : ''}`);
