@@ -58,6 +58,7 @@ export async function checkChannel(source: Source, config: Config, layout: Layou
   }
   const bad = failedBefore(state, v);
   if (bad && !policy.force) return nothing(`${v} failed its trial before (${bad.reason}); not offered again`);
+  if (channel.rollout?.paused) return nothing(`the rollout of ${v} is paused by the publisher`);
   const percent = channel.rollout?.percent ?? 100;
   const bucket = await rolloutBucket(layout, v);
   if (bucket >= percent) return nothing(`${v} is rolling out to ${percent}% of machines; this one (bucket ${bucket}) is not yet included`);

@@ -70,8 +70,11 @@ export interface Channel {
    */
   published: string;
   expires?: string;
-  /** Staged rollout: a machine takes this release when its bucket (0–99) is below percent. */
-  rollout: { percent: number };
+  /**
+   * Staged rollout: a machine takes this release when its bucket (0–99) is below percent. `paused`:
+   * no machine starts taking it (those that have it keep it) until the publisher resumes the rollout.
+   */
+  rollout: { percent: number; paused?: boolean };
   /** Optional floor: machines that saw it refuse releases older than this (raised only, never lowered). */
   minVersion?: string;
   /** Optional key ids (16 hex) that machines must never trust again, remembered once seen. */

@@ -7,7 +7,7 @@ import { log } from '../core/log.js';
 import { FramePool } from './frame-pool.js';
 import { allocatedBytes } from './holes.js';
 import { Lz4StreamDecoder } from './lz4.js';
-import { compareVersions } from '../core/version.js';
+import { assertVersion, compareVersions } from '../core/version.js';
 import { CHANNEL_FORMAT, MANIFEST_FORMAT, type BootData, type Channel, type Frame, type Manifest } from './manifest.js';
 import { releaseKeys, channelKey } from './layout.js';
 import { keyIdOf, normalKeyId, signBytes } from './signing.js';
@@ -24,6 +24,8 @@ export interface PublishOptions {
   channel?: string;
   /** Percentage of machines the channel offers this release to. */
   rollout: number;
+  /** Channel only: the rollout is paused (no machine starts taking the release). */
+  paused?: boolean;
   boot: BootData;
   reflash: boolean;
   /** Days until machines refuse this release (and the channel pointer). */
@@ -102,15 +104,17 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   }
 }
 
-async function publishChannel(target: Target, opts: PublishOptions, name: string, manifest: Manifest, manifestKey: string, previous: Channel | undefined): Promise<Channel> {
+type ChannelOptions = Pick<PublishOptions, 'rollout' | 'paused' | 'minVersion' | 'revokeKeys' | 'key'>;
+
+async function publishChannel(target: Target, opts: ChannelOptions, name: string, manifest: Manifest, manifestKey: string, previous: Channel | undefined, now = new Date(manifest.created)): Promise<Channel> {
   const channel: Channel = {
     format: CHANNEL_FORMAT,
     channel: name,
     version: manifest.version,
     manifest: manifestKey,
-    published: nextPublished(previous, new Date(manifest.created)),
+    published: nextPublished(previous, now),
     expires: manifest.expires,
-    rollout: { percent: opts.rollout },
+    rollout: opts.paused ? { percent: opts.rollout, paused: true } : { percent: opts.rollout },
   };
   // A floor is only raised and a revocation never lifted, so a machine that missed a channel still learns them.
   const floors = [previous?.minVersion, opts.minVersion].filter((v): v is string => Boolean(v)).sort(compareVersions);
@@ -138,7 +142,7 @@ function nextPublished(previous: Channel | undefined, now: Date): string {
  * floor and revocations carried forward (an unsigned or foreign file there is an attacker's, or a
  * previous key's, and must not be signed over by this one).
  */
-async function previousChannel(opts: PublishOptions, name: string): Promise<Channel | undefined> {
+async function previousChannel(opts: Pick<PublishOptions, 'to' | 'key' | 'sourceOptions'>, name: string): Promise<Channel | undefined> {
   const source = openSource(opts.to, { ...opts.sourceOptions, retry: { retries: 1, ...opts.sourceOptions?.retry } });
   const key = channelKey(name);
   try {
@@ -278,4 +282,55 @@ async function indexLz4Payload(file: string, progress?: Progress): Promise<Built
     await fh.close();
   }
   return { imageSize: decoder.at.rawOffset, imageSha256: imageHash.digest('hex'), allocated, payloadSize, payloadSha256: payloadHash.digest('hex'), frames: [] };
+}
+
+export interface PointChannelOptions {
+  to: string;
+  key: KeyObject;
+  channel: string;
+  version: string;
+  rollout: number;
+  paused: boolean;
+  minVersion?: string;
+  revokeKeys?: string[];
+  sourceOptions?: SourceOptions;
+}
+
+/**
+ * `upgradectl channel set`: point a channel at a release already published — widen or narrow its
+ * rollout, pause or resume it, or go back to an earlier release — without publishing anything new.
+ * The release must be there and signed by this same key: a channel never vouches for bytes its key
+ * did not sign.
+ */
+export async function pointChannel(opts: PointChannelOptions): Promise<Channel> {
+  assertVersion(opts.version);
+  channelKey(opts.channel);
+  const keys = releaseKeys(opts.version);
+  const source = openSource(opts.to, { ...opts.sourceOptions, retry: { retries: 1, ...opts.sourceOptions?.retry } });
+  let manifest: Manifest;
+  try {
+    let bytes: Buffer;
+    let sig: Buffer;
+    try {
+      [bytes, sig] = await Promise.all([source.get(keys.manifest), source.get(`${keys.manifest}.sig`)]);
+    } catch (err) {
+      if (isUpgradeError(err, 'NOT_FOUND')) {
+        throw new UpgradeError('NOT_FOUND', `release ${opts.version} is not published at ${opts.to}`, { cause: err, hint: 'publish it first (upgradectl publish IMAGE --version V --to URL --key KEY)' });
+      }
+      throw err;
+    }
+    if (!signedByKey(bytes, sig, opts.key)) {
+      throw new UpgradeError('SIGNATURE', `${objectUrl(source, keys.manifest)} is not signed by this key`, { hint: 'point the channel with the key that signed the release' });
+    }
+    manifest = JSON.parse(bytes.toString('utf8')) as Manifest;
+  } finally {
+    await source.close();
+  }
+  const previous = await previousChannel(opts, opts.channel);
+  const target = openTarget(opts.to, opts.sourceOptions);
+  try {
+    return await publishChannel(target, opts, opts.channel, manifest, keys.manifest, previous, new Date());
+  } finally {
+    await target.close();
+  }
 }

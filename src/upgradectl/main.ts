@@ -17,6 +17,7 @@ export const COMMANDS: CommandTable = {
   'grub-config': async () => (await import('./commands/grub-config.js')).grubConfigCommand,
   doctor: async () => (await import('./commands/doctor.js')).doctorCommand,
   keygen: async () => (await import('./commands/keygen.js')).keygenCommand,
+  'channel set': async () => (await import('./commands/channel.js')).channelSetCommand,
   publish: async () => (await import('./commands/publish.js')).publishCommand,
   'image build': async () => (await import('./commands/image-build.js')).imageBuildCommand,
 };
