@@ -9,8 +9,17 @@ import type { Layout } from '../core/layout.js';
  * the daemon rewrites it often, and a person's operation must never wait on it.
  */
 export interface ServiceStatus {
+  /** The service's main process (the supervisor; each pass runs in a short-lived child of it). */
   pid: number;
   startedAt: string;
+  /** One line of what it is doing now: the supervisor relays it to systemd as STATUS=. */
+  activity?: string;
+  /** When the next check of the source or server is due (passes before it only commit or wait). */
+  nextCheckAt?: string;
+  /** Failed checks in a row: the retry backs off with it. */
+  failures?: number;
+  /** When the supervisor should run the next pass. */
+  wakeAt?: string;
   /** Where the daemon learns of releases: the channel of [source], or a hawkBit server. */
   mode: 'channel' | 'hawkbit';
   /** The last time it asked what is new, and what it learned. */
