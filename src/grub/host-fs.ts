@@ -3,6 +3,7 @@ import path from 'node:path';
 import { UpgradeError, messageOf } from '../core/errors.js';
 import { run } from '../core/exec.js';
 import { log } from '../core/log.js';
+import { testSwitch } from '../core/test-switches.js';
 
 /** The filesystem that holds a directory, as findmnt reports it. */
 export interface HostMount {
@@ -113,7 +114,7 @@ export interface CheckpointResult {
  */
 export async function checkpointHost(hostDir: string): Promise<CheckpointResult> {
   await run('sync', ['-f', hostDir]);
-  if (process.env.UPGRADECTL_NO_FREEZE === '1') return { method: 'syncfs', note: 'freezing disabled by UPGRADECTL_NO_FREEZE' };
+  if (testSwitch(hostDir, 'UPGRADECTL_NO_FREEZE') === '1') return { method: 'syncfs', note: 'freezing disabled by UPGRADECTL_NO_FREEZE' };
   if (!(await isOwnMountPoint(hostDir))) {
     const note = `${hostDir} is not its own mount point: synced its filesystem (syncfs) without a freeze checkpoint`;
     log.debug(note);

@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import ini from 'ini';
 import { UpgradeError } from '../core/errors.js';
 import type { Layout } from '../core/layout.js';
+import { testSwitch } from '../core/test-switches.js';
 
 /** `DIR/etc/upgradectl/upgradectl.conf` (INI). Every key has a default; unknown keys are kept for later sections. */
 export interface Config {
@@ -42,7 +43,7 @@ export interface Config {
     hostUuid: string | undefined;
     /** GRUB can write grubenv (save_env) on the host filesystem; false on md RAID, LVM, LUKS, btrfs (docs/grub.md). */
     saveEnv: boolean;
-    /** The command that reboots the machine (argv, split on spaces); UPGRADECTL_REBOOT_COMMAND overrides it. */
+    /** The command that reboots the machine (argv, split on spaces); on a test machine UPGRADECTL_REBOOT_COMMAND overrides it (loadConfig). */
     rebootCommand: string;
   };
   health: { timeout: number };
@@ -59,7 +60,10 @@ export async function loadConfig(layout: Layout): Promise<Config> {
       throw new UpgradeError('CONFIG', `cannot read ${layout.configFile}: ${(err as Error).message}`, { cause: err });
     }
   }
-  return parseConfig(text, layout.configFile);
+  const config = parseConfig(text, layout.configFile);
+  // Tests and demos point the reboot at a harmless command; only on a test machine (core/test-switches.ts).
+  config.boot.rebootCommand = testSwitch(layout.host, 'UPGRADECTL_REBOOT_COMMAND') ?? config.boot.rebootCommand;
+  return config;
 }
 
 export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
