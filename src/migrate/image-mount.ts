@@ -4,6 +4,7 @@ import path from 'node:path';
 import { UpgradeError, messageOf } from '../core/errors.js';
 import { ExecError, run } from '../core/exec.js';
 import { log } from '../core/log.js';
+import { PRIVATE_DIR_MODE } from '../core/private-files.js';
 
 /**
  * Attach an image file (a whole ext4 filesystem, no partition table) to a real loop device and
@@ -32,7 +33,13 @@ export async function withMountedImage<T>(file: string, opts: MountOptions, fn: 
   const readOnly = opts.readOnly ?? false;
   const image = path.resolve(file);
   await refuseIfAttached(image);
-  const mountPoint = await fs.mkdtemp(path.join(os.tmpdir(), 'upgradectl-mnt-'));
+  // Mounted, a directory shows the image's own root directory mode (0755 as a rule), so a private mount
+  // point alone would not keep other users out of the image's /etc/shadow and SSH keys: the mount point
+  // sits inside a directory that is 0700 (set explicitly, not by the umask) and stays so while mounted.
+  const privateDir = await fs.mkdtemp(path.join(os.tmpdir(), 'upgradectl-mnt-'));
+  await fs.chmod(privateDir, PRIVATE_DIR_MODE);
+  const mountPoint = path.join(privateDir, 'root');
+  await fs.mkdir(mountPoint, { mode: PRIVATE_DIR_MODE });
   let device: string | undefined;
   let mounted = false;
   let result: T;
@@ -102,7 +109,10 @@ async function cleanup(image: string, device: string | undefined, mounted: strin
     // On a device that is still mounted the kernel only sets autoclear: it detaches at the last unmount.
     await run('losetup', ['--detach', device]).catch((err: unknown) => problems.push(`cannot detach ${device}: ${messageOf(err)}`));
   }
-  if (!stillMounted) await fs.rmdir(mountPoint).catch((err: unknown) => log.warn(`could not remove ${mountPoint}: ${messageOf(err)}`));
+  if (!stillMounted) {
+    await fs.rmdir(mountPoint).catch((err: unknown) => log.warn(`could not remove ${mountPoint}: ${messageOf(err)}`));
+    await fs.rmdir(path.dirname(mountPoint)).catch((err: unknown) => log.warn(`could not remove ${path.dirname(mountPoint)}: ${messageOf(err)}`));
+  }
   if (problems.length) {
     throw new UpgradeError('IMAGE', `cleaning up ${image}: ${problems.join('; ')}`, {
       hint: stillMounted

@@ -4,6 +4,7 @@ import { UpgradeError } from '../core/errors.js';
 import { runEvent } from './lifecycle.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
+import { modeText, repairPrivateModes } from '../core/private-files.js';
 import { loadState, type State } from './state.js';
 import { bootedVersion } from '../grub/boot-control.js';
 import type { Progress } from '../release/progress.js';
@@ -48,6 +49,7 @@ export function openConfiguredSource(layout: Layout, config: Config): Source {
  */
 export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResult> {
   const { layout, config } = opts;
+  await repairPrivateModes(layout).then((fixed) => fixed.forEach((f) => log.warn(`made ${f.path} root-only (was ${modeText(f.was)})`)));
   const source = openConfiguredSource(layout, config);
   try {
     // Resolve first, without the lock: it only reads, and "nothing to do" must not touch the state.

@@ -1,5 +1,5 @@
-import { promises as fs } from 'node:fs';
 import { UpgradeError } from '../core/errors.js';
+import { PRIVATE_FILE_MODE, mkdirPrivate } from '../core/private-files.js';
 import { readJsonIfExists, writeFileDurable } from '../core/durable.js';
 import type { Layout } from '../core/layout.js';
 
@@ -80,7 +80,7 @@ export async function loadState(layout: Layout): Promise<State> {
 }
 
 export async function saveState(layout: Layout, state: State): Promise<void> {
-  await fs.mkdir(layout.stateDir, { recursive: true });
+  await mkdirPrivate(layout.stateDir);
   if (state.history.length > HISTORY_LIMIT) state.history = state.history.slice(-HISTORY_LIMIT);
-  await writeFileDurable(layout.stateFile, `${JSON.stringify(state, null, 2)}\n`, 0o644);
+  await writeFileDurable(layout.stateFile, `${JSON.stringify(state, null, 2)}\n`, PRIVATE_FILE_MODE);
 }
