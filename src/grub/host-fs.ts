@@ -1,8 +1,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { UpgradeError, messageOf } from '../core/errors.js';
-import { run } from '../core/exec.js';
+import { ExecError, run } from '../core/exec.js';
 import { log } from '../core/log.js';
+import { testSwitch } from '../core/test-switches.js';
 
 /** The filesystem that holds a directory, as findmnt reports it. */
 export interface HostMount {
@@ -98,6 +99,11 @@ export interface CheckpointResult {
   note?: string;
 }
 
+export interface CheckpointOptions {
+  /** How long `fsfreeze --freeze` may take before it is killed (a freeze waits for writers to drain). */
+  freezeTimeoutMs?: number;
+}
+
 /**
  * Make what upgradectl wrote visible to GRUB, which reads the disk without replaying the ext4 journal
  * (FACTS.md: a rename or truncate that is only in the journal is invisible after a hard reset).
@@ -111,28 +117,42 @@ export interface CheckpointResult {
  * Never freeze `/` or a directory that is not its own mount point (first install, chroot, tests in a
  * temporary tree): there we sync the filesystem and say so.
  */
-export async function checkpointHost(hostDir: string): Promise<CheckpointResult> {
+export async function checkpointHost(hostDir: string, opts: CheckpointOptions = {}): Promise<CheckpointResult> {
   await run('sync', ['-f', hostDir]);
-  if (process.env.UPGRADECTL_NO_FREEZE === '1') return { method: 'syncfs', note: 'freezing disabled by UPGRADECTL_NO_FREEZE' };
+  if (testSwitch(hostDir, 'UPGRADECTL_NO_FREEZE') === '1') return { method: 'syncfs', note: 'freezing disabled by UPGRADECTL_NO_FREEZE' };
   if (!(await isOwnMountPoint(hostDir))) {
     const note = `${hostDir} is not its own mount point: synced its filesystem (syncfs) without a freeze checkpoint`;
     log.debug(note);
     return { method: 'syncfs', note };
   }
+  const timeoutMs = opts.freezeTimeoutMs ?? 60_000;
   try {
-    await run('fsfreeze', ['--freeze', hostDir], { timeoutMs: 60_000 });
+    await run('fsfreeze', ['--freeze', hostDir], { timeoutMs });
   } catch (err) {
-    const note = `could not freeze ${hostDir} for a journal checkpoint (${messageOf(err)}); synced it instead`;
+    // A freeze that failed or timed out may still have taken effect: FIFREEZE waits for writers without
+    // taking signals, so a killed fsfreeze dies only once the filesystem is frozen. Thaw regardless, or
+    // the filesystem that backs `/` stays frozen and the machine stops.
+    const thawed = await thaw(hostDir);
+    const note = `could not freeze ${hostDir} for a journal checkpoint (${messageOf(err)})${thawed ? '; it had frozen and was thawed' : ''}; synced it instead`;
     log.warn(note);
     return { method: 'syncfs', note };
   }
-  // Thaw on every path: a filesystem left frozen stops the machine.
+  await thaw(hostDir);
+  return { method: 'freeze' };
+}
+
+/**
+ * `fsfreeze --unfreeze`, retried: true when it thawed the filesystem, false when it was not frozen
+ * (EINVAL). A filesystem that stays frozen is an error with the command to run.
+ */
+async function thaw(hostDir: string): Promise<boolean> {
   let lastErr: unknown;
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
       await run('fsfreeze', ['--unfreeze', hostDir], { timeoutMs: 30_000 });
-      return { method: 'freeze' };
+      return true;
     } catch (err) {
+      if (err instanceof ExecError && /invalid argument/i.test(err.stderr)) return false;
       lastErr = err;
     }
   }

@@ -6,6 +6,7 @@ import type { Layout } from '../core/layout.js';
 import { kernelArgsProblem } from '../core/boot-data.js';
 import { isVersion } from '../core/version.js';
 import { parseSize } from '../core/size.js';
+import { testSwitch } from '../core/test-switches.js';
 
 const isWindow = (v: string) => /^\s*([01]?\d|2[0-3]):[0-5]\d\s*-\s*([01]?\d|2[0-4]):[0-5]\d\s*$/.test(v);
 
@@ -70,7 +71,7 @@ export interface Config {
     hostUuid: string | undefined;
     /** GRUB can write grubenv (save_env) on the host filesystem; false on md RAID, LVM, LUKS, btrfs (docs/grub.md). */
     saveEnv: boolean;
-    /** The command that reboots the machine (argv, split on spaces); UPGRADECTL_REBOOT_COMMAND overrides it. */
+    /** The command that reboots the machine (argv, split on spaces); on a test machine UPGRADECTL_REBOOT_COMMAND overrides it (loadConfig). */
     rebootCommand: string;
   };
   health: { timeout: number };
@@ -98,7 +99,10 @@ export async function loadConfig(layout: Layout): Promise<Config> {
       throw new UpgradeError('CONFIG', `cannot read ${layout.configFile}: ${(err as Error).message}`, { cause: err });
     }
   }
-  return parseConfig(text, layout.configFile);
+  const config = parseConfig(text, layout.configFile);
+  // Tests and demos point the reboot at a harmless command; only on a test machine (core/test-switches.ts).
+  config.boot.rebootCommand = testSwitch(layout.host, 'UPGRADECTL_REBOOT_COMMAND') ?? config.boot.rebootCommand;
+  return config;
 }
 
 function checkLines(text: string, file: string): IniLines {

@@ -1,8 +1,10 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { UpgradeError } from '../core/errors.js';
 import { readBootId } from '../core/boot-id.js';
 import { acquireLock } from '../core/lock.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
+import { testSwitch } from '../core/test-switches.js';
 import { loadState, saveState, type HistoryEntry, type Phase, type State } from './state.js';
 
 /**
@@ -174,7 +176,7 @@ export async function runLocked(
   };
   let outcome: StepOutcome;
   try {
-    outcome = await step(state, ctl);
+    outcome = await operationLayout.run(layout, () => step(state, ctl));
   } catch (err) {
     state.pending = undefined;
     state.reentries = undefined;
@@ -185,7 +187,7 @@ export async function runLocked(
   const event = outcome.event ?? events[0]!;
   applyEvent(state, event, outcome);
   await saveState(layout, state);
-  crashPoint(`${op}:done`);
+  crashPoint(`${op}:done`, layout);
   return { state, outcome, event };
 }
 
@@ -208,12 +210,16 @@ export function record(state: State, entry: Omit<HistoryEntry, 'at'>): void {
   state.history.push({ at: new Date().toISOString(), ...clean });
 }
 
+/** The machine of the operation whose step is running: crash points inside steps (transitions.ts) need it. */
+const operationLayout = new AsyncLocalStorage<Layout>();
+
 /**
  * Crash injection for the crash table (test/upgradectl/crash.test.ts): UPGRADECTL_CRASH_AT=<op>:<step>
- * ends the process at once, as a power cut would, with no cleanup and no finally blocks.
+ * ends the process at once, as a power cut would, with no cleanup and no finally blocks. A test-only
+ * switch (core/test-switches.ts): outside a test machine it does nothing.
  */
-export function crashPoint(name: string): void {
-  if (process.env.UPGRADECTL_CRASH_AT === name) {
+export function crashPoint(name: string, layout: Layout | undefined = operationLayout.getStore()): void {
+  if (layout && testSwitch(layout.host, 'UPGRADECTL_CRASH_AT') === name) {
     process.stderr.write(`upgradectl: simulated crash at ${name}\n`);
     process.exit(137);
   }

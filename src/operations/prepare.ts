@@ -7,6 +7,7 @@ import type { Layout } from '../core/layout.js';
 import type { State } from './state.js';
 import { reconcile } from './reconcile/index.js';
 import { bootedVersion } from './boot.js';
+import { modeText, repairPrivateModes } from '../core/private-files.js';
 import type { Progress } from '../release/progress.js';
 import type { ResolvedRelease, VerifiedChannel } from '../release/resolve.js';
 import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
@@ -54,6 +55,7 @@ export function openConfiguredSource(layout: Layout, config: Config): Source {
  */
 export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResult> {
   const { layout, config } = opts;
+  await repairPrivateModes(layout).then((fixed) => fixed.forEach((f) => log.warn(`made ${f.path} root-only (was ${modeText(f.was)})`)));
   const source = openConfiguredSource(layout, config);
   try {
     // What booted first: a new machine adopts the image it runs, so a downgrade check and the commit

@@ -4,12 +4,12 @@ import { run } from '../core/exec.js';
 import { log } from '../core/log.js';
 
 /**
- * Reboot the machine: `systemctl reboot` by default, `[boot] reboot_command` in the config, or
- * UPGRADECTL_REBOOT_COMMAND (tests and demos point it at a harmless command so that nothing they run
- * can reboot the machine they run on).
+ * Reboot the machine: `systemctl reboot` by default, or `[boot] reboot_command` in the config. On a
+ * test machine loadConfig puts UPGRADECTL_REBOOT_COMMAND there (tests and demos point it at a harmless
+ * command so that nothing they run can reboot the machine they run on); see core/test-switches.ts.
  */
 export async function rebootMachine(config: Config, why: string): Promise<string[]> {
-  const spec = process.env.UPGRADECTL_REBOOT_COMMAND ?? config.boot.rebootCommand;
+  const spec = config.boot.rebootCommand;
   const argv = spec.split(/\s+/).filter(Boolean);
   const [cmd, ...args] = argv;
   if (!cmd) throw new UpgradeError('CONFIG', 'the reboot command is empty', { hint: 'set [boot] reboot_command = systemctl reboot' });

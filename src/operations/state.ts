@@ -1,5 +1,5 @@
-import { promises as fs } from 'node:fs';
 import { UpgradeError } from '../core/errors.js';
+import { PRIVATE_FILE_MODE, mkdirPrivate } from '../core/private-files.js';
 import { readJsonIfExists, writeFileDurable } from '../core/durable.js';
 import type { Layout } from '../core/layout.js';
 import { validateState, type Phase } from './state-check.js';
@@ -90,8 +90,7 @@ export async function loadState(layout: Layout): Promise<State> {
 }
 
 export async function saveState(layout: Layout, state: State): Promise<void> {
-  await fs.mkdir(layout.stateDir, { recursive: true, mode: 0o700 });
+  await mkdirPrivate(layout.stateDir);
   if (state.history.length > HISTORY_LIMIT) state.history = state.history.slice(-HISTORY_LIMIT);
-  // Root-only: history entries carry hook output and migration reports.
-  await writeFileDurable(layout.stateFile, `${JSON.stringify(state, null, 2)}\n`, 0o600);
+  await writeFileDurable(layout.stateFile, `${JSON.stringify(state, null, 2)}\n`, PRIVATE_FILE_MODE);
 }

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs, constants as C } from 'node:fs';
 import path from 'node:path';
 import { UpgradeError, errnoOf, isUpgradeError } from '../core/errors.js';
+import { PRIVATE_FILE_MODE, mkdirPrivate } from '../core/private-files.js';
 import { readJsonIfExists, removeQuietly, renameDurable, writeFileDurable } from '../core/durable.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
@@ -71,7 +72,7 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
   const version = manifest.version;
   const payloadKey = `${releaseKeys(version).dir}/${manifest.payload.path}`;
   const payloadUrl = objectUrl(source, payloadKey);
-  await fs.mkdir(layout.stagingDir, { recursive: true });
+  await mkdirPrivate(layout.stagingDir);
   const paths = stagingPaths(layout, version);
 
   const info = await source.head(payloadKey).catch((err: unknown) => {
@@ -103,13 +104,18 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
     updatedAt: new Date().toISOString(),
   };
 
-  const fh = await fs.open(paths.image, C.O_RDWR | C.O_CREAT, 0o644);
+  // Root-only from its first byte: it becomes the image, which will hold the machine's secrets.
+  const fh = await fs.open(paths.image, C.O_RDWR | C.O_CREAT, PRIVATE_FILE_MODE);
+  await fh.chmod(PRIVATE_FILE_MODE).catch(async (err: unknown) => {
+    await fh.close();
+    throw err;
+  });
   const pool = new FramePool();
   const hasher = new OrderedHasher(fh.fd);
   const checkpoint = async () => {
     await fh.datasync();
     state.updatedAt = new Date().toISOString();
-    await writeFileDurable(paths.progress, JSON.stringify(state));
+    await writeFileDurable(paths.progress, JSON.stringify(state), PRIVATE_FILE_MODE);
   };
   let result: Omit<StageResult, 'imageFile' | 'seconds'>;
   try {
@@ -134,8 +140,8 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
   }
   const imageFile = layout.imageFile(version);
   await renameDurable(paths.image, imageFile);
-  await fs.mkdir(layout.manifestsDir, { recursive: true });
-  await writeFileDurable(layout.manifestFile(version), release.manifestBytes);
+  await mkdirPrivate(layout.manifestsDir);
+  await writeFileDurable(layout.manifestFile(version), release.manifestBytes, PRIVATE_FILE_MODE);
   await removeQuietly(paths.progress);
   return { imageFile, ...result, seconds: (Date.now() - started) / 1000 };
 }

@@ -8,6 +8,7 @@ import { parseConfig } from '../../src/operations/config.js';
 import { run } from '../../src/core/exec.js';
 import { setLogLevel } from '../../src/core/log.js';
 import { Layout } from '../../src/core/layout.js';
+import { testModeFlag } from '../../src/core/test-switches.js';
 import { initialState } from '../../src/operations/state.js';
 import { upgradectl } from '../helpers/cli.js';
 import { cacheDir } from '../helpers/debian-root.js';
@@ -113,6 +114,8 @@ export class Fleet {
       const hostTree = path.join(workDir, 'host');
       const host = new Layout(hostTree);
       await fs.mkdir(host.imagesDir, { recursive: true });
+      // The scripts run in the VM set UPGRADECTL_REBOOT_COMMAND: a test machine (core/test-switches.ts).
+      await fs.writeFile(testModeFlag(hostTree), 'test machine: test-only switches are honoured\n');
       let sshKeySha256 = '';
       await buildDebianImage(workDir, host.imageFile('1'), {
         ...(await imageBase(kernel, key, tls.cert)),

@@ -215,12 +215,19 @@ async function serve(root: string, urlPath: string, req: http.IncomingMessage, r
 
   const drop = has('drop');
   const stall = has('stall');
-  const body = (await fs.readFile(file)).subarray(start, end);
-  const cut = drop ? Math.min(drop.afterBytes, body.length) : stall ? Math.min(stall.afterBytes ?? 0, body.length) : body.length;
-  for (let off = 0; off < cut; off += CHUNK) {
-    const chunk = body.subarray(off, Math.min(cut, off + CHUNK));
-    if (!res.write(chunk)) await drainedOrClosed(res);
-    if (res.destroyed) return;
+  const length = end - start;
+  const cut = drop ? Math.min(drop.afterBytes, length) : stall ? Math.min(stall.afterBytes ?? 0, length) : length;
+  // Read as it goes (not the whole file first): tests measure the client's memory in this process.
+  const fh = await fs.open(file, 'r');
+  try {
+    for (let off = 0; off < cut; off += CHUNK) {
+      const chunk = Buffer.alloc(Math.min(cut, off + CHUNK) - off);
+      await fh.read(chunk, 0, chunk.length, start + off);
+      if (!res.write(chunk)) await drainedOrClosed(res);
+      if (res.destroyed) return;
+    }
+  } finally {
+    await fh.close();
   }
   if (drop) {
     // Let the bytes already written reach the client, then cut: the client sees a short body.

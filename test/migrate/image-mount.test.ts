@@ -6,6 +6,7 @@ import { withMountedImage } from '../../src/migrate/image-mount.js';
 import { isUpgradeError } from '../../src/core/errors.js';
 import { run } from '../../src/core/exec.js';
 import { skipUnless } from '../helpers/requirements.js';
+import { listableBy, readableBy } from '../helpers/as-user.js';
 import { detachLeftovers, imageCat, loopsUnder, sha256File } from './fixtures/machine.js';
 
 const skip = skipUnless({ root: true, commands: ['losetup', 'mke2fs', 'debugfs'] });
@@ -31,6 +32,18 @@ t.test('withMountedImage', { skip }, async (t) => {
     t.notOk(existsSync(seen?.mountPoint ?? '/nonexistent'), 'private mount point removed');
     t.same(await loopsUnder(dir), [], 'detached');
     t.equal(await imageCat(image, '/etc/written'), 'hello\n');
+  });
+
+  t.test('read-write: other users cannot walk into the mounted image (its root is 0755, the mount point sits in a 0700 directory)', async (t) => {
+    await withMountedImage(image, {}, async (m) => {
+      const hostname = path.join(m.mountPoint, 'etc/hostname');
+      t.equal((await fs.stat(hostname)).mode & 0o777, 0o644, 'a world-readable file inside the image');
+      t.equal((await fs.stat(m.mountPoint)).mode & 0o777, 0o755, 'mounted, the mount point shows the image root\'s mode');
+      t.notOk(readableBy(hostname), 'nobody cannot read it through the mount');
+      t.notOk(listableBy(m.mountPoint), 'nobody cannot list the mounted image');
+      t.equal((await fs.stat(path.dirname(m.mountPoint))).mode & 0o777, 0o700, 'the directory holding the mount point is 0700');
+    });
+    t.same(await loopsUnder(dir), [], 'detached');
   });
 
   t.test('read-only: nothing can be written and the image is unchanged', async (t) => {

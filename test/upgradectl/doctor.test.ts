@@ -1,8 +1,9 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { skipUnless } from '../helpers/requirements.js';
+import { readableBy } from '../helpers/as-user.js';
 import { diagnose } from '../../src/upgradectl/commands/doctor.js';
 import { grubConfigCommand } from '../../src/upgradectl/commands/grub-config.js';
 import { makeMachine, envList } from '../operations/fixtures/machine.js';
@@ -99,4 +100,16 @@ t.test('doctor finds the mount a killed migration left, and cleans it up', { ski
 
   const again = await upgradectl(['--root', layout.root, '--json', 'doctor']);
   t.match(again.json?.findings?.find((f: { check: string }) => f.check === 'stale mounts'), { level: 'ok', message: 'no mounts left by interrupted migrations' });
+});
+
+t.test('doctor: an image readable by other users is repaired to 0600 and reported', { skip: skipUnless({ root: true, commands: ['mke2fs', 'runuser', 'grub-editenv'] }) }, async (t) => {
+  const layout = makeMachine(t.testdir(), { images: ['1.0'], current: '1.0' });
+  chmodSync(layout.imagesDir, 0o755);
+  chmodSync(layout.imageFile('1.0'), 0o644);
+  t.ok(readableBy(layout.imageFile('1.0')), 'control: nobody can read the image before');
+  const f = (await diagnose(layout)).filter((x) => x.check === 'private files');
+  t.match(f, [{ level: 'warn', message: /repaired modes under .*images .*: images 0755->0700, .*images\/1\.0\.img 0644->0600/ }]);
+  t.equal(statSync(layout.imageFile('1.0')).mode & 0o777, 0o600);
+  t.notOk(readableBy(layout.imageFile('1.0')), 'nobody cannot read it after doctor');
+  t.match((await diagnose(layout)).filter((x) => x.check === 'private files'), [{ level: 'ok' }], 'nothing left to repair');
 });

@@ -27,11 +27,20 @@ export async function* byteWindow(chunks: AsyncIterable<Buffer>, skip: number, l
   }
 }
 
-/** The whole of a body in one buffer. */
-export async function collect(chunks: AsyncIterable<Buffer>): Promise<Buffer> {
+/**
+ * The whole of a body in one buffer, refused with `tooLarge()` as soon as it passes `cap` bytes: a
+ * broken or hostile server cannot make us hold more than we meant to read (leaving the for-await
+ * releases the body, so nothing more is read either).
+ */
+export async function collect(chunks: AsyncIterable<Buffer>, cap: number, tooLarge: () => Error): Promise<Buffer> {
   const parts: Buffer[] = [];
-  for await (const chunk of chunks) parts.push(chunk);
-  return Buffer.concat(parts);
+  let total = 0;
+  for await (const chunk of chunks) {
+    total += chunk.length;
+    if (total > cap) throw tooLarge();
+    parts.push(chunk);
+  }
+  return Buffer.concat(parts, total);
 }
 
 /** View any Uint8Array chunk as a Buffer without copying (the AWS SDK types its bodies loosely). */

@@ -3,9 +3,10 @@ import { promises as fs, constants as C, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { UpgradeError, errnoOf } from '../../core/errors.js';
+import { UpgradeError, errnoOf, isUpgradeError } from '../../core/errors.js';
 import { fsyncDir, removeQuietly, writeFileDurable } from '../../core/durable.js';
-import { checkRange, keySegments } from './keys.js';
+import { checkRange, keySegments, metadataCap, metadataTooLarge } from './keys.js';
+import { collect } from './body.js';
 import type { ObjectInfo, Source, Target } from './source.js';
 
 const CHUNK = 1024 * 1024;
@@ -33,9 +34,19 @@ export class FileStore implements Source, Target {
 
   async get(key: string): Promise<Buffer> {
     const file = this.pathOf(key);
-    return fs.readFile(file).catch((err: unknown) => {
+    const fh = await fs.open(file, C.O_RDONLY).catch((err: unknown) => {
       throw fileError(err, file);
     });
+    try {
+      const tooLarge = () => metadataTooLarge(file, key);
+      if ((await fh.stat()).size > metadataCap(key).bytes) throw tooLarge();
+      // Capped while reading too: the file may grow after the stat.
+      return await collect(fh.createReadStream({ autoClose: false }), metadataCap(key).bytes, tooLarge);
+    } catch (err) {
+      throw isUpgradeError(err) ? err : fileError(err, file);
+    } finally {
+      await fh.close();
+    }
   }
 
   async head(key: string): Promise<ObjectInfo> {

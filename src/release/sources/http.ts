@@ -1,11 +1,10 @@
-import { isIP } from 'node:net';
 import { Agent, request, type Dispatcher } from 'undici';
 import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
-import { checkRange, encodeKey } from './keys.js';
+import { checkRange, encodeKey, metadataCap, metadataTooLarge, rangeTooLong } from './keys.js';
 import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
-import type { ObjectInfo, RetryPolicy, Source, SourceOptions } from './source.js';
+import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions } from './source.js';
 
 type Response = Dispatcher.ResponseData;
 
@@ -26,7 +25,7 @@ export class HttpSource implements Source {
   private warnedRangeIgnored = false;
 
   constructor(url: URL, opts: SourceOptions = {}) {
-    refuseInsecure(url);
+    refusePlainHttp(url, printable(url));
     this.policy = resolvePolicy(opts.retry);
     const base = new URL(url.href);
     if (base.username !== '' || base.password !== '') {
@@ -54,7 +53,7 @@ export class HttpSource implements Source {
     return withRetry(
       async () => {
         const res = await this.send('GET', url, {});
-        return collect((await this.accept(res, url, undefined)).chunks);
+        return collect((await this.accept(res, url, undefined)).chunks, metadataCap(key).bytes, () => metadataTooLarge(printable(url), key));
       },
       this.policy,
       `GET ${printable(url)}`,
@@ -90,7 +89,7 @@ export class HttpSource implements Source {
     return withRetry(
       async () => {
         const opened = await this.open(url, start, end, etag);
-        const bytes = await collect(opened.chunks);
+        const bytes = await collect(opened.chunks, end - start, () => rangeTooLong(printable(url), start, end));
         if (bytes.length < end - start) {
           // The body ended cleanly but early: only an object shorter than asked does that.
           throw shorterThan(url, start + bytes.length, end);
@@ -192,23 +191,6 @@ function certificateError(err: unknown, url: URL): UpgradeError | undefined {
       'variable NODE_EXTRA_CA_CERTS=/path/ca.pem (for the service: systemctl edit upgradectl, Environment=NODE_EXTRA_CA_CERTS=…); ' +
       'otherwise the connection may be intercepted',
   });
-}
-
-/** http:// is only for this machine (tests, a local mirror through a tunnel); elsewhere https is required. */
-function refuseInsecure(url: URL): void {
-  if (url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
-    throw new UpgradeError('USAGE', `refusing plain http:// to ${url.hostname} in ${printable(url)}`, {
-      hint: `use https://${url.host}${url.pathname} (http:// is only allowed for 127.0.0.0/8, ::1 and localhost)`,
-    });
-  }
-}
-
-export function isLoopbackHost(hostname: string): boolean {
-  const host = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
-  if (host === 'localhost') return true;
-  if (isIP(host) === 4) return host.startsWith('127.');
-  if (isIP(host) === 6) return host === '::1';
-  return false;
 }
 
 /** The URL without credentials or query (signed tokens) for messages and logs. */

@@ -3,9 +3,9 @@ import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client, type G
 import { Upload } from '@aws-sdk/lib-storage';
 import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { asBuffers, byteWindow, collect } from './body.js';
-import { checkRange, keySegments } from './keys.js';
+import { checkRange, keySegments, metadataCap, metadataTooLarge, rangeTooLong } from './keys.js';
 import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
-import type { ObjectInfo, RetryPolicy, Source, SourceOptions, Target } from './source.js';
+import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type Target } from './source.js';
 
 const PART_SIZE = 16 * 1024 * 1024;
 const RETRY_HINT = 'check the network and the S3 endpoint ([source] endpoint, region), then run the command again';
@@ -31,6 +31,7 @@ export class S3Store implements Source, Target {
     this.prefix = decodeURIComponent(url.pathname).replace(/^\/+|\/+$/g, '');
     this.url = `s3://${this.bucket}/${this.prefix}`;
     this.policy = resolvePolicy(opts.retry);
+    if (opts.endpoint) refusePlainHttp(new URL(opts.endpoint), `the S3 endpoint ${opts.endpoint} ([source] endpoint)`);
     this.client = new S3Client({
       region: opts.region,
       endpoint: opts.endpoint,
@@ -54,7 +55,7 @@ export class S3Store implements Source, Target {
     return withRetry(
       async () => {
         const out = await this.getObject(objectKey, undefined, undefined);
-        return collect(asBuffers(bodyOf(out)));
+        return collect(asBuffers(bodyOf(out)), metadataCap(key).bytes, () => metadataTooLarge(this.shown(objectKey), key));
       },
       this.policy,
       `GET ${this.shown(objectKey)}`,
@@ -74,7 +75,7 @@ export class S3Store implements Source, Target {
     return withRetry(
       async () => {
         const out = await this.getObject(objectKey, `bytes=${start}-${end - 1}`, etag);
-        const bytes = await collect(this.positioned(out, objectKey, start, end));
+        const bytes = await collect(this.positioned(out, objectKey, start, end), end - start, () => rangeTooLong(this.shown(objectKey), start, end));
         if (bytes.length < end - start) throw this.shorter(objectKey, start + bytes.length, end);
         return bytes;
       },

@@ -1,3 +1,6 @@
+import { isIP } from 'node:net';
+import { UpgradeError } from '../../core/errors.js';
+
 /**
  * Where releases come from and go to. One implementation per URL scheme: file://, http(s)://, s3://.
  * Keys are paths relative to the source prefix, e.g. `releases/2.0/manifest.json`.
@@ -56,4 +59,24 @@ export interface SourceOptions {
   region?: string;
   endpoint?: string;
   forcePathStyle?: boolean;
+}
+
+/**
+ * Plain http:// only to this machine (tests, a local mirror through a tunnel): anywhere else it could be
+ * read and tampered with on the way. For HTTP sources and S3 endpoints alike.
+ */
+export function refusePlainHttp(url: URL, what: string): void {
+  if (url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
+    throw new UpgradeError('USAGE', `refusing plain http:// to ${url.hostname} in ${what}`, {
+      hint: `use https://${url.host}${url.pathname} (http:// is only allowed for 127.0.0.0/8, ::1 and localhost)`,
+    });
+  }
+}
+
+export function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  if (isIP(host) === 6) return host === '::1';
+  return false;
 }

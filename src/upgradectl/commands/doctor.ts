@@ -12,6 +12,7 @@ import { messageOf } from '../../core/errors.js';
 import { cleanStaleMounts, findMigrationTools } from '../../migrate/index.js';
 import { run } from '../../core/exec.js';
 import type { Layout } from '../../core/layout.js';
+import { modeText, repairPrivateModes } from '../../core/private-files.js';
 import { initialState, loadState, type State } from '../../operations/state.js';
 
 export interface Finding {
@@ -63,8 +64,21 @@ export async function diagnose(layout: Layout): Promise<Finding[]> {
   await step('grub installed', async () => checkGrubInstalled(layout));
   await step('grubenv', async () => checkGrubEnv(layout, state));
   await step('images', async () => checkImages(layout, state ?? initialState()));
+  await step('private files', async () => checkPrivateModes(layout));
   await step('space', async () => checkSpace(layout));
   return out;
+}
+
+/** Images hold /etc/shadow and SSH host keys: anything under HOST/images readable by others is repaired now. */
+async function checkPrivateModes(layout: Layout): Promise<Omit<Finding, 'check'>> {
+  const fixed = await repairPrivateModes(layout);
+  if (!fixed.length) return { level: 'ok', message: `${layout.imagesDir} and everything in it are root-only (0700/0600)` };
+  const list = fixed.map((f) => `${path.relative(layout.host, f.path)} ${modeText(f.was)}->${modeText(f.now)}`).join(', ');
+  return {
+    level: 'warn',
+    message: `repaired modes under ${layout.imagesDir} (were readable beyond root): ${list}`,
+    fix: 'nothing more to do; find out who loosened them (an older upgradectl, a manual copy) — images hold /etc/shadow and SSH host keys',
+  };
 }
 
 async function checkSaveEnv(layout: Layout, config: Config | undefined): Promise<Omit<Finding, 'check'>> {
