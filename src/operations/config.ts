@@ -76,6 +76,19 @@ export interface Config {
   };
   health: { timeout: number };
   hooks: { timeout: number };
+  /** Remote check-in over Eclipse hawkBit's DDI API (src/daemon/ddi/); off while `url` is unset. */
+  hawkbit: {
+    url: string | undefined;
+    tenant: string;
+    /** Defaults to the machine-id (resolved by the daemon, which reads the machine). */
+    controllerId: string | undefined;
+    /** Root-only file holding the TargetToken or GatewayToken. */
+    tokenFile: string | undefined;
+    tokenKind: 'target' | 'gateway';
+    caFile: string | undefined;
+    certFile: string | undefined;
+    keyFile: string | undefined;
+  };
 }
 
 /** Every section and key a config may hold (the file's keys, as written). */
@@ -88,6 +101,7 @@ export const CONFIG_SCHEMA: IniSchema = {
   boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command'],
   health: ['timeout'],
   hooks: ['timeout'],
+  hawkbit: ['url', 'tenant', 'controller_id', 'token_file', 'token_kind', 'ca_file', 'cert_file', 'key_file'],
 };
 
 export async function loadConfig(layout: Layout): Promise<Config> {
@@ -198,5 +212,15 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     },
     health: { timeout: int('health', 'timeout', 300, 1, 86400) },
     hooks: { timeout: int('hooks', 'timeout', 120, 1, 86400) },
+    hawkbit: {
+      url: str('hawkbit', 'url'),
+      tenant: str('hawkbit', 'tenant') ?? 'DEFAULT',
+      controllerId: str('hawkbit', 'controller_id'),
+      tokenFile: str('hawkbit', 'token_file'),
+      tokenKind: checked('hawkbit', 'token_kind', (v) => v === 'target' || v === 'gateway', 'target or gateway') === 'gateway' ? 'gateway' : 'target',
+      caFile: str('hawkbit', 'ca_file'),
+      certFile: str('hawkbit', 'cert_file'),
+      keyFile: str('hawkbit', 'key_file'),
+    },
   };
 }

@@ -26,6 +26,8 @@ export interface PrepareOptions {
   policy: OfferPolicy;
   progress?: (total: number) => Progress;
   signal?: AbortSignal;
+  /** Where to read the release instead of [source] url (the daemon's hawkBit artifacts); the caller closes it. */
+  source?: Source;
 }
 
 export type PrepareResult =
@@ -56,7 +58,7 @@ export function openConfiguredSource(layout: Layout, config: Config): Source {
 export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResult> {
   const { layout, config } = opts;
   await repairPrivateModes(layout).then((fixed) => fixed.forEach((f) => log.warn(`made ${f.path} root-only (was ${modeText(f.was)})`)));
-  const source = openConfiguredSource(layout, config);
+  const source = opts.source ?? openConfiguredSource(layout, config);
   try {
     // What booted first: a new machine adopts the image it runs, so a downgrade check and the commit
     // after this have a current image to go by.
@@ -121,7 +123,7 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
     });
     return result!;
   } finally {
-    await source.close();
+    if (!opts.source) await source.close();
   }
 }
 

@@ -147,7 +147,7 @@ function etagOf(st: BigIntStats): string {
   return `"${st.ino.toString(16)}-${st.size.toString(16)}-${st.mtimeNs.toString(16)}"`;
 }
 
-async function serve(root: string, urlPath: string, req: http.IncomingMessage, res: http.ServerResponse, hit: FaultKind[]): Promise<void> {
+export async function serve(root: string, urlPath: string, req: http.IncomingMessage, res: http.ServerResponse, hit: FaultKind[]): Promise<void> {
   const has = <K extends FaultKind['kind']>(kind: K) => hit.find((f): f is Extract<FaultKind, { kind: K }> => f.kind === kind);
 
   if (has('stall-headers')) return;
