@@ -1,7 +1,7 @@
 import { Agent, request, type Dispatcher } from 'undici';
 import { errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
-import { isLoopbackHost } from '../../release/sources/http.js';
+import { isLoopbackHost } from '../../release/sources/source.js';
 import { DdiError } from './errors.js';
 import { JSON_CAP, readJson } from './json-body.js';
 import { checkApiLink, shown, type LinkScope } from './links.js';

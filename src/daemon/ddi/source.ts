@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import { UpgradeError } from '../../core/errors.js';
 import { byteWindow, collect } from '../../release/sources/body.js';
-import { checkRange } from '../../release/sources/keys.js';
+import { checkRange, rangeTooLong } from '../../release/sources/keys.js';
 import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type OpenedBody } from '../../release/sources/retry.js';
 import type { ObjectInfo, RetryPolicy, Source } from '../../release/sources/source.js';
 import type { DdiClient } from './client.js';
@@ -38,7 +38,7 @@ export class DdiSource implements Source {
     const ref = this.artifact(key);
     if (ref.size > SMALL_OBJECT_CAP) throw new UpgradeError('CORRUPT', `${this.where(ref)} is ${ref.size} bytes, too large for a ${ref.filename}`, { hint: 're-publish the release' });
     const bytes = await withRetry(
-      async () => collect(await this.open(ref, 0, undefined)),
+      async () => collect(await this.open(ref, 0, undefined), ref.size, () => mismatch(ref, `more than the ${ref.size} bytes the server announced arrived`)),
       this.policy,
       `GET ${this.where(ref)}`,
       HINT,
@@ -63,7 +63,7 @@ export class DdiSource implements Source {
     if (start === end) return Buffer.alloc(0);
     return withRetry(
       async () => {
-        const bytes = await collect(await this.open(ref, start, end));
+        const bytes = await collect(await this.open(ref, start, end), end - start, () => rangeTooLong(this.where(ref), start, end));
         if (bytes.length !== end - start) throw new TransientError(`short body: ${bytes.length} of ${end - start} bytes`);
         return bytes;
       },
