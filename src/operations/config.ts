@@ -5,6 +5,7 @@ import { checkIniLines, IniLineError, type IniLines, type IniSchema } from '../c
 import type { Layout } from '../core/layout.js';
 import { kernelArgsProblem } from '../core/boot-data.js';
 import { isVersion } from '../core/version.js';
+import { MAX_TRIAL_DEADLINE } from '../grub/render.js';
 
 /**
  * `DIR/etc/upgradectl/upgradectl.conf` (INI). Every key has a default. Unknown sections and keys are
@@ -52,6 +53,11 @@ export interface Config {
     saveEnv: boolean;
     /** The command that reboots the machine (argv, split on spaces); UPGRADECTL_REBOOT_COMMAND overrides it. */
     rebootCommand: string;
+    /**
+     * Seconds a trial boot has to be confirmed before softdog, armed by the initramfs, resets it into the
+     * previous image; 0 = off (docs/grub.md, "Trial deadline"). Written `900`, `900s`, `15m` or `1h`.
+     */
+    trialDeadline: number;
   };
   health: { timeout: number };
   hooks: { timeout: number };
@@ -61,7 +67,7 @@ export interface Config {
 export const CONFIG_SCHEMA: IniSchema = {
   source: ['url', 'channel', 'min_version', 'region', 'endpoint', 'force_path_style'],
   prepare: ['parallel', 'retries', 'stall_timeout', 'allow_unsigned', 'allow_downgrade'],
-  boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command'],
+  boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command', 'trial_deadline'],
   health: ['timeout'],
   hooks: ['timeout'],
 };
@@ -120,6 +126,15 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     if (!Number.isInteger(n) || n < min || n > max) throw badValue(section, key, v, `a whole number from ${min} to ${max}`);
     return n;
   };
+  // Seconds, or a whole number of minutes or hours (`15m`); a unit-less value is seconds.
+  const duration = (section: string, key: string, dflt: number, min: number, max: number): number => {
+    const v = get(section, key);
+    if (v === undefined || v === '') return dflt;
+    const m = /^(\d{1,9})\s*(s|m|min|h)?$/.exec(String(v).trim());
+    const n = m ? Number(m[1]) * (m[2] === 'h' ? 3600 : m[2] === 'm' || m[2] === 'min' ? 60 : 1) : NaN;
+    if (!(n >= min && n <= max)) throw badValue(section, key, v, `seconds from ${min} to ${max}, or with a unit: 900, 900s, 15m, 1h`);
+    return n;
+  };
   const checked = (section: string, key: string, ok: (v: string) => boolean, want: string): string | undefined => {
     const v = str(section, key);
     if (v !== undefined && !ok(v)) throw badValue(section, key, v, want);
@@ -152,6 +167,8 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       hostUuid: str('boot', 'host_uuid'),
       saveEnv: bool('boot', 'save_env', true),
       rebootCommand: str('boot', 'reboot_command') ?? 'systemctl reboot',
+      // 0 turns it off; the upper bound is softdog's largest soft_margin.
+      trialDeadline: duration('boot', 'trial_deadline', 900, 0, MAX_TRIAL_DEADLINE),
     },
     health: { timeout: int('health', 'timeout', 300, 1, 86400) },
     hooks: { timeout: int('hooks', 'timeout', 120, 1, 86400) },
