@@ -22,6 +22,8 @@ export class Layout {
   get configFile(): string { return path.join(this.etc, 'upgradectl.conf'); }
   get keysDir(): string { return path.join(this.etc, 'keys.d'); }
   get cmdlineFile(): string { return path.join(this.root, 'proc/cmdline'); }
+  /** What the initramfs hook did this boot (initramfs-hooks/scripts/local-bottom/upgradectl). */
+  get initramfsEnv(): string { return path.join(this.root, 'run/upgradectl/initramfs.env'); }
   hookDir(name: string): string { return path.join(this.etc, `${name}.d`); }
 
   // Host partition: images, state, boot files.

@@ -4,7 +4,7 @@ import type { Layout } from '../core/layout.js';
 import { isVersion } from '../core/version.js';
 import { DISARM, armChange, newDefault, readBootEnv, updateBootEnv, type BootContext } from './boot-files.js';
 import type { GrubEnv } from './env.js';
-import { DEFAULT_TRIES_VAR, entryId } from './render.js';
+import { DEFAULT_TRIES_VAR, TRIAL_ARG, TRIAL_DEADLINE_ARG, entryId } from './render.js';
 
 /**
  * The bootloader contract the lifecycle uses (after RAUC's bootchooser): which image booted, arm a
@@ -20,6 +20,13 @@ export function parseBootedVersion(cmdline: string): string | undefined {
     if (m) return isVersion(m[1]) ? m[1] : undefined;
   }
   return undefined;
+}
+
+/** Whether GRUB booted this kernel as a trial (trialKernelArgs), and the deadline it was given in seconds. */
+export function parseTrialBoot(cmdline: string): { trial: boolean; deadline: number | undefined } {
+  const words = cmdline.trim().split(/\s+/);
+  const value = words.find((w) => w.startsWith(`${TRIAL_DEADLINE_ARG}=`))?.slice(TRIAL_DEADLINE_ARG.length + 1);
+  return { trial: words.includes(TRIAL_ARG), deadline: value && /^\d{1,5}$/.test(value) ? Number(value) : undefined };
 }
 
 /** The image this boot runs, from DIR/proc/cmdline; undefined when not booted from an upgradectl image. */

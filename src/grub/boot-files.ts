@@ -29,6 +29,8 @@ export interface BootSettings {
   hostUuid: string | undefined;
   /** GRUB can write grubenv (save_env) on the host filesystem (docs/grub.md). */
   saveEnv: boolean;
+  /** Seconds a trial boot has before softdog resets it unless confirmed; 0 = off (docs/grub.md, "Trial deadline"). */
+  trialDeadline: number;
 }
 
 /** Which image plays which part. `armed`: a trial armed and not booted yet (grubenv is rebuilt with it). */
@@ -95,6 +97,7 @@ export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Pro
     menuTimeout: settings.menuTimeout,
     fallbackVersion: roles.previous && versions.has(roles.previous) ? roles.previous : undefined,
     saveEnv: settings.saveEnv,
+    trialDeadline: settings.trialDeadline,
     flasher:
       existsSync(flasherKernel) && existsSync(flasherInitrd)
         ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: 'upgradectl.flasher=1' }

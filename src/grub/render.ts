@@ -15,6 +15,11 @@ import { isVersion } from '../core/version.js';
  *                      starts of the default that its OS has not cleared yet: "" -> "1" -> ... -> "<N>",
  *                      written before the default boots. At "<N>" (or any value off the chain) GRUB boots
  *                      the previous image instead, until the OS clears the count (reconcile.ts).
+ *
+ * Set by the config itself, never taken from grubenv:
+ *   upgradectl_trial_boot
+ *                      the entry id this boot runs as a trial (one-shot or extra attempt), exported so the
+ *                      menu entries see it: only that entry adds the trial kernel arguments (trialKernelArgs).
  */
 export interface GrubEntry {
   version: string;
@@ -45,6 +50,11 @@ export interface GrubConfigInput {
   fallbackVersion?: string;
   /** When false (md RAID, LVM, LUKS, btrfs hosts) the config never calls save_env: see docs/grub.md. */
   saveEnv?: boolean;
+  /**
+   * Seconds a trial boot has to be confirmed before the initramfs-armed softdog resets the machine
+   * (docs/grub.md, "Trial deadline"); 0 or absent: off. Only the entry booted as a trial gets it.
+   */
+  trialDeadline?: number;
   /** The RAM flasher entry, when its files are installed (paths on the host partition). */
   flasher?: { kernel: string; initrd: string; cmdline: string };
 }
@@ -63,6 +73,30 @@ export function defaultTriesExhausted(value: string | undefined, attempts: numbe
   if (!value) return false;
   for (let n = 1; n < attempts; n++) if (value === String(n)) return false;
   return true;
+}
+
+/** softdog's soft_margin is 1–65535 s: a longer deadline could not be armed. */
+export const MAX_TRIAL_DEADLINE = 65535;
+
+/** Marks a trial boot on the kernel command line; `confirm` ends the deadline only on such a boot. */
+export const TRIAL_ARG = 'upgradectl.trial=1';
+/** Carries the deadline in seconds to the initramfs, which arms softdog with it. */
+export const TRIAL_DEADLINE_ARG = 'upgradectl.trial_deadline';
+
+/**
+ * Kernel arguments of a trial boot, none when the deadline is off. softlockup_panic=1 turns a CPU stuck
+ * in the kernel into a panic (and panic= into a reset) after ~20 s instead of the whole deadline.
+ * hung_task_panic is left out on purpose: it fires after 120 s of one task in D state, which a slow or
+ * busy disk reaches in a healthy boot, and the deadline already ends a boot that is really stuck.
+ */
+export function trialKernelArgs(deadlineSeconds: number | undefined): string[] {
+  if (!deadlineSeconds) return [];
+  return [TRIAL_ARG, `${TRIAL_DEADLINE_ARG}=${deadlineSeconds}`, 'softlockup_panic=1'];
+}
+
+/** Whether a config renders trial arguments: a deadline, and a one-shot GRUB can consume (save_env). */
+function trialDeadlineOn(input: GrubConfigInput): boolean {
+  return Boolean(input.trialDeadline) && input.saveEnv !== false;
 }
 
 export function entryId(version: string): string {
@@ -140,12 +174,17 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   // Never taken from grubenv: it only says whether this boot runs something other than the default
   // (a trial, or the previous image after the default used up its starts).
   lines.push('set upgradectl_not_default=');
+  // Which entry runs as a trial, for the trial kernel arguments; never taken from grubenv either.
+  const deadline = trialDeadlineOn(input);
+  const trialBoot = (from: string) => (deadline ? [`  set upgradectl_trial_boot="${from}"`] : []);
+  if (deadline) lines.push('set upgradectl_trial_boot=');
   if (full) {
     // The one-shot: cleared and saved before booting, so a trial that hangs or panics is not retried
     // by this flag at the next reset.
-    lines.push('if [ "${next_entry}" ]; then', '  set default="${next_entry}"', '  set next_entry=', ...save('next_entry'), '  set upgradectl_not_default=1');
+    lines.push('if [ "${next_entry}" ]; then', '  set default="${next_entry}"', ...trialBoot('${next_entry}'), '  set next_entry=', ...save('next_entry'), '  set upgradectl_not_default=1');
   } else {
-    lines.push('if [ "${boot_once}" = "true" ]; then', '  set upgradectl_not_default=1');
+    // Debian's 00_header has already moved next_entry into default.
+    lines.push('if [ "${boot_once}" = "true" ]; then', ...trialBoot('${default}'), '  set upgradectl_not_default=1');
   }
   // Extra trial attempts: "2" -> "1" -> "", each link rewritten before the trial boots.
   for (let left = input.trialAttempts - 1; left >= 1; left--) {
@@ -153,6 +192,7 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
     lines.push(
       `elif [ "\${upgradectl_tries}" = "${left}" -a "\${upgradectl_trial}" ]; then`,
       '  set default="${upgradectl_trial}"',
+      ...trialBoot('${upgradectl_trial}'),
       `  set upgradectl_tries=${nextValue}`,
       ...save('upgradectl_tries'),
       '  set upgradectl_not_default=1',
@@ -161,6 +201,8 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   lines.push('elif [ "${saved_entry}" ]; then', '  set default="${saved_entry}"');
   if (lastResort) lines.push('else', `  set default="${lastResort}"`);
   lines.push('fi');
+  // A menu entry runs in a new context that sees only exported variables.
+  if (deadline) lines.push('export upgradectl_trial_boot');
   if (input.entries.length === 0) return lines;
   const previous = previousEntryNumber(input);
   lines.push(...renderDefaultCount(input, previous));
@@ -229,20 +271,31 @@ function renderEntry(input: GrubConfigInput, entry: GrubEntry, index: number): s
   // reusing a name fails with "device name already exists" (FACTS.md).
   const loop = `ucl${index}`;
   const serial = parseSerial(input.serialConsole);
-  const args = [
+  // Trial arguments come right after panic=, so the release's and the operator's arguments can
+  // override softlockup_panic (the kernel keeps the last value).
+  const args = (trial: string[]) => [
     `root=UUID=${input.hostUuid}`,
     loopArg(entry.version),
     'ro',
     `panic=${input.panicTimeout}`,
+    ...trial,
     ...splitArgs(entry.cmdline),
     ...splitArgs(input.kernelArgs),
     ...(serial ? [`console=tty0`, `console=${input.serialConsole}`] : []),
   ];
+  const linux = (indent: string, trial: string[]) => `${indent}linux (${loop})${imagePath(entry.kernel)} ${args(trial).map(grubQuote).join(' ')}`;
+  const id = entryId(entry.version);
+  // Two literal linux lines rather than a variable spliced into one: what each boot gets is readable
+  // here and does not depend on GRUB's word splitting. Only the entry chosen as the trial gets the
+  // arguments; the same image booted as the default, or as the fallback of a trial, gets none.
+  const kernel = trialDeadlineOn(input)
+    ? [`  if [ "\${upgradectl_trial_boot}" = ${grubQuote(id)} ]; then`, linux('    ', trialKernelArgs(input.trialDeadline)), '  else', linux('    ', []), '  fi']
+    : [linux('  ', [])];
   return [
-    `menuentry ${grubQuote(entry.title)} --id ${grubQuote(entryId(entry.version))} {`,
+    `menuentry ${grubQuote(entry.title)} --id ${grubQuote(id)} {`,
     `  search --no-floppy --fs-uuid --set=root ${input.hostUuid}`,
     `  loopback ${loop} /images/${entry.version}.img`,
-    `  linux (${loop})${imagePath(entry.kernel)} ${args.map(grubQuote).join(' ')}`,
+    ...kernel,
     `  initrd (${loop})${imagePath(entry.initrd)}`,
     '}',
     '',
@@ -297,6 +350,8 @@ function validateInput(input: GrubConfigInput): void {
   if (!Number.isInteger(input.defaultAttempts) || input.defaultAttempts < 1 || input.defaultAttempts > 5) bad('defaultAttempts must be 1–5');
   if (!Number.isInteger(input.panicTimeout) || input.panicTimeout < 1) bad('panicTimeout must be a positive whole number');
   if (!Number.isInteger(input.menuTimeout) || input.menuTimeout < 0) bad('menuTimeout must be a whole number ≥ 0');
+  const deadline = input.trialDeadline ?? 0;
+  if (!Number.isInteger(deadline) || deadline < 0 || deadline > MAX_TRIAL_DEADLINE) bad(`trialDeadline must be 0 (off) or 1–${MAX_TRIAL_DEADLINE} seconds`);
   if (input.serialConsole && !parseSerial(input.serialConsole)) bad(`serial console '${input.serialConsole}' is not ttySN[,speed]`);
   const seen = new Set<string>();
   for (const e of input.entries) {

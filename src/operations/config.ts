@@ -9,6 +9,7 @@ import { parseSize } from '../core/size.js';
 import { testSwitch } from '../core/test-switches.js';
 
 const isWindow = (v: string) => /^\s*([01]?\d|2[0-3]):[0-5]\d\s*-\s*([01]?\d|2[0-4]):[0-5]\d\s*$/.test(v);
+import { MAX_TRIAL_DEADLINE } from '../grub/render.js';
 
 /**
  * `DIR/etc/upgradectl/upgradectl.conf` (INI). Every key has a default. Unknown sections and keys are
@@ -73,6 +74,11 @@ export interface Config {
     saveEnv: boolean;
     /** The command that reboots the machine (argv, split on spaces); on a test machine UPGRADECTL_REBOOT_COMMAND overrides it (loadConfig). */
     rebootCommand: string;
+    /**
+     * Seconds a trial boot has to be confirmed before softdog, armed by the initramfs, resets it into the
+     * previous image; 0 = off (docs/grub.md, "Trial deadline"). Written `900`, `900s`, `15m` or `1h`.
+     */
+    trialDeadline: number;
   };
   health: { timeout: number };
   hooks: { timeout: number };
@@ -98,7 +104,7 @@ export const CONFIG_SCHEMA: IniSchema = {
   daemon: ['check_interval', 'startup_delay'],
   window: ['commit'],
   metrics: ['textfile'],
-  boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command'],
+  boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command', 'trial_deadline'],
   health: ['timeout'],
   hooks: ['timeout'],
   hawkbit: ['url', 'tenant', 'controller_id', 'token_file', 'token_kind', 'ca_file', 'cert_file', 'key_file'],
@@ -170,6 +176,15 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       throw badValue(section, key, v, 'a size in bytes, or with K, M, G (e.g. 20M), or 0 for no limit');
     }
   };
+  // Seconds, or a whole number of minutes or hours (`15m`); a unit-less value is seconds.
+  const duration = (section: string, key: string, dflt: number, min: number, max: number): number => {
+    const v = get(section, key);
+    if (v === undefined || v === '') return dflt;
+    const m = /^(\d{1,9})\s*(s|m|min|h)?$/.exec(String(v).trim());
+    const n = m ? Number(m[1]) * (m[2] === 'h' ? 3600 : m[2] === 'm' || m[2] === 'min' ? 60 : 1) : NaN;
+    if (!(n >= min && n <= max)) throw badValue(section, key, v, `seconds from ${min} to ${max}, or with a unit: 900, 900s, 15m, 1h`);
+    return n;
+  };
   const checked = (section: string, key: string, ok: (v: string) => boolean, want: string): string | undefined => {
     const v = str(section, key);
     if (v !== undefined && !ok(v)) throw badValue(section, key, v, want);
@@ -194,8 +209,8 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       maxRate: size('prepare', 'max_rate', 0),
     },
     daemon: {
-      checkInterval: int('daemon', 'check_interval', 6 * 3600, 60, 30 * 86400),
-      startupDelay: int('daemon', 'startup_delay', 900, 0, 86400),
+      checkInterval: duration('daemon', 'check_interval', 6 * 3600, 60, 30 * 86400),
+      startupDelay: duration('daemon', 'startup_delay', 900, 0, 86400),
     },
     window: { commit: checked('window', 'commit', (v) => v === 'never' || isWindow(v), 'HH:MM-HH:MM in local time, or never') ?? '03:00-05:00' },
     metrics: { textfile: str('metrics', 'textfile') ?? '/var/lib/prometheus/node-exporter/upgradectl.prom' },
@@ -209,6 +224,8 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       hostUuid: str('boot', 'host_uuid'),
       saveEnv: bool('boot', 'save_env', true),
       rebootCommand: str('boot', 'reboot_command') ?? 'systemctl reboot',
+      // 0 turns it off; the upper bound is softdog's largest soft_margin.
+      trialDeadline: duration('boot', 'trial_deadline', 900, 0, MAX_TRIAL_DEADLINE),
     },
     health: { timeout: int('health', 'timeout', 300, 1, 86400) },
     hooks: { timeout: int('hooks', 'timeout', 120, 1, 86400) },

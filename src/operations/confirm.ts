@@ -7,6 +7,7 @@ import type { Config } from './config.js';
 import { runHooks, type HookRun } from './hooks.js';
 import { MAX_REENTRIES, crashPoint, runEvent } from './lifecycle.js';
 import { rebootMachine } from './reboot.js';
+import { endTrialDeadline } from './trial-deadline.js';
 import { endFailedTrial, reconcile } from './reconcile/index.js';
 import type { TransitionResult } from './result.js';
 import type { State } from './state.js';
@@ -80,6 +81,10 @@ export async function confirm(layout: Layout, config: Config, opts: { reboot: bo
   let rebooted = false;
   const ctx = { event: 'confirm', from, to: outcome.version };
   if (event === 'confirm-ok') {
+    // The image is the default and the state says so: the deadline's reset is no longer wanted, and
+    // must not land in the middle of the post-confirm hooks. After a failed confirm it stays armed: it
+    // is what still resets the machine if the reboot below hangs or is not asked for (--no-reboot).
+    detail.trialDeadline = await endTrialDeadline(layout);
     // After the state is saved: a failing post-confirm hook is reported, it does not undo the upgrade.
     detail.postConfirm = await runHooks(layout, 'post-confirm', ctx, config.hooks.timeout);
   } else {

@@ -12,9 +12,10 @@ import type { BootKernel } from './kernel.js';
  *
  * Marker lines (parsed by parseMarker in qemu.ts):
  *   UPGRADECTL-MARKER booted version=<v> root=<dev>,<ro|rw> host=<dev>,<ro|rw>|none loop=<dev> loopro=<0|1>
- *     e2fsck=<status> image=<upgradectl.loop path>   (from /proc/mounts and the initramfs' report)
+ *     e2fsck=<status> image=<upgradectl.loop path> deadline=<s>|none watchdog=<active|inactive>|none
+ *     (from /proc/mounts, the initramfs' report, and the armed watchdog's sysfs state)
  *   UPGRADECTL-MARKER cmdline <the kernel command line>
- *   UPGRADECTL-MARKER action=<poweroff|panic> version=<v>
+ *   UPGRADECTL-MARKER action=<poweroff|panic|hang> version=<v>
  */
 export const MARKER = 'UPGRADECTL-MARKER';
 
@@ -23,8 +24,10 @@ export const MARKER = 'UPGRADECTL-MARKER';
  * - poweroff: sync and power the VM off (QEMU exits; the test reads the disk afterwards);
  * - panic: exit init, which the kernel turns into "Attempted to kill init!", and panic=N reboots. This
  *   is the failure a broken image produces, with no help from the image.
+ * - hang: sleep forever without panicking, as a boot stuck in an emergency shell or on a unit does.
+ *   Only the trial deadline (softdog armed by the initramfs) gets the machine out of it.
  */
-export type InitAction = 'poweroff' | 'panic';
+export type InitAction = 'poweroff' | 'panic' | 'hang';
 
 export interface BusyboxImageOptions {
   version: string;
@@ -85,9 +88,11 @@ function initScript(version: string, action: InitAction): string {
     action === 'panic'
       ? // exit status 1 from PID 1: the kernel panics and panic=N reboots the machine.
         ['exit 1']
-      : // /host cannot be remounted read-only: it backs the loop device of / (as under systemd). sync
-        // instead, so whatever the boot wrote reaches the disk before the power goes.
-        ['sync', 'poweroff -f', 'sleep 30'];
+      : action === 'hang'
+        ? ['while :; do sleep 3600; done']
+        : // /host cannot be remounted read-only: it backs the loop device of / (as under systemd). sync
+          // instead, so whatever the boot wrote reaches the disk before the power goes.
+          ['sync', 'poweroff -f', 'sleep 30'];
   return [
     '#!/bin/sh',
     'export PATH=/bin',
@@ -100,7 +105,10 @@ function initScript(version: string, action: InitAction): string {
     // remounted read-write; a read-only device cannot).
     'loop=${UPGRADECTL_LOOP_DEVICE:-none}',
     'loopro=$(cat "/sys/block/${loop#/dev/}/ro" 2>/dev/null || echo none)',
-    `echo "${MARKER} booted version=$version root=$(mnt /) host=$(mnt /host) loop=$loop loopro=$loopro e2fsck=\${UPGRADECTL_E2FSCK_STATUS:-none} image=\${UPGRADECTL_IMAGE:-none}"`,
+    // watchdog: the state of the device the initramfs armed for the trial deadline ("active" = counting).
+    'wd=${UPGRADECTL_TRIAL_WATCHDOG:-none}',
+    'wdstate=$(cat "/sys/class/watchdog/${wd#/dev/}/state" 2>/dev/null || echo none)',
+    `echo "${MARKER} booted version=$version root=$(mnt /) host=$(mnt /host) loop=$loop loopro=$loopro e2fsck=\${UPGRADECTL_E2FSCK_STATUS:-none} image=\${UPGRADECTL_IMAGE:-none} deadline=\${UPGRADECTL_TRIAL_DEADLINE:-none} watchdog=$wdstate"`,
     `echo "${MARKER} action=${action} version=$version"`,
     ...finish,
     '',

@@ -36,6 +36,8 @@ const cases: Array<[string, GrubConfigInput]> = [
   ['default counted once', { ...base, defaultAttempts: 1 }],
   ['default counted five times, three trial attempts', { ...base, defaultAttempts: 5, trialAttempts: 3 }],
   ['no images at all', { ...base, entries: [], fallbackVersion: undefined }],
+  ['trial deadline, two attempts', { ...base, trialAttempts: 2, trialDeadline: 900 }],
+  ['trial deadline, save_env off', { ...base, trialDeadline: 900, saveEnv: false }],
   ['with the flasher', { ...base, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: 'upgradectl.flasher=1' } }],
 ];
 
@@ -113,6 +115,43 @@ t.test('a count GRUB has given up on is exactly what sends it to the previous im
   ] as const) {
     t.equal(defaultTriesExhausted(value, attempts), exhausted, `${JSON.stringify(value)} of ${attempts}`);
   }
+});
+
+t.test('trial deadline: only the entry booted as a trial gets the trial arguments', { skip }, async (t) => {
+  const input: GrubConfigInput = { ...base, trialAttempts: 2, trialDeadline: 900, flasher: { kernel: '/f/vmlinuz', initrd: '/f/initrd.img', cmdline: 'upgradectl.flasher=1' } };
+  const cfg = renderGrubConfig(input);
+  await checkGrubScript(cfg);
+  // Which entry is the trial is decided in the selection and never read from grubenv.
+  t.match(cfg, /\nset upgradectl_trial_boot=\nif \[ "\$\{next_entry\}" \]; then\n  set default="\$\{next_entry\}"\n  set upgradectl_trial_boot="\$\{next_entry\}"\n  set next_entry=\n/, 'the one-shot, read before GRUB clears it');
+  t.match(cfg, /= "1" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_trial_boot="\$\{upgradectl_trial\}"\n/, 'an extra attempt too');
+  t.match(cfg, /\nfi\nexport upgradectl_trial_boot\n/, 'exported: a menu entry sees only exported variables');
+  t.notMatch(cfg.slice(0, cfg.indexOf('menuentry')), /saved_entry\}"\n  set upgradectl_trial_boot/, 'the default is no trial');
+  // Every image entry: the trial arguments in its own branch only, right after panic=.
+  for (const [i, e] of input.entries.entries()) {
+    const entry = cfg.slice(cfg.indexOf(`--id ${entryId(e.version)} {`), cfg.indexOf('\n}\n', cfg.indexOf(`--id ${entryId(e.version)} {`)));
+    const lines = entry.split('\n');
+    const at = lines.findIndex((l) => l.startsWith('  if [ "${upgradectl_trial_boot}" = '));
+    t.equal(lines[at], `  if [ "\${upgradectl_trial_boot}" = ${entryId(e.version)} ]; then`, `${e.version}: its own id`);
+    t.match(lines[at + 1], new RegExp(`^    linux \\(ucl${i}\\)\\S+ root=UUID=\\S+ upgradectl.loop=\\S+ ro panic=10 upgradectl.trial=1 upgradectl.trial_deadline=900 softlockup_panic=1 `));
+    t.equal(lines[at + 2], '  else');
+    t.equal(lines[at + 3], lines[at + 1]!.replace(' upgradectl.trial=1 upgradectl.trial_deadline=900 softlockup_panic=1', ''), `${e.version}: the same line without them`);
+    t.equal(lines[at + 4], '  fi');
+  }
+  t.equal(cfg.match(/upgradectl\.trial=1/g)?.length, input.entries.length, 'once per image entry, none for the flasher');
+  t.match(renderGrubFragment(input), /if \[ "\$\{boot_once\}" = "true" \]; then\n  set upgradectl_trial_boot="\$\{default\}"\n/, "update-grub: 00_header's one-shot is the trial");
+  await checkGrubScript(renderGrubFragment(input));
+
+  for (const off of [{ ...base }, { ...base, trialDeadline: 0 }, { ...base, trialDeadline: 900, saveEnv: false }]) {
+    // save_env off: GRUB cannot consume a one-shot, a "trial" is the default and a reset would boot it again.
+    t.notMatch(renderGrubConfig(off), /upgradectl_trial_boot|upgradectl\.trial|softlockup_panic/, `nothing rendered: ${JSON.stringify({ d: off.trialDeadline, s: off.saveEnv })}`);
+  }
+  for (const bad of [-1, 1.5, 65536]) t.throws(() => renderGrubConfig({ ...base, trialDeadline: bad }), /trialDeadline must be 0 \(off\) or 1–65535 seconds/);
+
+  const layout = makeMachine(t.testdir(), { images: ['1.0', '2.0'], current: '1.0', next: '2.0' });
+  const state = { schema: 1 as const, phase: 'committed' as const, current: '1.0', next: '2.0', bad: {}, history: [] };
+  t.match(await renderForState(layout, parseConfig(`[boot]\nhost_uuid = ${HOST_UUID}\n`), state), 'upgradectl.trial_deadline=900 ', 'default [boot] trial_deadline: 15 min');
+  t.match(await renderForState(layout, parseConfig(`[boot]\nhost_uuid = ${HOST_UUID}\ntrial_deadline = 2m\n`), state), 'upgradectl.trial_deadline=120 ');
+  t.notMatch(await renderForState(layout, parseConfig(`[boot]\nhost_uuid = ${HOST_UUID}\ntrial_deadline = 0\n`), state), /upgradectl\.trial/);
 });
 
 t.test('kernel arguments are quoted for GRUB; plain ones stay bare', async (t) => {

@@ -90,3 +90,13 @@ t.test('keys that are Object.prototype names are unknown keys, not lookups', asy
     t.throws(() => parseConfig(`[${key}]\n`, FILE), { code: 'CONFIG', message: /unknown section/ });
   }
 });
+
+t.test('[boot] trial_deadline: seconds, minutes or hours; 0 turns it off; at most softdog\'s 65535 s', async (t) => {
+  t.equal(parseConfig('', FILE).boot.trialDeadline, 900, 'default 15 min');
+  for (const [value, seconds] of [['20', 20], ['20s', 20], ['15m', 900], ['15 min', 900], ['1h', 3600], ['0', 0], ['65535', 65535]] as const) {
+    t.equal(parseConfig(`[boot]\ntrial_deadline = ${value}\n`, FILE).boot.trialDeadline, seconds, value);
+  }
+  for (const value of ['-1', '15x', '1.5m', '65536', '19h', 'soon']) {
+    t.throws(() => parseConfig(`[boot]\ntrial_deadline = ${value}\n`, FILE), { code: 'CONFIG', message: /:2: \[boot\] trial_deadline = .* is not valid$/, hint: /15m/ }, value);
+  }
+});

@@ -80,6 +80,36 @@ t.test('trial panics: GRUB falls back to the old image, the version is marked ba
   await t.rejects(commit(layout, await cfg(layout), { reboot: false }), { code: 'BAD_VERSION' });
 });
 
+t.test('trial ended by its deadline: the old image records why, naming the deadline', { skip }, async (t) => {
+  // A hang before userspace (or before upgradectl runs): softdog resets the trial, GRUB boots the default.
+  const early = prepared(path.join(t.testdir(), 'early'));
+  await commit(early, await cfg(early), { reboot: false });
+  t.same(grubBoot(early, ['2.0']), ['2.0', '1.0'], 'the trial hangs, the deadline resets it, the default boots');
+  const s1 = await reconcile(early);
+  t.match(s1, { phase: 'rolled-back', current: '1.0', next: undefined });
+  t.equal(
+    s1.bad['2.0']?.reason,
+    'the trial boot of 2.0 did not come up: the machine booted 1.0 instead (a panic, an image GRUB could not load, or a hang that the 15 min trial deadline ended)',
+  );
+  t.match(s1.history.at(-1), { event: 'boot-old', ok: false, reason: s1.bad['2.0']?.reason });
+
+  // The trial came up (reconcile ran: trying) but confirm never did (a stuck unit): same end, its own reason.
+  const late = prepared(path.join(t.testdir(), 'late'), { extraConfig: '' });
+  writeFileSync(late.configFile, readFileSync(late.configFile, 'utf8').replace('[boot]', '[boot]\ntrial_deadline = 20m'));
+  await commit(late, await cfg(late), { reboot: false });
+  grubBoot(late);
+  t.equal((await reconcile(late)).phase, 'trying');
+  t.same(grubBoot(late), ['1.0'], 'the deadline resets the unconfirmed trial');
+  t.match((await reconcile(late)).bad['2.0']?.reason, /^the trial image 2\.0 came up but was not confirmed before the machine booted 1\.0 \(the 20 min trial deadline resets a trial that is not confirmed in time/);
+
+  // Without a deadline the reason does not invent one.
+  const off = prepared(path.join(t.testdir(), 'off'), { extraConfig: '' });
+  writeFileSync(off.configFile, readFileSync(off.configFile, 'utf8').replace('[boot]', '[boot]\ntrial_deadline = 0'));
+  await commit(off, await cfg(off), { reboot: false });
+  grubBoot(off, ['2.0']);
+  t.equal((await reconcile(off)).bad['2.0']?.reason, 'the trial boot of 2.0 did not come up: the machine booted 1.0 instead');
+});
+
 t.test('three trial attempts: the flag chain boots the trial three times, then the old image', { skip }, async (t) => {
   const layout = prepared(t.testdir(), { trialAttempts: 3 });
   await commit(layout, await cfg(layout), { reboot: false });

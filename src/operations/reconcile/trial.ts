@@ -10,6 +10,7 @@ import { allowed, applyEvent, record } from '../lifecycle.js';
 import type { State } from '../state.js';
 import type { BootFacts } from './facts.js';
 import { endFailedTrial } from './trial-end.js';
+import { deadlineCause } from '../trial-deadline.js';
 
 /**
  * What became of a trial, a commit or a rollback across a reboot, told by what booted and by grubenv.
@@ -56,7 +57,7 @@ export async function reconcileTrial(boot: BootFacts): Promise<boolean> {
         log.warn(`the trial boot of ${next} is armed but GRUB has not taken it yet (this boot runs ${bootedAs}); it runs at the next reboot`);
         return false;
       }
-      await trialFailed(next, `the trial boot of ${next} did not come up: the machine booted ${bootedAs} instead`);
+      await trialFailed(next, `the trial boot of ${next} did not come up: the machine booted ${bootedAs} instead${deadlineCause(config.boot.trialDeadline, false)}`);
       return true;
     }
     case 'trying': {
@@ -85,7 +86,7 @@ export async function reconcileTrial(boot: BootFacts): Promise<boolean> {
         return true;
       }
       if (!newBoot) return false;
-      await trialFailed(next, `the trial image ${next} came up but was not confirmed before the machine booted ${bootedAs}`);
+      await trialFailed(next, `the trial image ${next} came up but was not confirmed before the machine booted ${bootedAs}${deadlineCause(config.boot.trialDeadline, true)}`);
       return true;
     }
     case 'prepared': {
