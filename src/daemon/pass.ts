@@ -11,6 +11,8 @@ import { readServiceStatus, writeServiceStatus, type ServiceStatus } from '../op
 import { loadState } from '../operations/state.js';
 import { machineStatus } from '../operations/status.js';
 import { Progress } from '../release/progress.js';
+import { isDdiError } from './ddi/errors.js';
+import { checkIn, checkinBackoffMs } from './hawkbit-pass.js';
 import { renderMetrics, writeMetrics } from './metrics.js';
 import { parseWindow, windowAt, type CommitWindow } from './window.js';
 
@@ -58,7 +60,22 @@ export async function runPass(layout: Layout, opts: PassOptions): Promise<Servic
     const window = commitWindow(config, layout);
     const state = await reconcile(layout);
     const checkDue = opts.forceCheck || !report.nextCheckAt || Date.now() >= Date.parse(report.nextCheckAt);
-    if ((state.phase === 'idle' || state.phase === 'rolled-back' || state.phase === 'prepared') && checkDue) {
+    if (config.hawkbit.url) {
+      // The server decides when: check in whatever the phase (it may cancel, or wait for our report).
+      report.mode = 'hawkbit';
+      if (checkDue) {
+        await activity(`checking in with ${config.hawkbit.url}`);
+        // `update: attempt` waits for this machine's turn in the window; `never` leaves it to a forced update or a person.
+        const localWindow = window
+          ? { earliest: (at: Date) => { const w = windowAt(window, at, machineId); return w.open ? at : w.next; } }
+          : { earliest: () => new Date(8.64e15) };
+        const r = await checkIn(layout, config, { signal: opts.signal, window: localWindow, activity });
+        report.lastCheck = { at: new Date().toISOString(), ok: true, result: r.summary };
+        report.failures = 0;
+        report.nextCheckAt = new Date(Date.now() + r.pollAgainMs).toISOString();
+        if (r.commitAt) wakeAt = Math.min(wakeAt, r.commitAt.getTime());
+      }
+    } else if ((state.phase === 'idle' || state.phase === 'rolled-back' || state.phase === 'prepared') && checkDue) {
       await activity(`checking ${config.source.url ?? '(no source)'} channel ${config.source.channel}`);
       const result = await prefetch(layout, config, opts.signal, report, activity);
       report.lastCheck = { at: new Date().toISOString(), ok: true, result: describe(result) };
@@ -70,7 +87,11 @@ export async function runPass(layout: Layout, opts: PassOptions): Promise<Servic
       const w = windowAt(window, new Date(), machineId);
       report.window = { text: window.text, open: w.open, next: w.next.toISOString(), closes: w.closes.toISOString() };
     }
-    if (now.phase === 'prepared' && window && !opts.signal.aborted) {
+    if (report.mode === 'hawkbit') {
+      // Commits follow the server's deployment (checkIn); between check-ins there is only waiting.
+      report.next = { action: 'check in', at: report.nextCheckAt ?? new Date().toISOString() };
+      report.activity = `${now.phase}: current ${now.current ?? '-'}; ${report.lastCheck?.result ?? ''}; next check-in at ${report.next.at}`;
+    } else if (now.phase === 'prepared' && window && !opts.signal.aborted) {
       const w = windowAt(window, new Date(), machineId);
       if (w.open) {
         report.next = { action: `commit ${now.next} and reboot`, at: new Date().toISOString() };
@@ -92,10 +113,14 @@ export async function runPass(layout: Layout, opts: PassOptions): Promise<Servic
     if (!(opts.signal.aborted && isUpgradeError(err, 'INTERRUPTED'))) {
       report.failures = (report.failures ?? 0) + 1;
       const interval = (config?.daemon.checkInterval ?? 3600) * 1000;
-      const retryMs = isUpgradeError(err, 'LOCKED') ? RETRY_AFTER_MS : Math.min(interval, RETRY_AFTER_MS * 2 ** Math.min(report.failures - 1, 6));
+      const retryMs = isUpgradeError(err, 'LOCKED')
+        ? RETRY_AFTER_MS
+        : config?.hawkbit.url
+          ? checkinBackoffMs(err, report.failures)
+          : Math.min(interval, RETRY_AFTER_MS * 2 ** Math.min(report.failures - 1, 6));
       report.lastError = { at: new Date().toISOString(), message: messageOf(err), hint: (err as UpgradeError).hint };
       report.lastCheck = { at: new Date().toISOString(), ok: false, result: messageOf(err), hint: (err as UpgradeError).hint };
-      report.nextCheckAt = new Date(Date.now() + jittered(retryMs)).toISOString();
+      report.nextCheckAt = new Date(Date.now() + (isDdiError(err, 'rate-limited') ? retryMs : jittered(retryMs))).toISOString();
       report.next = { action: 'retry', at: report.nextCheckAt };
       report.activity = `${messageOf(err)}; retrying at ${report.nextCheckAt}`;
       log.error(`${messageOf(err)}${(err as UpgradeError).hint ? ` (${(err as UpgradeError).hint})` : ''}`);
