@@ -32,9 +32,11 @@ export function bootPathProblem(p: unknown): string | undefined {
  * which image (`upgradectl.loop=`, and Ubuntu's `loop=` that its initramfs would act on instead), and
  * `panic=` whose timeout is what turns a failed trial into a fallback (`panic=0` never reboots). The
  * kernel takes the last occurrence, and extra arguments come after ours: allowing them here would let a
- * release or a config line boot another image or disable the fallback.
+ * release or a config line boot another image or disable the fallback. Of upgradectl's own parameters
+ * only `upgradectl.ro` (boot the image immutable, docs/initramfs.md) is the operator's to set; the
+ * trial's (`upgradectl.trial`, `upgradectl.trial_deadline`) and the flasher's are GRUB's alone.
  */
-const RESERVED = /^(root|loop|panic)$|^upgradectl\./;
+const RESERVED = /^(root|loop|panic)$|^upgradectl\.(?!ro$)/;
 
 /** Kernel command-line words, split as the kernel does: whitespace separates, double quotes group. */
 export function splitKernelArgs(args: string): string[] {

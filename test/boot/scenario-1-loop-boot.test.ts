@@ -36,7 +36,7 @@ t.test('scenario 1: v1 boots from /images/1.img on a loop device with /host moun
   t.ok(booted, 'init reported what it sees');
   t.same(
     booted?.fields,
-    { version: '1', root: '/dev/loop0,ro', host: '/dev/vda1,rw', loop: '/dev/loop0', loopro: '0', e2fsck: '0', image: '/images/1.img' },
+    { version: '1', root: '/dev/loop0,ro', host: '/dev/vda1,rw', loop: '/dev/loop0', loopro: '0', e2fsck: '0', image: '/images/1.img', deadline: 'none', watchdog: 'none' },
     '/ is the image on loop0 (read-only, as `ro` asks), /host is the host partition read-write, e2fsck found it clean',
   );
   t.notMatch(vm.serial, /upgradectl: \/images\/1\.img: .* failed/, 'no initramfs failure');

@@ -23,7 +23,7 @@ t.test('kernel and initrd paths: absolute, normalised, plain', async (t) => {
 });
 
 t.test('kernel arguments may not override the boot contract', async (t) => {
-  for (const ok of ['', 'quiet', 'console=ttyS0,115200 net.ifnames=0', 'systemd.unit=multi-user.target', 'rootwait', 'foo="a b"']) {
+  for (const ok of ['', 'quiet', 'console=ttyS0,115200 net.ifnames=0', 'systemd.unit=multi-user.target', 'rootwait', 'foo="a b"', 'upgradectl.ro']) {
     t.equal(kernelArgsProblem(ok), undefined, ok);
   }
   const bad: Array<[string, RegExp]> = [
@@ -32,6 +32,8 @@ t.test('kernel arguments may not override the boot contract', async (t) => {
     ['root=/dev/sdb1', /overrides root=/],
     ['"root=/dev/sdb1"', /overrides root=/],
     ['panic=0', /overrides panic=/],
+    ['upgradectl.trial_deadline=0', /overrides upgradectl\.trial_deadline=/],
+    ['upgradectl.trial=1', /overrides upgradectl\.trial=/],
     ['loop=/images/x.img', /overrides loop=/],
     ['quiet\ninsmod evil', /control character/],
     ['foo="a', /unbalanced/],
