@@ -39,6 +39,8 @@ import { serialLogPath, Vm } from './qemu.js';
 
 /** Where the guest sees the release server. */
 export const RELEASE_ADDR = '10.0.2.100';
+/** Where the guest sees a scenario's hawkBit DDI server (the same test certificate covers both). */
+export const DDI_ADDR = '10.0.2.101';
 
 /** The identity v1 carries and the upgrades must keep. */
 export const IDENTITY = {
@@ -78,6 +80,8 @@ export interface FleetRun {
   /** Kernel starts after which the VM is killed as a boot loop. */
   maxBoots: number;
   echo?: (line: string) => void;
+  /** More host servers the guest reaches on port 443 at these addresses (e.g. a DDI server at DDI_ADDR). */
+  forward?: Array<{ guestAddr: string; hostPort: number }>;
 }
 
 export class Fleet {
@@ -95,6 +99,8 @@ export class Fleet {
     readonly buildSeconds: number,
     /** What v1 was given that is not in IDENTITY. */
     readonly identity: { sshKeySha256: string },
+    /** The servers' certificate and key (both addresses), for a scenario's own HTTPS servers. */
+    readonly tls: { key: string; cert: string },
   ) {}
 
   /** Build the release server and the machine with v1 installed. */
@@ -102,7 +108,7 @@ export class Fleet {
     if (!process.env.UPGRADECTL_LOG_LEVEL) setLogLevel('warn');
     const started = performance.now();
     const kernel = await bootKernel();
-    const tls = await makeTestCertificate(path.join(workDir, 'tls'), [RELEASE_ADDR]);
+    const tls = await makeTestCertificate(path.join(workDir, 'tls'), [RELEASE_ADDR, DDI_ADDR]);
     const key = path.join(workDir, 'release.key');
     const kg = await upgradectl(['keygen', '--out', key]);
     if (kg.code !== 0) throw new Error(`keygen failed: ${kg.stderr}`);
@@ -132,7 +138,7 @@ export class Fleet {
       const sizeMiB = Math.ceil((imageBytes * 3.2) / 1048576) + 128;
       const disk = await buildHostDisk({ hostTree, hostUuid: HOST_UUID, out: path.join(workDir, 'disk.img'), sizeMiB });
       await fs.rm(hostTree, { recursive: true, force: true });
-      return new Fleet(workDir, kernel, server, key, tls.cert, disk, (performance.now() - started) / 1000, { sshKeySha256 });
+      return new Fleet(workDir, kernel, server, key, tls.cert, disk, (performance.now() - started) / 1000, { sshKeySha256 }, tls);
     } catch (err) {
       await server.close();
       throw err;
@@ -173,7 +179,10 @@ export class Fleet {
       allowReboot: true,
       maxBoots: runOpts.maxBoots,
       memoryMiB: 1024,
-      guestfwd: [{ guestAddr: RELEASE_ADDR, guestPort: 443, hostPort: this.server.port }],
+      guestfwd: [
+        { guestAddr: RELEASE_ADDR, guestPort: 443, hostPort: this.server.port },
+        ...(runOpts.forward ?? []).map((f) => ({ guestAddr: f.guestAddr, guestPort: 443, hostPort: f.hostPort })),
+      ],
       fwCfg: { [FW_CFG_SCRIPT]: script, [FW_CFG_RUN]: runId },
       echo: runOpts.echo,
     });

@@ -1,6 +1,8 @@
 import t, { type Test } from 'tap';
 import { skipUnless } from '../helpers/requirements.js';
-import { Fleet, IDENTITY } from './fleet.js';
+import { startDdiServer } from '../helpers/ddi-server.js';
+import { DDI_ADDR, Fleet, IDENTITY } from './fleet.js';
+import path from 'node:path';
 import { BOOT_REQUIREMENTS } from './requirements.js';
 import { secs } from './machine.js';
 import type { Vm } from './qemu.js';
@@ -28,7 +30,7 @@ const skip = skipUnless({ ...BOOT_REQUIREMENTS, commands: [...(BOOT_REQUIREMENTS
 /** A Debian boot under TCG takes ~25 s to the driver; prepare of a ~300 MB image ~60 s more. */
 const RUN_TIMEOUT_MS = 12 * 60_000;
 
-t.test('upgrade flow in a VM (scenarios 2, 3, 4, 5, 7)', { skip }, async (t) => {
+t.test('upgrade flow in a VM (scenarios 2, 3, 4, 5, 7, 8)', { skip }, async (t) => {
   const fleet = await Fleet.create(t.testdir());
   t.teardown(() => fleet.close());
   t.comment(`v1 installed, disk built in ${fleet.buildSeconds.toFixed(1)} s`);
@@ -96,6 +98,53 @@ esac`);
     t.equal((await fleet.saved('rollback-back'))?.rc, 0, 'rollback on v1 succeeded');
     t.match(await fleet.savedJson('back-on-v2'), { booted: '2', current: '2', previous: '1', phase: 'idle' }, 'back on v2 as the default');
     t.match(await fleet.grubEnv(), { saved_entry: 'upgradectl-2' }, 'GRUB\'s default is v2 again');
+  });
+
+  await t.test('scenario 8: nobody typing — the daemon takes v5 from a hawkBit server, the trial confirms, the server hears success', async (t) => {
+    await fleet.restore(upgraded);
+    t.comment(`v5 built and published in ${(await fleet.release('5', { kind: 'debian' })).toFixed(1)} s`);
+    const token = 'flow-vm-target-token';
+    const ddi = await startDdiServer({ controllerId: 'flow-vm', token, sleep: '00:00:05', tls: fleet.tls, publicOrigin: `https://${DDI_ADDR}` });
+    t.teardown(() => ddi.close());
+    // The server decides when (update: forced); the machine's own window is never, so only the server can.
+    ddi.action = { id: '8', version: '5', releases: path.join(fleet.workDir, 'www/fleet'), download: 'forced', update: 'forced' };
+    const vm = await fleet.start({
+      name: 'flow-8-daemon-hawkbit',
+      maxBoots: 3,
+      forward: [{ guestAddr: DDI_ADDR, hostPort: Number(new URL(ddi.url).port) }],
+      script: `
+case $BOOT:$VERSION in
+1:2)
+  mkdir -p /etc/upgradectl/credentials.d
+  echo ${token} > /etc/upgradectl/credentials.d/hawkbit.token && chmod 600 /etc/upgradectl/credentials.d/hawkbit.token
+  printf '%s\n' '[hawkbit]' 'url = https://${DDI_ADDR}' 'controller_id = flow-vm' 'token_file = /etc/upgradectl/credentials.d/hawkbit.token' \
+    'ca_file = /usr/local/share/ca-certificates/upgradectl-test.crt' '[daemon]' 'startup_delay = 0' '[window]' 'commit = never' >> /etc/upgradectl/upgradectl.conf
+  save start systemctl start upgradectl.service
+  marker daemon-started
+  sleep 900 ;;
+2:5)
+  save trial-status upgradectl --json status
+  save start-again systemctl start upgradectl.service
+  for i in $(seq 60); do grep -q '"mode": "hawkbit"' /host/images/.upgradectl/service.json 2>/dev/null && break; sleep 1; done
+  save unit systemctl show -p ActiveState -p SubState -p Type -p StatusText upgradectl.service
+  save after upgradectl --json status
+  systemctl poweroff ;;
+*) marker unexpected boot=$BOOT version=$VERSION; exit 1 ;;
+esac`,
+    });
+    t.teardown(() => vm.kill('test teardown'));
+    const exit = await vm.waitForExit(RUN_TIMEOUT_MS);
+    t.equal(exit.killedBecause, undefined, 'the machine powered itself off');
+    t.comment(`flow-8-daemon-hawkbit: ${vm.boots().length} boots in ${secs(vm.elapsedMs())} s: ${vm.boots().map((b) => b.image).join(' -> ')}`);
+    t.same(vm.boots().map((b) => b.image), ['/images/2.img', '/images/5.img'], 'v2, then the trial of v5 that the daemon committed');
+    t.equal((await fleet.saved('start'))?.rc, 0, 'systemctl start returned: the Type=notify unit sent READY=1');
+    t.ok(ddi.count('/artifacts/image.lz4') > 0, 'the payload came through the deployment\'s artifact links');
+    t.match(await fleet.savedJson('trial-status'), { booted: '5', current: '5', previous: '2', phase: 'idle' }, 'confirm-on-boot confirmed the trial');
+    t.match((await fleet.saved('unit'))?.out, /ActiveState=active/, 'the service runs on the new image');
+    const after = await fleet.savedJson('after');
+    t.match(after.service, { mode: 'hawkbit', lastCheck: { ok: true } }, 'the daemon checked in again after the reboot');
+    const executions = ddi.feedback.filter((f) => f.resource === 'deploymentBase' && f.actionId === '8').map((f) => `${f.body.status.execution}:${f.body.status.result.finished}`);
+    t.equal(executions.at(-1), 'closed:success', `the server heard success last (${executions.join(', ')})`);
   });
 
   await t.test('scenario 3: v3 panics at boot; the machine is back on v2 by itself and v3 is never offered again', async (t) => {

@@ -87,6 +87,8 @@ export interface DdiServerOptions {
   sleep?: string;
   /** Serve HTTPS; with `ca`, also accept a client certificate signed by it instead of a token. */
   tls?: { key: string; cert: string; ca?: string };
+  /** The origin machines reach the server at (a VM behind QEMU's user network), for the links it hands out. */
+  publicOrigin?: string;
 }
 
 export async function startDdiServer(opts: DdiServerOptions): Promise<TestDdiServer> {
@@ -269,8 +271,8 @@ export async function startDdiServer(opts: DdiServerOptions): Promise<TestDdiSer
     server.listen(0, '127.0.0.1', () => resolve());
   });
   const { port } = server.address() as AddressInfo;
-  origin = `${scheme}://127.0.0.1:${port}`;
-  state.url = origin;
+  state.url = `${scheme}://127.0.0.1:${port}`;
+  origin = opts.publicOrigin ?? state.url;
   state.close = async () => {
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
