@@ -3,6 +3,7 @@ import ini from 'ini';
 import { UpgradeError } from '../core/errors.js';
 import { checkIniLines, IniLineError, type IniLines, type IniSchema } from '../core/ini-lines.js';
 import type { Layout } from '../core/layout.js';
+import type { BootSettings } from '../grub/boot-files.js';
 import { kernelArgsProblem } from '../core/boot-data.js';
 import { isVersion } from '../core/version.js';
 import { parseSize } from '../core/size.js';
@@ -53,32 +54,10 @@ export interface Config {
     /** node_exporter textfile collector file, under the root; empty: none. */
     textfile: string;
   };
-  boot: {
-    /** Seconds the kernel waits after a panic before it reboots (and GRUB falls back). */
-    panicTimeout: number;
-    /** Trial boots of a new image before GRUB falls back to the previous one (1–3). */
-    trialAttempts: number;
-    /**
-     * Starts of the default image that may go by without the booted OS clearing GRUB's count before
-     * GRUB boots the previous image instead (1–5). 2 so that one power cut during a normal boot does not
-     * roll the machine back (docs/grub.md, "Boot counting of the default").
-     */
-    defaultAttempts: number;
-    kernelArgs: string;
-    /** e.g. `ttyS0,115200`; empty for none. */
-    serialConsole: string;
-    menuTimeout: number;
-    /** Filesystem UUID of the host partition; detected (findmnt/blkid) when unset. */
-    hostUuid: string | undefined;
-    /** GRUB can write grubenv (save_env) on the host filesystem; false on md RAID, LVM, LUKS, btrfs (docs/grub.md). */
-    saveEnv: boolean;
+  /** [boot]: what GRUB gets (src/grub/boot-files.ts BootSettings), and how the machine reboots. */
+  boot: BootSettings & {
     /** The command that reboots the machine (argv, split on spaces); on a test machine UPGRADECTL_REBOOT_COMMAND overrides it (loadConfig). */
     rebootCommand: string;
-    /**
-     * Seconds a trial boot has to be confirmed before softdog, armed by the initramfs, resets it into the
-     * previous image; 0 = off (docs/grub.md, "Trial deadline"). Written `900`, `900s`, `15m` or `1h`.
-     */
-    trialDeadline: number;
   };
   health: { timeout: number };
   hooks: { timeout: number };
