@@ -47,7 +47,7 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
       else why = `exit status ${String(e.code)}`;
       const detail = errText.trim() ? `: ${lastLines(errText.trim(), 8)}` : '';
       reject(
-        new ExecError(argv, typeof e.code === 'number' ? e.code : null, errText, out, `${argv[0]} failed (${why})${detail}`, err),
+        new ExecError(argv, typeof e.code === 'number' ? e.code : null, errText, out, `${argv[0]} failed (${why})${detail}`, err, e.killed ? undefined : e.signal ?? undefined),
       );
     });
     if (opts.input !== undefined) child.stdin?.end(opts.input);
@@ -62,6 +62,8 @@ export class ExecError extends UpgradeError {
     readonly stdout: string,
     message: string,
     cause: unknown,
+    /** The signal that ended the process when it did not exit by itself (not a timeout's kill). */
+    readonly signal?: string,
   ) {
     super('EXEC', message, {
       cause,

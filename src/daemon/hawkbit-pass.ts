@@ -66,7 +66,9 @@ export async function checkIn(layout: Layout, config: Config, opts: { signal: Ab
       try {
         await commit(layout, config, { reboot: true });
       } catch (err) {
-        await commitFailed(ctx, err);
+        // Once the trial is armed the action is not over, whatever failed after it (the reboot itself):
+        // the next boot's reconciliation decides, and afterBoot reports that.
+        if ((await loadState(layout)).phase !== 'committed') await commitFailed(ctx, err);
         throw err;
       }
       return { pollAgainMs: answer.sleepMs, summary: `committed ${release.version} (action ${release.actionId}); rebooting into its trial` };

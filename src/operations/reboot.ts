@@ -1,6 +1,6 @@
 import type { Config } from './config.js';
 import { UpgradeError, messageOf } from '../core/errors.js';
-import { run } from '../core/exec.js';
+import { ExecError, run } from '../core/exec.js';
 import { log } from '../core/log.js';
 
 /**
@@ -17,6 +17,12 @@ export async function rebootMachine(config: Config, why: string): Promise<string
   try {
     await run(cmd, args, { timeoutMs: 120_000 });
   } catch (err) {
+    // The shutdown the command started stops the service it runs in, and with it the command itself
+    // (SIGTERM to the whole unit): under systemd that is the reboot under way, not a failure.
+    if (err instanceof ExecError && (err.signal === 'SIGTERM' || err.signal === 'SIGKILL')) {
+      log.info(`${argv.join(' ')} was stopped by ${err.signal}: the shutdown is under way`);
+      return argv;
+    }
     throw new UpgradeError('EXEC', `could not reboot with ${argv.join(' ')}: ${messageOf(err)}`, {
       cause: err,
       hint: 'the boot files are written and durable: reboot the machine by hand to continue',
