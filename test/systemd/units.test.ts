@@ -39,14 +39,14 @@ t.test('systemd-analyze verify accepts every unit without a warning', { skip }, 
   mkdirSync(path.join(root, 'usr/bin'), { recursive: true });
   mkdirSync(path.join(root, 'bin'), { recursive: true });
   // verify only checks that the programs the units run exist and are executable.
-  for (const program of ['usr/bin/upgradectl', 'bin/sh']) {
+  for (const program of ['usr/bin/upgradectl', 'bin/sh', 'bin/kill']) {
     writeFileSync(path.join(root, program), '#!/bin/true\n');
     chmodSync(path.join(root, program), 0o755);
   }
   // The targets and services our units name (sysinit.target, boot-complete.target, …), as this systemd ships them.
   cpSync('/usr/lib/systemd/system', path.join(root, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true });
 
-  t.ok(unitFiles.length >= 5, `units found: ${unitFiles.join(' ')}`);
+  t.same([...unitFiles].sort(), ['upgradectl-confirm.service', 'upgradectl.service'], `units found: ${unitFiles.join(' ')}`);
   for (const f of unitFiles) {
     const r = spawnSync('systemd-analyze', [`--root=${root}`, 'verify', '--man=no', path.join(unitDir, f)], { encoding: 'utf8' });
     // verify exits 0 on unknown keys and unparsable values; it only says so on stderr.
@@ -61,4 +61,17 @@ t.test('upgradectl-confirm.service gates boot-complete.target (RequiredBy=, Befo
   t.ok(directives(text, 'Unit', 'Before').includes('boot-complete.target'), '[Unit] Before=boot-complete.target');
   t.notOk(directives(text, 'Unit', 'Requires').includes('boot-complete.target'), 'no Requires=boot-complete.target');
   t.ok(directives(text, 'Install', 'WantedBy').includes('multi-user.target'), 'still started on every boot (WantedBy=multi-user.target)');
+});
+
+t.test('upgradectl.service: notify with NotifyAccess for the systemd-notify CLI, a watchdog, low priority, reload by SIGHUP', async (t) => {
+  const text = readFileSync(path.join(UNITS, 'upgradectl.service'), 'utf8');
+  const one = (section: string, key: string) => directives(text, section, key).join(' ');
+  t.equal(one('Service', 'Type'), 'notify');
+  // READY=1 and STATUS= are sent by the systemd-notify CLI, a child process: only NotifyAccess=all lets them in.
+  t.equal(one('Service', 'NotifyAccess'), 'all');
+  t.ok(one('Service', 'WatchdogSec'), 'WatchdogSec= set');
+  t.equal(one('Service', 'IOSchedulingClass'), 'idle');
+  t.ok(Number(one('Service', 'Nice')) > 0, 'niced');
+  t.match(one('Service', 'ExecReload'), /kill -HUP \$MAINPID/);
+  t.equal(one('Service', 'KillSignal'), 'SIGTERM');
 });
