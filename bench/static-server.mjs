@@ -5,7 +5,15 @@ import http from 'node:http';
 import path from 'node:path';
 
 const root = path.resolve(process.argv[2]);
+// Payload transfer stats for rate benchmarks: bytes sent and the span from the first request's start to
+// the last response's end. GET /__stats returns them and starts afresh.
+let stats = { bytes: 0, first: 0, last: 0 };
 const server = http.createServer(async (req, res) => {
+  if (req.url === '/__stats') {
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(stats));
+    stats = { bytes: 0, first: 0, last: 0 };
+    return;
+  }
   const file = path.join(root, decodeURIComponent(new URL(req.url, 'http://x').pathname));
   if (!file.startsWith(root)) return res.writeHead(403).end();
   let st;
@@ -22,7 +30,14 @@ const server = http.createServer(async (req, res) => {
   if (m) headers['content-range'] = `bytes ${start}-${end}/${st.size}`;
   res.writeHead(m ? 206 : 200, headers);
   if (req.method === 'HEAD') return res.end();
-  createReadStream(file, { start, end, highWaterMark: 1 << 20 }).pipe(res);
+  const payload = file.endsWith('.lz4');
+  if (payload && !stats.first) stats.first = Date.now();
+  const stream = createReadStream(file, { start, end, highWaterMark: 1 << 20 });
+  if (payload) {
+    stream.on('data', (chunk) => (stats.bytes += chunk.length));
+    res.on('finish', () => (stats.last = Date.now()));
+  }
+  stream.pipe(res);
 });
 server.keepAliveTimeout = 60_000;
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
