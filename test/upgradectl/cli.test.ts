@@ -71,7 +71,7 @@ t.test('raw filesystem errors name the file and the way out', { skip: skipUnless
     { errno: 'EROFS', args: ['keygen', '--out', path.join(dir, 'ro/k')], code: 'IO', message: /ro\/k is on a read-only filesystem \(open EROFS\)/, hint: /mount -o remount,rw/ },
     { errno: 'ENOSPC', args: ['keygen', '--out', path.join(dir, 'full/k')], code: 'NO_SPACE', message: /full\/k cannot be written: no space left/, hint: /df -h .*full\/k/ },
     { errno: 'EPERM', args: ['keygen', '--out', path.join(dir, 'immutable/k')], code: 'IO', message: /immutable\/k cannot be changed: operation not permitted/, hint: /chattr -i/ },
-    { errno: 'EISDIR', args: ['image', 'build', path.join(dir, 'tree'), path.join(dir, 'out')], code: 'IO', message: /-> .*\/out is a directory/, hint: /not the directory .*\/out$/ },
+    { errno: 'EISDIR', args: ['image', 'build', path.join(dir, 'tree'), path.join(dir, 'out'), '--force'], code: 'IO', message: /-> .*\/out is a directory/, hint: /not the directory .*\/out$/ },
   ];
   for (const c of cases) {
     const r = await upgradectl(['--json', ...c.args]);
