@@ -52,6 +52,20 @@ export async function armTrial(ctx: BootContext, version: string): Promise<GrubE
   return updateBootEnv(ctx, change);
 }
 
+/**
+ * Arm a one-shot boot of a non-image entry (the RAM flasher): GRUB boots `id` once, then saved_entry,
+ * the current image. Any pending trial is dropped so that its extra attempts cannot follow; `vars` are
+ * set with it (the flash job's nonce). Without save_env GRUB could not consume a one-shot: refused.
+ */
+export async function armOneShot(ctx: BootContext, id: string, vars: Record<string, string> = {}): Promise<GrubEnv> {
+  if (!ctx.settings.saveEnv) {
+    throw new UpgradeError('UNSUPPORTED', `a one-shot boot of ${id} needs GRUB's save_env, which is off on this host ([boot] save_env = false)`, {
+      hint: 'keep /boot/grub on a plain partition GRUB can write (docs/grub.md, "Hosts where save_env does not work")',
+    });
+  }
+  return updateBootEnv(ctx, { ...DISARM, ...(ctx.roles.current ? { saved_entry: entryId(ctx.roles.current) } : {}), next_entry: id, ...vars });
+}
+
 /** Make `version` the default, with no starts of it counted yet, and drop any pending trial. */
 export function setDefault(ctx: BootContext, version: string): Promise<GrubEnv> {
   return updateBootEnv(ctx, newDefault(version));

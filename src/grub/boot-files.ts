@@ -9,7 +9,7 @@ import type { Layout } from '../core/layout.js';
 import { log } from '../core/log.js';
 import { emptyGrubEnv, readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
 import { checkpointHost, detectHostUuid, type CheckpointResult } from './host-fs.js';
-import { DEFAULT_TRIES_VAR, entryId, renderGrubConfig, renderGrubFragment, type GrubConfigInput, type GrubEntry } from './render.js';
+import { DEFAULT_TRIES_VAR, FLASHER_NONCE_VAR, entryId, renderGrubConfig, renderGrubFragment, type GrubConfigInput, type GrubEntry } from './render.js';
 
 /**
  * Boot files on the host partition, from plain inputs: grub.cfg (validated, replaced atomically) and
@@ -109,7 +109,7 @@ export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Pro
     trialDeadline: settings.trialDeadline,
     flasher:
       existsSync(flasherKernel) && existsSync(flasherInitrd)
-        ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: 'upgradectl.flasher=1' }
+        ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: '' }
         : undefined,
   };
 }
@@ -147,7 +147,7 @@ export async function installGrubConfig(layout: Layout, text: string): Promise<v
 }
 
 /** The variables upgradectl owns in grubenv; everything else there (other tools') is kept. */
-export const ENV_KEYS = ['saved_entry', 'next_entry', 'upgradectl_trial', 'upgradectl_tries', DEFAULT_TRIES_VAR] as const;
+export const ENV_KEYS = ['saved_entry', 'next_entry', 'upgradectl_trial', 'upgradectl_tries', DEFAULT_TRIES_VAR, FLASHER_NONCE_VAR] as const;
 export type EnvChange = Partial<Record<(typeof ENV_KEYS)[number], string | null>>;
 
 /**
@@ -172,7 +172,7 @@ export function armChange(version: string, settings: BootSettings): Record<strin
 }
 
 /** Drops a pending trial. The count of the default's starts stays: the default has not changed. */
-export const DISARM: EnvChange = { next_entry: null, upgradectl_trial: null, upgradectl_tries: null };
+export const DISARM: EnvChange = { next_entry: null, upgradectl_trial: null, upgradectl_tries: null, [FLASHER_NONCE_VAR]: null };
 
 /** The env change that makes `version` the default: no trial pending, and no starts of it counted yet. */
 export function newDefault(version: string): EnvChange {

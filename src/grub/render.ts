@@ -61,6 +61,14 @@ export interface GrubConfigInput {
 
 export const ENTRY_PREFIX = 'upgradectl-';
 export const FLASHER_ENTRY_ID = 'upgradectl-flasher';
+/**
+ * grubenv: the nonce of the flash job written for the next boot (docs/flasher.md). GRUB hands it to the
+ * flasher only when the flasher is that boot's one-shot, and clears it at that boot whatever it boots,
+ * so a job can be run once and only at the boot right after it was written.
+ */
+export const FLASHER_NONCE_VAR = 'upgradectl_flasher_nonce';
+/** The kernel argument that carries the nonce to the flasher's /init. */
+export const FLASHER_ARG = 'upgradectl.flasher';
 
 /** grubenv: GRUB's count of starts of the default that the booted OS has not cleared. */
 export const DEFAULT_TRIES_VAR = 'upgradectl_default_tries';
@@ -177,6 +185,7 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   // Which entry runs as a trial, for the trial kernel arguments; never taken from grubenv either.
   const deadline = trialDeadlineOn(input);
   const trialBoot = (from: string) => (deadline ? [`  set upgradectl_trial_boot="${from}"`] : []);
+  lines.push(...renderFlasherNonce(input, full));
   if (deadline) lines.push('set upgradectl_trial_boot=');
   if (full) {
     // The one-shot: cleared and saved before booting, so a trial that hangs or panics is not retried
@@ -302,13 +311,48 @@ function renderEntry(input: GrubConfigInput, entry: GrubEntry, index: number): s
   ];
 }
 
+/**
+ * The flash job's nonce, read before the one-shot is cleared: it reaches the flasher only when the
+ * flasher is this boot's one-shot, and it is cleared (saved) at this boot whatever boots, so a job left
+ * on disk is stale from the next boot on. Not rendered without the flasher or without save_env (GRUB
+ * could not consume it; reflash refuses to run there).
+ */
+function renderFlasherNonce(input: GrubConfigInput, full: boolean): string[] {
+  if (!input.flasher || input.saveEnv === false) return [];
+  const armed = full ? `[ "\${next_entry}" = ${FLASHER_ENTRY_ID} ]` : `[ "\${boot_once}" = "true" -a "\${default}" = ${FLASHER_ENTRY_ID} ]`;
+  return [
+    'set upgradectl_flasher_boot=',
+    `if [ "\${${FLASHER_NONCE_VAR}}" ]; then`,
+    `  if ${armed}; then`,
+    `    set upgradectl_flasher_boot="\${${FLASHER_NONCE_VAR}}"`,
+    '  fi',
+    `  set ${FLASHER_NONCE_VAR}=`,
+    `  save_env ${FLASHER_NONCE_VAR}`,
+    'fi',
+    // A menu entry runs in a new context that sees only exported variables.
+    'export upgradectl_flasher_boot',
+  ];
+}
+
 function renderFlasher(input: GrubConfigInput): string[] {
   const f = input.flasher;
   if (!f) return [];
+  const serial = parseSerial(input.serialConsole);
+  const words = [
+    `panic=${input.panicTimeout}`,
+    // The flasher finds the host partition (where its job is) by UUID, as GRUB does.
+    `upgradectl.host=${input.hostUuid}`,
+    ...splitArgs(f.cmdline),
+    ...splitArgs(input.kernelArgs),
+    ...(serial ? ['console=tty0', `console=${input.serialConsole}`] : []),
+  ].map(grubQuote);
+  // The one variable spliced into a kernel line: the nonce is a fresh random value per job, so it cannot
+  // be a literal of this config. Empty when the flasher is booted by hand: the flasher then runs no job.
+  words.push(`"${FLASHER_ARG}=\${upgradectl_flasher_boot}"`);
   return [
     `menuentry 'upgradectl RAM flasher' --id ${FLASHER_ENTRY_ID} {`,
     `  search --no-floppy --fs-uuid --set=root ${input.hostUuid}`,
-    `  linux ${imagePath(f.kernel)} ${[`panic=${input.panicTimeout}`, ...splitArgs(f.cmdline), ...splitArgs(input.kernelArgs)].map(grubQuote).join(' ')}`,
+    `  linux ${imagePath(f.kernel)} ${words.join(' ')}`,
     `  initrd ${imagePath(f.initrd)}`,
     '}',
     '',

@@ -61,6 +61,8 @@ export async function installConfigFor(layout: Layout, config: Config, state: St
 
 export const armTrial = (layout: Layout, config: Config, state: State, version: string): Promise<GrubEnv> =>
   control.armTrial(bootContext(layout, config, state), version);
+export const armOneShot = (layout: Layout, config: Config, state: State, id: string, vars: Record<string, string> = {}): Promise<GrubEnv> =>
+  control.armOneShot(bootContext(layout, config, state), id, vars);
 export const disarmTrial = (layout: Layout, config: Config, state: State): Promise<GrubEnv> => control.disarmTrial(bootContext(layout, config, state));
 export const setDefault = (layout: Layout, config: Config, state: State, version: string): Promise<GrubEnv> =>
   control.setDefault(bootContext(layout, config, state), version);

@@ -61,6 +61,14 @@ export interface Config {
   };
   health: { timeout: number };
   hooks: { timeout: number };
+  /** The RAM flasher (docs/flasher.md). */
+  flasher: {
+    /**
+     * http(s) prefix the flasher downloads the release from: the same releases as [source] url, reached
+     * without an SDK (busybox wget). Unset: [source] url when that is http(s).
+     */
+    url: string | undefined;
+  };
   /** Remote check-in over Eclipse hawkBit's DDI API (src/daemon/ddi/); off while `url` is unset. */
   hawkbit: {
     url: string | undefined;
@@ -86,6 +94,7 @@ export const CONFIG_SCHEMA: IniSchema = {
   boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command', 'trial_deadline'],
   health: ['timeout'],
   hooks: ['timeout'],
+  flasher: ['url'],
   hawkbit: ['url', 'tenant', 'controller_id', 'token_file', 'token_kind', 'ca_file', 'cert_file', 'key_file'],
 };
 
@@ -208,6 +217,7 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     },
     health: { timeout: int('health', 'timeout', 300, 1, 86400) },
     hooks: { timeout: int('hooks', 'timeout', 120, 1, 86400) },
+    flasher: { url: checked('flasher', 'url', (v) => /^https?:\/\/[^\s'"\\]+$/.test(v), 'an http:// or https:// URL') },
     hawkbit: {
       url: str('hawkbit', 'url'),
       tenant: str('hawkbit', 'tenant') ?? 'DEFAULT',

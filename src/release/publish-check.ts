@@ -21,6 +21,8 @@ export interface PublishArgs {
   channel?: string;
   rollout: number;
   boot: BootData;
+  /** A whole host partition for the RAM flasher: no kernel at its root to look for. */
+  reflash?: boolean;
   expiresInDays: number;
   frameSize: number;
   minVersion?: string;
@@ -57,14 +59,14 @@ export async function checkPublishArgs(a: PublishArgs): Promise<{ lz4: boolean }
   }
   const argsProblem = kernelArgsProblem(a.boot.cmdline);
   if (argsProblem) throw new UpgradeError('USAGE', `--cmdline: ${argsProblem}`, { hint: 'pass only the extra kernel arguments the release needs; upgradectl adds root=, upgradectl.loop= and panic= itself' });
-  return checkImage(a.image, a.boot);
+  return checkImage(a.image, a.boot, a.reflash);
 }
 
 const EXT4_MAGIC_OFFSET = 1080;
 const EXT4_MAGIC = 0xef53;
 
 /** The input is an ext4 filesystem (raw or inside an LZ4 stream) that holds its kernel and initrd. */
-async function checkImage(image: string, boot: BootData): Promise<{ lz4: boolean }> {
+async function checkImage(image: string, boot: BootData, reflash = false): Promise<{ lz4: boolean }> {
   const head = await readHead(image);
   const lz4 = head.length >= 4 && head.readUInt32LE(0) === FRAME_MAGIC;
   const fs0 = lz4 ? await decodedHead(image) : head;
@@ -73,6 +75,9 @@ async function checkImage(image: string, boot: BootData): Promise<{ lz4: boolean
       hint: 'machines loop-mount the image as /: build one with upgradectl image build ROOTFS_DIR OUT.img',
     });
   }
+  // A reflash release is a whole host partition (docs/flasher.md): it boots through its own grub.cfg
+  // and images, so no kernel is looked for at its root.
+  if (reflash) return { lz4 };
   if (lz4) {
     // debugfs needs the filesystem as a file; decompressing a whole image only to look is not worth it.
     log.warn(`${image} is LZ4: its kernel (${boot.kernel}) and initrd (${boot.initrd}) were not looked for inside it`);

@@ -19,6 +19,7 @@ export const COMMANDS: CommandTable = {
   keygen: async () => (await import('./commands/keygen.js')).keygenCommand,
   'channel set': async () => (await import('./commands/channel.js')).channelSetCommand,
   publish: async () => (await import('./commands/publish.js')).publishCommand,
+  'flasher install': async () => (await import('./commands/flasher.js')).flasherInstallCommand,
   'image build': async () => (await import('./commands/image-build.js')).imageBuildCommand,
 };
 

@@ -38,7 +38,7 @@ const cases: Array<[string, GrubConfigInput]> = [
   ['no images at all', { ...base, entries: [], fallbackVersion: undefined }],
   ['trial deadline, two attempts', { ...base, trialAttempts: 2, trialDeadline: 900 }],
   ['trial deadline, save_env off', { ...base, trialDeadline: 900, saveEnv: false }],
-  ['with the flasher', { ...base, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: 'upgradectl.flasher=1' } }],
+  ['with the flasher', { ...base, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '' } }],
 ];
 
 for (const [name, input] of cases) {
@@ -55,7 +55,13 @@ for (const [name, input] of cases) {
     t.notMatch(cfg, /expr|\$\(\(|\+\+|-= /, 'no arithmetic');
     const saves = cfg.match(/save_env/g)?.length ?? 0;
     const counted = input.saveEnv !== false && input.fallbackVersion !== undefined;
-    t.equal(saves, input.saveEnv === false ? 0 : input.trialAttempts + (counted ? input.defaultAttempts : 0), 'one save_env per one-shot link and per counted start');
+    const nonce = input.flasher && input.saveEnv !== false ? 1 : 0;
+    t.equal(saves, input.saveEnv === false ? 0 : input.trialAttempts + (counted ? input.defaultAttempts : 0) + nonce, 'one save_env per one-shot link, per counted start, and for the flash job nonce');
+    if (input.flasher) {
+      t.match(cfg, /\n  if \[ "\$\{next_entry\}" = upgradectl-flasher \]; then\n    set upgradectl_flasher_boot="\$\{upgradectl_flasher_nonce\}"\n  fi\n  set upgradectl_flasher_nonce=\n  save_env upgradectl_flasher_nonce\nfi\nexport upgradectl_flasher_boot\n/, 'the nonce reaches the flasher on its one-shot only, and is cleared at that boot whatever boots');
+      t.ok(cfg.indexOf('upgradectl_flasher_nonce') < cfg.indexOf('set next_entry='), 'read before the one-shot is cleared');
+      t.match(cfg, /linux \/boot\/upgradectl\/flasher\/vmlinuz panic=10 upgradectl.host=\S+ .*"upgradectl.flasher=\$\{upgradectl_flasher_boot\}"\n/);
+    }
     t.equal(cfg.includes('upgradectl_default_tries'), counted, counted ? 'the default is counted' : 'no counting without a previous image or save_env');
   });
 }
@@ -118,7 +124,7 @@ t.test('a count GRUB has given up on is exactly what sends it to the previous im
 });
 
 t.test('trial deadline: only the entry booted as a trial gets the trial arguments', { skip }, async (t) => {
-  const input: GrubConfigInput = { ...base, trialAttempts: 2, trialDeadline: 900, flasher: { kernel: '/f/vmlinuz', initrd: '/f/initrd.img', cmdline: 'upgradectl.flasher=1' } };
+  const input: GrubConfigInput = { ...base, trialAttempts: 2, trialDeadline: 900, flasher: { kernel: '/f/vmlinuz', initrd: '/f/initrd.img', cmdline: '' } };
   const cfg = renderGrubConfig(input);
   await checkGrubScript(cfg);
   // Which entry is the trial is decided in the selection and never read from grubenv.

@@ -1,24 +1,33 @@
 import type { Command } from '../cli.js';
 import { loadConfig } from '../../operations/config.js';
-import { UpgradeError } from '../../core/errors.js';
 import { commit, planCommit } from '../../operations/commit.js';
+import { trustPolicy, TRUST_OPTIONS } from './trust.js';
 
 export const commitCommand: Command = {
   summary: 'migrate, write boot entries, one-shot boot of the prepared image',
-  usage: 'commit [--no-reboot] [--dry-run] [--force] [--reflash]',
+  usage: 'commit [--no-reboot] [--dry-run] [--force] | commit --reflash [VERSION] [--no-reboot] [--allow-downgrade] [--allow-expired]',
   options: {
+    ...TRUST_OPTIONS,
     'no-reboot': { type: 'boolean' },
     'dry-run': { type: 'boolean' },
-    force: { type: 'boolean' },
     reflash: { type: 'boolean' },
   },
-  async run({ layout, options }) {
-    if (options.reflash) {
-      throw new UpgradeError('UNSUPPORTED', 'commit --reflash (the RAM flasher) is not available in this upgradectl yet', {
-        hint: 'commit without --reflash to add the image beside the current one',
-      });
-    }
+  async run({ layout, options, positionals }) {
     const config = await loadConfig(layout);
+    if (options.reflash) {
+      // Loaded only here: a normal commit does not need the flasher's modules.
+      const { reflash } = await import('../../operations/reflash.js');
+      const r = await reflash(layout, config, { version: positionals[0], reboot: !options['no-reboot'], policy: trustPolicy(options, config) });
+      const mib = (n: number) => `${(n / 1048576).toFixed(0)} MiB`;
+      return {
+        data: r,
+        text: [
+          `flash job for ${r.version} written (${r.job}); signed by ${r.signedBy}`,
+          `  the flasher fetches ${mib(r.payloadSize)} from ${r.url} into RAM (needs ${mib(r.ramNeeded)}), verifies it, and writes ${mib(r.imageSize)}`,
+          r.rebooted ? '  rebooting into the flasher' : '  the flasher boots once at the next reboot',
+        ].join('\n'),
+      };
+    }
     if (options['dry-run']) {
       const plan = await planCommit(layout, config);
       return {

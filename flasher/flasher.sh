@@ -1,0 +1,270 @@
+# The RAM flasher's story (docs/flasher.md), sourced by /init; busybox ash.
+#
+#   job      the host partition read-only: a root-only job naming this boot's nonce, or nothing is done
+#   network  DHCP on the first network card
+#   memory   enough RAM for the payload, checked before anything is downloaded
+#   fetch    the compressed image into RAM (tmpfs)
+#   verify   size, SHA-256 of the payload, every frame decoded and hashed, the whole image decoded and hashed
+#   write    the target, from the copy in RAM; read back and hashed; retried from RAM on failure
+#
+# Until `write` starts, the target has not been written by anything here (the host partition is mounted
+# read-only, without journal replay): every failure reboots, and GRUB, whose one-shot this boot consumed,
+# boots the old system. Once `write` started, a reboot could land on a half-written disk, so a failure
+# retries from RAM and, when it cannot, the flasher stays up and says so on the console.
+
+FLASHER_DIR=${FLASHER_DIR:-/run/upgradectl-flasher}
+STATUS=$FLASHER_DIR/status
+LOG=$FLASHER_DIR/log
+PAYLOAD=/ram/payload.lz4
+HOST_MNT=/host
+JOB_REL=boot/upgradectl/flasher/job
+JOB_MAGIC='upgradectl-flash-job 1'
+WRITE_ATTEMPTS=${WRITE_ATTEMPTS:-3}
+writing=0
+
+say() {
+  echo "upgradectl-flasher: $*"
+  [ -d "$FLASHER_DIR" ] && echo "$(cut -d' ' -f1 /proc/uptime 2>/dev/null) $*" >> "$LOG"
+  return 0
+}
+
+# The status file: the phase and its last message, rewritten at every step (RAM; copied onto the new
+# host partition after a successful flash).
+status() {
+  [ -d "$FLASHER_DIR" ] || return 0
+  printf 'phase=%s\nmessage=%s\nversion=%s\n' "$1" "$2" "${job_version:-}" > "$STATUS.tmp" && mv "$STATUS.tmp" "$STATUS"
+  say "[$1] $2"
+}
+
+# Before writing: nothing was written, so the old system is intact; GRUB already cleared the one-shot.
+fail_before_write() {
+  status failed "$* — nothing was written; rebooting into the old system"
+  umount "$HOST_MNT" 2>/dev/null
+  sync
+  sleep 2
+  reboot -f
+  sleep 30
+}
+
+# After writing started and no retry is left (or the story broke): never reboot a half-written disk.
+flasher_stuck() {
+  if [ "$writing" = 0 ]; then fail_before_write "$*"; fi
+  if [ -n "${retry_mode:-}" ]; then status stuck "$*"; exit 1; fi
+  status stuck "$* — the target is half-written and will not boot; the flasher stays up. The verified image is still in $PAYLOAD: on this console run 'sh /lib/upgradectl/flasher.sh retry' or power-cycle only once the target is rewritten"
+  setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
+  while :; do
+    say "STUCK: $* (target ${target_dev:-?} half-written; see $STATUS; a shell is on the console)"
+    sleep 60
+  done
+}
+
+# A decimal number of at most 15 digits (safe in ash arithmetic).
+is_uint() { case "$1" in ''|*[!0-9]*) return 1;; esac; [ ${#1} -le 15 ]; }
+is_hex() { case "$2" in *[!0-9a-f]*) return 1;; esac; [ ${#2} -eq "$1" ]; }
+
+# check_job FILE NONCE HOSTUUID: the job is ours, for this boot, and well-formed; sets job_* variables
+# and writes the frame list to $FLASHER_DIR/frames. Prints why and fails otherwise.
+check_job() {
+  file=$1 nonce=$2 uuid=$3
+  [ -n "$nonce" ] || { echo "no upgradectl.flasher nonce on the command line: GRUB passes one only on the one-shot boot right after a job was written"; return 1; }
+  [ -e "$file" ] || { echo "no flash job at $file"; return 1; }
+  [ -L "$file" ] && { echo "$file is a symbolic link"; return 1; }
+  [ -f "$file" ] || { echo "$file is not a regular file"; return 1; }
+  for f in "$file" "$(dirname "$file")"; do
+    set -- $(stat -c '%u %a' "$f")
+    [ "$1" = 0 ] || { echo "$f is owned by uid $1, not root: refused"; return 1; }
+    [ $(( 0$2 & 022 )) -eq 0 ] || { echo "$f has mode $2: writable by group or others, refused"; return 1; }
+  done
+  job_nonce= job_version= job_url= job_payload_size= job_payload_sha256= job_image_size= job_image_sha256= job_target_uuid= job_ram_reserve= job_frames=
+  mkdir -p "$FLASHER_DIR"
+  : > "$FLASHER_DIR/frames"
+  first=1 n=0
+  while read -r key a b c d rest; do
+    if [ $first = 1 ]; then
+      [ "$key $a" = "$JOB_MAGIC" ] || { echo "$file is not a flash job ('$JOB_MAGIC' expected)"; return 1; }
+      first=0; continue
+    fi
+    case "$key" in
+      nonce) is_hex 32 "$a" || { echo "bad nonce"; return 1; }; job_nonce=$a ;;
+      version) case "$a" in ''|*[!A-Za-z0-9._+~-]*) echo "bad version"; return 1;; esac; job_version=$a ;;
+      url) case "$a" in http://*|https://*) ;; *) echo "url must be http(s)"; return 1;; esac
+           case "$a" in *[!A-Za-z0-9._~:/?#@!\$\&\'\(\)\*+,\;=%-]*) echo "url has characters outside RFC 3986"; return 1;; esac
+           job_url=$a ;;
+      payload_size|image_size|ram_reserve|frames) is_uint "$a" || { echo "bad $key"; return 1; }; eval "job_$key=\$a" ;;
+      payload_sha256|image_sha256) is_hex 64 "$a" || { echo "bad $key"; return 1; }; eval "job_$key=\$a" ;;
+      target_uuid) case "$a" in ''|*[!0-9A-Fa-f-]*) echo "bad target_uuid"; return 1;; esac; job_target_uuid=$a ;;
+      frame) { is_uint "$a" && is_uint "$b" && is_uint "$c" && is_hex 64 "$d"; } || { echo "bad frame line $((n + 1))"; return 1; }
+             echo "$a $b $c $d" >> "$FLASHER_DIR/frames"; n=$((n + 1)) ;;
+      '') ;;
+      *) echo "unknown key '$key' in $file"; return 1 ;;
+    esac
+  done < "$file"
+  [ $first = 0 ] || { echo "$file is empty"; return 1; }
+  for v in nonce version url payload_size payload_sha256 image_size image_sha256 target_uuid ram_reserve frames; do
+    eval "[ -n \"\$job_$v\" ]" || { echo "$file has no $v"; return 1; }
+  done
+  # The binding: a job written for another boot (an abandoned reflash, a copied file) names another nonce.
+  [ "$job_nonce" = "$nonce" ] || { echo "the job is for another boot (nonce $job_nonce, this boot $nonce): stale, refused"; return 1; }
+  [ "$n" = "$job_frames" ] || { echo "the job lists $n frames, it says $job_frames"; return 1; }
+  # The only target this flasher writes is the partition it was booted from (docs/flasher.md).
+  [ "$job_target_uuid" = "$uuid" ] || { echo "the job's target $job_target_uuid is not the host partition $uuid"; return 1; }
+  return 0
+}
+
+cmdline_arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}"; return;; esac; done; }
+
+setup_system() {
+  mount -t proc proc /proc
+  mount -t sysfs sysfs /sys
+  mount -t devtmpfs devtmpfs /dev
+  mount -t tmpfs -o mode=0755,size=16m tmpfs /run
+  mkdir -p "$FLASHER_DIR"
+  # Modules in dependency order (written when the initrd was built from the kernel's modules.dep).
+  while read -r ko; do
+    insmod "/lib/modules/$ko" 2>/dev/null || grep -q "^$(basename "$ko" .ko | tr - _) " /proc/modules || say "warning: insmod $ko failed"
+  done < /lib/modules/load-order
+}
+
+# Wait up to $2 seconds for `$1` (a command) to succeed: devices appear asynchronously after insmod.
+wait_for() { i=0; while ! eval "$1" >/dev/null 2>&1; do i=$((i + 1)); [ $i -gt $(($2 * 5)) ] && return 1; usleep 200000; done; }
+
+read_job() {
+  host_uuid=$(cmdline_arg upgradectl.host)
+  nonce=$(cmdline_arg upgradectl.flasher)
+  [ -n "$host_uuid" ] || fail_before_write "no upgradectl.host=UUID on the command line"
+  wait_for "findfs UUID=$host_uuid" 15 || fail_before_write "no partition with UUID $host_uuid"
+  host_dev=$(findfs "UUID=$host_uuid")
+  mkdir -p "$HOST_MNT"
+  # Read-only and without journal replay: before `write`, the flasher writes nothing to the disk at
+  # all. reflash checkpointed the journal after writing the job, so the job is in place.
+  mount -t ext4 -o ro,noload "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev"
+  check_job "$HOST_MNT/$JOB_REL" "$nonce" "$host_uuid" > "$FLASHER_DIR/refused" || fail_before_write "flash job refused: $(cat "$FLASHER_DIR/refused")"
+  umount "$HOST_MNT"
+  target_dev=$host_dev
+  # For `flasher.sh retry` from the console of a stuck flasher.
+  set | grep -E '^(job_[a-z0-9_]+|target_dev)=' > "$FLASHER_DIR/job.env"
+  status job "release $job_version: ${job_image_size} bytes onto $target_dev from $job_url (${job_payload_size} bytes to fetch)"
+  size=$(blockdev --getsize64 "$target_dev") || fail_before_write "cannot read the size of $target_dev"
+  [ "$job_image_size" -le "$size" ] || fail_before_write "the image ($job_image_size bytes) is larger than $target_dev ($size bytes)"
+}
+
+network_up() {
+  ip link set lo up
+  wait_for 'ls /sys/class/net | grep -qv "^lo$"' 10 || fail_before_write "no network card (is its driver in the initrd?)"
+  for ifc in $(ls /sys/class/net); do
+    [ "$ifc" = lo ] && continue
+    ip link set "$ifc" up
+    if udhcpc -i "$ifc" -n -q -t 5 -T 2 -s /lib/upgradectl/udhcpc.script >> "$LOG" 2>&1; then
+      status network "$ifc: $(ip -4 addr show dev "$ifc" | awk '/inet /{print $2}')"
+      return 0
+    fi
+  done
+  fail_before_write "no DHCP lease on any network card"
+}
+
+# The payload lives in RAM until the write is verified: refuse before fetching when it cannot fit with
+# room to spare for lz4, dd and the page cache of the target.
+check_memory() {
+  avail_kb=$(awk '/^MemAvailable:/{print $2}' /proc/meminfo)
+  need=$((job_payload_size + job_ram_reserve))
+  have=$((avail_kb * 1024))
+  [ "$have" -ge "$need" ] || fail_before_write "not enough memory: $((have / 1048576)) MiB available, $((need / 1048576)) MiB needed (payload $((job_payload_size / 1048576)) MiB + $((job_ram_reserve / 1048576)) MiB reserve)"
+  status memory "$((have / 1048576)) MiB available, $((need / 1048576)) MiB needed"
+}
+
+fetch_payload() {
+  mkdir -p /ram
+  mount -t tmpfs -o "size=$((job_payload_size + 1048576))" tmpfs /ram || fail_before_write "cannot mount a RAM disk for the payload"
+  t0=$(cut -d. -f1 /proc/uptime)
+  for try in 1 2 3; do
+    rm -f "$PAYLOAD"
+    status fetch "attempt $try: $job_url"
+    wget -q -O "$PAYLOAD" "$job_url" 2>> "$LOG" && break
+    [ $try = 3 ] && fail_before_write "download of $job_url failed 3 times (see $LOG)"
+    sleep 2
+  done
+  status fetch "$(stat -c %s "$PAYLOAD") bytes in $(( $(cut -d. -f1 /proc/uptime) - t0 )) s"
+}
+
+verify_payload() {
+  got=$(stat -c %s "$PAYLOAD")
+  [ "$got" = "$job_payload_size" ] || fail_before_write "payload is $got bytes, the manifest says $job_payload_size"
+  set -- $(sha256sum "$PAYLOAD")
+  [ "$1" = "$job_payload_sha256" ] || fail_before_write "payload SHA-256 $1 is not the manifest's $job_payload_sha256"
+  i=0
+  while read -r off len raw sha; do
+    i=$((i + 1))
+    set -- $(dd if="$PAYLOAD" bs=65536 iflag=skip_bytes,count_bytes skip="$off" count="$len" 2>/dev/null | lz4 -dc | sha256sum)
+    [ "$1" = "$sha" ] || fail_before_write "frame $i of $job_frames (offset $off) decodes to SHA-256 $1, not the manifest's $sha"
+  done < "$FLASHER_DIR/frames"
+  status verify "payload size, SHA-256 and $job_frames frames match the manifest"
+  # The whole image, as it will be written: the frames in order and nothing else.
+  set -- $(lz4 -dc "$PAYLOAD" | sha256sum)
+  [ "$1" = "$job_image_sha256" ] || fail_before_write "the decoded image's SHA-256 $1 is not the manifest's $job_image_sha256"
+  got=$(lz4 -dc "$PAYLOAD" | wc -c)
+  [ "$got" = "$job_image_size" ] || fail_before_write "the decoded image is $got bytes, the manifest says $job_image_size"
+  status verify "image SHA-256 matches the manifest: ready to write"
+}
+
+# One attempt: decode from RAM onto the target, flush, drop the cache, read back and hash.
+write_once() {
+  set -o pipefail
+  lz4 -dc "$PAYLOAD" | dd of="$target_dev" bs=1M conv=fsync 2>> "$LOG" || { set +o pipefail; echo "writing $target_dev failed (see $LOG)"; return 1; }
+  set +o pipefail
+  blockdev --flushbufs "$target_dev"
+  echo 3 > /proc/sys/vm/drop_caches
+  set -- $(dd if="$target_dev" bs=1M iflag=count_bytes count="$job_image_size" 2>> "$LOG" | sha256sum)
+  [ "$1" = "$job_image_sha256" ] || { echo "read back from $target_dev: SHA-256 $1, expected $job_image_sha256"; return 1; }
+}
+
+write_target() {
+  writing=1
+  try=1
+  while :; do
+    t0=$(cut -d. -f1 /proc/uptime)
+    status write "attempt $try of $WRITE_ATTEMPTS: $job_image_size bytes onto $target_dev"
+    if why=$(write_once); then
+      status written "$target_dev holds release $job_version, read back and verified ($(( $(cut -d. -f1 /proc/uptime) - t0 )) s)"
+      return 0
+    fi
+    say "write attempt $try failed: $why"
+    [ $try -ge "$WRITE_ATTEMPTS" ] && flasher_stuck "writing $target_dev failed $try times: $why"
+    try=$((try + 1))
+    sleep 2
+  done
+}
+
+# The status onto the new host partition, for the new system to read; best effort: the flash is done.
+record_on_new_host() {
+  if mount -t ext4 "$target_dev" "$HOST_MNT" 2>> "$LOG"; then
+    mkdir -p "$HOST_MNT/boot/upgradectl/flasher" && cp "$STATUS" "$HOST_MNT/boot/upgradectl/flasher/status" && cp "$LOG" "$HOST_MNT/boot/upgradectl/flasher/log"
+    umount "$HOST_MNT"
+  else
+    say "warning: could not mount the new host partition to leave the status there"
+  fi
+  sync
+}
+
+flasher_main() {
+  setup_system
+  status start "$(cat /proc/cmdline)"
+  read_job
+  network_up
+  check_memory
+  fetch_payload
+  verify_payload
+  write_target
+  record_on_new_host
+  status done "rebooting into release $job_version"
+  sleep 1
+  reboot -f
+  sleep 30
+}
+
+# `sh /lib/upgradectl/flasher.sh retry` on the console of a stuck flasher: the same verified payload
+# in RAM, the same target, once more.
+if [ "${1:-}" = retry ]; then
+  retry_mode=1 WRITE_ATTEMPTS=1
+  . "$FLASHER_DIR/job.env"
+  write_target && record_on_new_host && reboot -f
+fi

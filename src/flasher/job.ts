@@ -1,0 +1,126 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { writeFileDurable } from '../core/durable.js';
+import { UpgradeError } from '../core/errors.js';
+import { isVersion } from '../core/version.js';
+import type { Manifest } from '../release/manifest.js';
+
+/**
+ * The flash job: what the RAM flasher may do at the next boot, written by `commit --reflash` in the
+ * running, trusted system after it verified the release's signed manifest. The flasher has no ed25519:
+ * it trusts this file because only root can have written it (root-owned, not group/world-writable,
+ * checked by the flasher) and because it names the nonce GRUB passes on exactly the boot after it was
+ * written (docs/flasher.md). Every byte it downloads is checked against the hashes copied here from the
+ * verified manifest.
+ *
+ * A line format, not JSON: the flasher reads it with busybox `read`, and every value is checked
+ * against a strict pattern on both sides, so nothing in it is ever evaluated.
+ */
+
+export const JOB_MAGIC = 'upgradectl-flash-job 1';
+
+export interface FlashJob {
+  /** 32 hex digits, fresh per job; GRUB passes it as upgradectl.flasher=<nonce> (render.ts). */
+  nonce: string;
+  version: string;
+  /** http(s) URL of the payload (LZ4 frames). */
+  url: string;
+  payloadSize: number;
+  payloadSha256: string;
+  imageSize: number;
+  imageSha256: string;
+  /** Filesystem UUID of the partition to overwrite: the host partition the flasher was booted from. */
+  targetUuid: string;
+  /** RAM the flasher must have beyond the payload before it downloads (decoder, dd, page cache). */
+  ramReserve: number;
+  frames: Array<{ offset: number; length: number; rawLength: number; sha256: string }>;
+}
+
+/** RAM beyond the payload: measured need of the flasher's userland, lz4 and dd, with room to spare. */
+export const RAM_RESERVE = 48 * 1024 * 1024;
+
+export function newNonce(): string {
+  return randomBytes(16).toString('hex');
+}
+
+/** The job for a verified manifest; the payload is fetched from `url`. */
+export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce = newNonce()): FlashJob {
+  const p = manifest.payload;
+  if (p.compression !== 'lz4-frames' || !p.frames?.length) {
+    throw new UpgradeError('UNSUPPORTED', `release ${manifest.version}: the flasher verifies every frame, but its payload is '${p.compression}' without a frame index`, {
+      hint: `re-publish ${manifest.version} with upgradectl publish (it writes lz4-frames)`,
+    });
+  }
+  return {
+    nonce,
+    version: manifest.version,
+    url,
+    payloadSize: p.size,
+    payloadSha256: p.sha256,
+    imageSize: manifest.image.size,
+    imageSha256: manifest.image.sha256,
+    targetUuid,
+    ramReserve: RAM_RESERVE,
+    frames: p.frames.map((f) => ({ offset: f.offset, length: f.length, rawLength: f.rawLength, sha256: f.sha256 })),
+  };
+}
+
+/** RAM the flasher needs, as it checks it: the payload plus the reserve. */
+export function ramNeeded(job: Pick<FlashJob, 'payloadSize' | 'ramReserve'>): number {
+  return job.payloadSize + job.ramReserve;
+}
+
+const HEX = (n: number) => new RegExp(`^[0-9a-f]{${n}}$`);
+// What the flasher's check_job accepts: RFC 3986 characters, no quotes, spaces or backslashes.
+const URL_RE = /^https?:\/\/[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+$/;
+const UUID_RE = /^[0-9A-Fa-f-]+$/;
+
+export function renderJob(job: FlashJob): string {
+  const bad = (what: string) => {
+    throw new UpgradeError('USAGE', `flash job: ${what}`);
+  };
+  const uint = (n: number) => Number.isSafeInteger(n) && n >= 0 && String(n).length <= 15;
+  if (!HEX(32).test(job.nonce)) bad('the nonce must be 32 hex digits');
+  if (!isVersion(job.version)) bad(`'${job.version}' is not a version`);
+  if (!URL_RE.test(job.url) || job.url.includes("'")) bad(`the URL '${job.url}' must be http(s) with plain characters`);
+  if (!UUID_RE.test(job.targetUuid)) bad(`'${job.targetUuid}' is not a filesystem UUID`);
+  if (![job.payloadSize, job.imageSize, job.ramReserve].every(uint)) bad('sizes must be whole numbers');
+  if (!HEX(64).test(job.payloadSha256) || !HEX(64).test(job.imageSha256)) bad('hashes must be SHA-256 hex');
+  for (const f of job.frames) {
+    if (![f.offset, f.length, f.rawLength].every(uint) || !HEX(64).test(f.sha256)) bad(`frame at ${f.offset} is malformed`);
+  }
+  return [
+    JOB_MAGIC,
+    `nonce ${job.nonce}`,
+    `version ${job.version}`,
+    `url ${job.url}`,
+    `payload_size ${job.payloadSize}`,
+    `payload_sha256 ${job.payloadSha256}`,
+    `image_size ${job.imageSize}`,
+    `image_sha256 ${job.imageSha256}`,
+    `target_uuid ${job.targetUuid}`,
+    `ram_reserve ${job.ramReserve}`,
+    `frames ${job.frames.length}`,
+    ...job.frames.map((f) => `frame ${f.offset} ${f.length} ${f.rawLength} ${f.sha256}`),
+    '',
+  ].join('\n');
+}
+
+/** The job file in the flasher directory on the host partition. */
+export function jobFile(flasherDir: string): string {
+  return path.join(flasherDir, 'job');
+}
+
+/**
+ * Root-only (0600) and durable: the flasher refuses a job anyone but root could have written. The
+ * directory is made root-only-writable too, since whoever can write it can replace the file.
+ */
+export async function writeJob(flasherDir: string, job: FlashJob): Promise<string> {
+  const text = renderJob(job);
+  await fs.mkdir(flasherDir, { recursive: true, mode: 0o755 });
+  await fs.chmod(flasherDir, 0o755);
+  const file = jobFile(flasherDir);
+  await writeFileDurable(file, text, 0o600);
+  return file;
+}

@@ -1,0 +1,131 @@
+import { existsSync, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { UpgradeError, errnoOf } from '../core/errors.js';
+import type { Layout } from '../core/layout.js';
+import { acquireLock } from '../core/lock.js';
+import { log } from '../core/log.js';
+import { jobFor, ramNeeded, writeJob, type FlashJob } from '../flasher/job.js';
+import { checkpointHost, detectHostUuid } from '../grub/host-fs.js';
+import { FLASHER_ENTRY_ID, FLASHER_NONCE_VAR } from '../grub/render.js';
+import { releaseKeys } from '../release/layout.js';
+import type { ResolvedRelease } from '../release/resolve.js';
+import type { Source } from '../release/sources/source.js';
+import { armOneShot, writeBootFiles } from './boot.js';
+import type { Config } from './config.js';
+import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
+import { openConfiguredSource } from './prepare.js';
+import { rebootMachine } from './reboot.js';
+import { reconcile } from './reconcile/index.js';
+import { loadState } from './state.js';
+
+/**
+ * `commit --reflash [VERSION]`: rewrite the host partition from RAM (DESIGN.md §8, docs/flasher.md).
+ * Here, in the running and trusted system: the release's signed manifest verified with keys.d (as
+ * prepare does), the flasher's needs checked, the job written root-only, GRUB armed to boot the
+ * flasher once with the job's nonce. The flasher does the rest after the reboot.
+ */
+export interface ReflashOptions {
+  /** Default: the channel's newest release for this machine. */
+  version?: string;
+  reboot: boolean;
+  policy: OfferPolicy;
+  source?: Source;
+}
+
+export interface ReflashResult {
+  version: string;
+  job: string;
+  nonce: string;
+  url: string;
+  ramNeeded: number;
+  payloadSize: number;
+  imageSize: number;
+  signedBy: string;
+  rebooted: boolean;
+}
+
+/** Where the flasher fetches the payload: [flasher] url, else [source] url when it is http(s). */
+export function payloadUrl(config: Config, release: ResolvedRelease): string {
+  const base = config.flasher.url ?? (/^https?:\/\//.test(config.source.url ?? '') ? config.source.url : undefined);
+  if (!base) {
+    throw new UpgradeError('CONFIG', `the flasher downloads over http(s) with busybox wget, and [source] url is ${config.source.url ?? 'unset'}`, {
+      hint: 'set [flasher] url = https://… to an http(s) address of the same releases (e.g. the bucket\'s website or a CDN)',
+    });
+  }
+  const name = release.manifest.payload.path;
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new UpgradeError('MANIFEST', `payload path '${name}' is not a plain file name`);
+  return `${base.replace(/\/+$/, '')}/${releaseKeys(release.manifest.version).dir}/${name}`;
+}
+
+/** MemTotal of the running machine in bytes, undefined where <root>/proc/meminfo does not exist (a temp root). */
+async function memTotal(layout: Layout): Promise<number | undefined> {
+  try {
+    const m = /^MemTotal:\s+(\d+) kB/m.exec(await fs.readFile(path.join(layout.root, 'proc/meminfo'), 'utf8'));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+export async function reflash(layout: Layout, config: Config, opts: ReflashOptions): Promise<ReflashResult> {
+  if (!existsSync(path.join(layout.flasherDir, 'vmlinuz')) || !existsSync(path.join(layout.flasherDir, 'initrd.img'))) {
+    throw new UpgradeError('NOT_FOUND', `the RAM flasher is not installed in ${layout.flasherDir}`, { hint: 'run upgradectl flasher install first' });
+  }
+  if (!config.boot.saveEnv) {
+    throw new UpgradeError('UNSUPPORTED', 'reflash needs a GRUB one-shot, and save_env is off on this host', { hint: 'docs/grub.md, "Hosts where save_env does not work"' });
+  }
+  const source = opts.source ?? openConfiguredSource(layout, config);
+  let release: ResolvedRelease;
+  try {
+    const state = await reconcile(layout);
+    if (opts.version) release = await fetchRelease(source, opts.version, config, layout, state, opts.policy);
+    else {
+      const offer = await checkChannel(source, config, layout, state, opts.policy);
+      if (offer.kind === 'up-to-date') throw new UpgradeError('NOT_FOUND', `nothing to reflash: ${offer.reason}`, { hint: 'name a version: upgradectl commit --reflash VERSION' });
+      release = offer.release;
+    }
+  } finally {
+    if (!opts.source) await source.close();
+  }
+  // The flasher cannot check a signature; the job is only as good as the manifest it copies.
+  if (!release.signedBy) {
+    throw new UpgradeError('SIGNATURE', `release ${release.manifest.version} is not signed: a reflash rewrites the whole host partition and needs a signed manifest`, {
+      hint: 'publish the release with --key; allow_unsigned does not apply to reflash',
+    });
+  }
+  const job: FlashJob = jobFor(release.manifest, payloadUrl(config, release), await detectHostUuid(layout.host, config.boot.hostUuid));
+  const total = await memTotal(layout);
+  if (total !== undefined && total < ramNeeded(job)) {
+    throw new UpgradeError('NO_SPACE', `the flasher would need ${mib(ramNeeded(job))} MiB of RAM (payload ${mib(job.payloadSize)} MiB + ${mib(job.ramReserve)} MiB), this machine has ${mib(total)} MiB`, {
+      hint: 'publish the release with better compression or a smaller image, or add memory',
+    });
+  }
+
+  const lock = await acquireLock(layout, 'reflash');
+  let file: string;
+  try {
+    const state = await loadState(layout);
+    file = await writeJob(layout.flasherDir, job);
+    // grub.cfg with the flasher entry and its nonce selection, then the one-shot with the nonce:
+    // after this write GRUB boots the flasher once; nothing before it may fail silently.
+    await writeBootFiles(layout, config, state);
+    await armOneShot(layout, config, state, FLASHER_ENTRY_ID, { [FLASHER_NONCE_VAR]: job.nonce });
+    // The flasher reads the host partition without replaying its journal: the job must be in place.
+    await checkpointHost(layout.host);
+  } finally {
+    await lock.release();
+  }
+  log.info(`flash job for ${job.version} written to ${file}; the flasher boots once at the next reboot`);
+  const result: ReflashResult = {
+    version: job.version, job: file, nonce: job.nonce, url: job.url, ramNeeded: ramNeeded(job),
+    payloadSize: job.payloadSize, imageSize: job.imageSize, signedBy: release.signedBy, rebooted: false,
+  };
+  if (opts.reboot) {
+    await rebootMachine(config, `reflash ${job.version}`);
+    result.rebooted = true;
+  }
+  return result;
+}
+
+const mib = (n: number) => Math.ceil(n / 1048576);

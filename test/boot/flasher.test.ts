@@ -1,0 +1,194 @@
+import t from 'tap';
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { Layout } from '../../src/core/layout.js';
+import { run } from '../../src/core/exec.js';
+import { setLogLevel } from '../../src/core/log.js';
+import { parseConfig, type Config } from '../../src/operations/config.js';
+import { writeBootFiles } from '../../src/operations/boot.js';
+import { installFlasher } from '../../src/operations/flasher-install.js';
+import { reflash, type ReflashResult } from '../../src/operations/reflash.js';
+import { initialState, type State } from '../../src/operations/state.js';
+import { buildImage } from '../../src/release/image-build.js';
+import { publishRelease } from '../../src/release/publish.js';
+import { generateKeyPair, loadPrivateKey } from '../../src/release/signing.js';
+import { cacheDir } from '../helpers/debian-root.js';
+import { startHttpServer, type TestHttpServer } from '../helpers/http-server.js';
+import { skipUnless } from '../helpers/requirements.js';
+import { buildBusyboxTree } from './busybox-image.js';
+import { buildHostDisk, installGrubModules, readHostFile, PARTITION_OFFSET, type HostDisk } from './disk.js';
+import { bootKernel, type BootKernel } from './kernel.js';
+import { HOST_UUID, TEST_BOOT_CONFIG, envOnDisk, secs } from './machine.js';
+import { serialLogPath, Vm } from './qemu.js';
+
+/**
+ * The RAM flasher in QEMU (docs/flasher.md): a machine running busybox image 1 is armed by
+ * upgradectl's own reflash (signed manifest verified, job written, GRUB one-shot with the nonce) for a
+ * release whose payload is a whole new host partition holding image 2; GRUB boots the flasher, which
+ * fetches the release from a server on the host's loopback (guestfwd), verifies it and writes
+ * /dev/vda1. The arming runs on the host against the machine's host tree, as the other boot tests arm
+ * trials: the busybox images have no node to run upgradectl in.
+ */
+
+const skip = skipUnless({ root: true, commands: ['qemu-system-x86_64', 'mke2fs', 'debugfs', 'sfdisk', 'grub-mkimage', 'busybox', 'lz4', 'mkinitramfs'] });
+const DISK_MIB = 160;
+const NEW_HOST_MIB = 96;
+const SERVER = { guestAddr: '10.0.2.100', guestPort: 80 };
+const CONFIG = `${TEST_BOOT_CONFIG}[source]\nurl = file:///unused\n[flasher]\nurl = http://${SERVER.guestAddr}/\n`;
+
+interface World {
+  dir: string;
+  kernel: BootKernel;
+  config: Config;
+  keysDir: string;
+  www: string;
+  newHost: string;
+}
+
+async function hostTree(dir: string, name: string, kernel: BootKernel, version: string, config: Config, keysDir?: string): Promise<Layout> {
+  const root = path.join(dir, name);
+  const host = path.join(root, 'host');
+  await fs.mkdir(path.join(host, 'images'), { recursive: true });
+  if (keysDir) await fs.cp(keysDir, path.join(root, 'etc/upgradectl/keys.d'), { recursive: true });
+  const layout = new Layout(root);
+  const tree = path.join(dir, `${name}-rootfs`);
+  await buildBusyboxTree(tree, { version, action: 'poweroff', kernel });
+  await buildImage({ rootfs: tree, out: layout.imageFile(version) });
+  await fs.rm(tree, { recursive: true, force: true });
+  const state: State = { ...initialState(), current: version };
+  await writeBootFiles(layout, config, state);
+  await installGrubModules(host);
+  return layout;
+}
+
+/** Once per file: the key, release 2 (a whole host partition holding image 2) published with file://. */
+async function makeWorld(dir: string): Promise<World> {
+  setLogLevel('warn');
+  const kernel = await bootKernel();
+  const config = parseConfig(CONFIG, 'test config');
+  const keys = path.join(dir, 'keys');
+  await fs.mkdir(keys);
+  await generateKeyPair(path.join(keys, 'release'));
+  const keysDir = path.join(dir, 'keys.d');
+  await fs.mkdir(keysDir);
+  await fs.copyFile(path.join(keys, 'release.pub'), path.join(keysDir, 'release.pub'));
+  const v2 = await hostTree(dir, 'new-host', kernel, '2', config);
+  const newHost = path.join(dir, 'new-host.img');
+  // Same UUID: GRUB's core.img in the MBR gap finds the host partition by it, before and after.
+  await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'host', '-U', HOST_UUID, '-d', v2.host, newHost, `${NEW_HOST_MIB}M`]);
+  const www = path.join(dir, 'www');
+  await publishRelease({
+    image: newHost, version: '2', to: `file://${www}`, key: await loadPrivateKey(path.join(keys, 'release')), rollout: 100,
+    boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, reflash: true, expiresInDays: 30, frameSize: 4 << 20,
+  });
+  return { dir, kernel, config, keysDir, www, newHost };
+}
+
+/** Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. */
+async function armedMachine(w: World, name: string): Promise<{ disk: HostDisk; job: ReflashResult }> {
+  const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir);
+  await installFlasher(layout, w.config, { kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
+  const config = parseConfig(CONFIG.replace('file:///unused', `file://${w.www}`), 'test config');
+  const job = await reflash(layout, config, { version: '2', reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
+  const disk = await buildHostDisk({ hostTree: layout.host, hostUuid: HOST_UUID, out: path.join(w.dir, `${name}.disk`), sizeMiB: DISK_MIB });
+  await fs.rm(path.join(w.dir, name), { recursive: true, force: true });
+  return { disk, job };
+}
+
+/** SHA-256 of the host partition with grubenv's 1024 bytes masked: GRUB itself rewrites them (the one-shot and nonce). */
+async function partitionHash(disk: HostDisk): Promise<string> {
+  const { stdout: bmap } = await run('debugfs', ['-R', 'bmap /boot/grub/grubenv 0', `${disk.file}?offset=${disk.offset}`]);
+  const { stdout: stats } = await run('debugfs', ['-R', 'stats', `${disk.file}?offset=${disk.offset}`]);
+  const blockSize = Number(/Block size:\s+(\d+)/.exec(stats)![1]);
+  const bytes = await fs.readFile(disk.file);
+  const part = Buffer.from(bytes.subarray(PARTITION_OFFSET));
+  part.fill(0, Number(bmap.trim()) * blockSize, Number(bmap.trim()) * blockSize + 1024);
+  return createHash('sha256').update(part).digest('hex');
+}
+
+async function withServer<T>(root: string, fn: (s: TestHttpServer) => Promise<T>): Promise<T> {
+  const server = await startHttpServer(root);
+  try {
+    return await fn(server);
+  } finally {
+    await server.close();
+  }
+}
+
+async function startVm(t: { teardown(fn: () => unknown): void }, name: string, disk: HostDisk, server: TestHttpServer, opts: { allowReboot: boolean; maxBoots: number; memoryMiB?: number }): Promise<Vm> {
+  const vm = Vm.start({
+    disk: disk.file, logFile: await serialLogPath(cacheDir(), name), ...opts,
+    guestfwd: [{ ...SERVER, hostPort: server.port }],
+  });
+  t.teardown(() => vm.kill('test teardown'));
+  return vm;
+}
+
+const flasherLines = (vm: Vm) => vm.serial.split('\n').filter((l) => l.includes('upgradectl-flasher:'));
+
+t.test('RAM flasher in QEMU', { skip }, async (t) => {
+  const w = await makeWorld(t.testdir());
+
+  t.test('a: the machine reflashes its own host partition from a release on loopback and boots the result', async (t) => {
+    const { disk, job } = await armedMachine(w, 'a');
+    t.comment(`flash job: ${job.url}, payload ${(job.payloadSize / 1048576).toFixed(1)} MiB, image ${job.imageSize / 1048576} MiB, RAM needed ${(job.ramNeeded / 1048576).toFixed(0)} MiB`);
+    const started = performance.now();
+    await withServer(w.www, async (server) => {
+      const vm = await startVm(t, 'flasher-a', disk, server, { allowReboot: true, maxBoots: 3 });
+      await vm.waitForLine(/upgradectl-flasher: \[written\]/, 240_000, 'the flasher wrote and verified the target');
+      const written = performance.now();
+      await vm.waitForLine(/UPGRADECTL-MARKER booted version=2 /, 120_000, 'image 2 booted from the new host partition');
+      await vm.waitForExit(60_000);
+      const lines = flasherLines(vm);
+      t.comment(lines.join('\n'));
+      t.ok(lines.some((l) => /\[verify\] image SHA-256 matches/.test(l)), 'verified before writing');
+      t.ok(server.requests.some((r) => r.path === '/releases/2/image.lz4' && r.status === 200), 'fetched from the server');
+      const boots = vm.boots();
+      t.match(boots[0]!.cmdline, new RegExp(`upgradectl.flasher=${job.nonce}`), 'GRUB passed the job nonce to the flasher');
+      t.equal(boots.length, 2, 'the flasher, then image 2');
+      t.comment(`a: power-on to written ${secs(written - started)} s; total with v2 boot ${secs(performance.now() - started)} s`);
+    });
+    const status = (await readHostFile(disk, '/boot/upgradectl/flasher/status'))?.toString();
+    t.match(status, /phase=written\n/, 'the status file is on the new host partition');
+    t.ok(await readHostFile(disk, '/images/2.img'), 'image 2 on the host partition');
+    t.notOk(await readHostFile(disk, '/images/1.img'), 'image 1 is gone: the whole partition was rewritten');
+  });
+
+  t.test('b: a corrupt payload is refused before writing; the partition is untouched and image 1 boots', async (t) => {
+    const { disk } = await armedMachine(w, 'b');
+    const before = await partitionHash(disk);
+    const www = path.join(w.dir, 'www-b');
+    await fs.cp(w.www, www, { recursive: true });
+    const payload = path.join(www, 'releases/2/image.lz4');
+    const fh = await fs.open(payload, 'r+');
+    const at = Math.floor((await fh.stat()).size / 2);
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, at);
+    b[0] = b[0]! ^ 0xff;
+    await fh.write(b, 0, 1, at);
+    await fh.close();
+    const started = performance.now();
+    await withServer(www, async (server) => {
+      // -no-reboot: QEMU stops at the flasher's reboot, so the disk is compared before image 1 mounts it.
+      const vm = await startVm(t, 'flasher-b', disk, server, { allowReboot: false, maxBoots: 1 });
+      await vm.waitForLine(/upgradectl-flasher: \[failed\]/, 240_000, 'the flasher refused');
+      await vm.waitForExit(60_000);
+      const lines = flasherLines(vm);
+      t.comment(lines.join('\n'));
+      t.ok(lines.some((l) => /\[failed\] payload SHA-256 \w+ is not the manifest's .* nothing was written; rebooting into the old system/.test(l)), 'refused for the hash');
+      t.notOk(lines.some((l) => /\[write\]/.test(l)), 'never started writing');
+    });
+    t.equal(await partitionHash(disk), before, 'every byte of the partition but grubenv is unchanged');
+    const env = await envOnDisk({ disk });
+    t.notOk(env.next_entry, 'the one-shot is consumed');
+    t.notOk(env.upgradectl_flasher_nonce, 'and the nonce: the job is stale from now on');
+    t.equal(env.saved_entry, 'upgradectl-1');
+    await withServer(www, async (server) => {
+      const vm = await startVm(t, 'flasher-b2', disk, server, { allowReboot: false, maxBoots: 1 });
+      await vm.waitForLine(/UPGRADECTL-MARKER booted version=1 /, 120_000, 'image 1 boots');
+      await vm.waitForExit(60_000);
+    });
+    t.comment(`b: refusal and image 1 back in ${secs(performance.now() - started)} s`);
+  });
+});

@@ -1,0 +1,78 @@
+import t from 'tap';
+import { chmodSync, chownSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { run } from '../../src/core/exec.js';
+import { FLASHER_SCRIPTS } from '../../src/flasher/initrd.js';
+import { newNonce, renderJob, writeJob, type FlashJob } from '../../src/flasher/job.js';
+import { skipUnless } from '../helpers/requirements.js';
+
+// The flasher's own check (flasher/flasher.sh check_job), run with busybox sh on real files: the refusals
+// are the flasher's, not a TypeScript copy of them.
+const skip = skipUnless({ root: true, commands: ['busybox'] });
+const UUID = '5ca1ab1e-0000-4000-8000-00000000b007';
+
+function job(nonce: string): FlashJob {
+  return {
+    nonce, version: '2', url: 'http://10.0.2.100/releases/2/image.lz4', payloadSize: 100, payloadSha256: 'a'.repeat(64),
+    imageSize: 4096, imageSha256: 'b'.repeat(64), targetUuid: UUID, ramReserve: 1 << 20,
+    frames: [{ offset: 0, length: 100, rawLength: 4096, sha256: 'c'.repeat(64) }],
+  };
+}
+
+async function checkJob(dir: string, file: string, nonce: string): Promise<{ ok: boolean; out: string }> {
+  const script = `. ${path.join(FLASHER_SCRIPTS, 'flasher.sh')}; check_job "$1" "$2" "$3" && echo "OK $job_version $job_frames $(cat $FLASHER_DIR/frames)"`;
+  try {
+    const { stdout } = await run('busybox', ['sh', '-c', script, 'sh', file, nonce, UUID], { env: { ...process.env, FLASHER_DIR: path.join(dir, 'run') } });
+    return { ok: stdout.startsWith('OK '), out: stdout.trim() };
+  } catch (err) {
+    return { ok: false, out: String((err as { stdout?: string }).stdout ?? err).trim() };
+  }
+}
+
+t.test('the flasher runs a root-only job written for this boot, and refuses every other', { skip }, async (t) => {
+  const dir = t.testdir();
+  const nonce = newNonce();
+  const flasherDir = path.join(dir, 'boot/upgradectl/flasher');
+  const file = await writeJob(flasherDir, job(nonce));
+  const good = await checkJob(dir, file, nonce);
+  t.ok(good.ok, good.out);
+  t.match(good.out, `OK 2 1 0 100 4096 ${'c'.repeat(64)}`, 'fields and the frame list as written');
+
+  const refused = async (what: string, re: RegExp, nonceArg = nonce) => {
+    const r = await checkJob(dir, file, nonceArg);
+    t.notOk(r.ok, what);
+    t.match(r.out, re, what);
+  };
+  await refused('stale: the job of another boot', /for another boot.*stale/, newNonce());
+  await refused('no nonce: the flasher booted by hand', /no upgradectl.flasher nonce/, '');
+  chownSync(file, 65534, 65534);
+  await refused('not owned by root', /owned by uid 65534, not root/);
+  chownSync(file, 0, 0);
+  chmodSync(file, 0o602);
+  await refused('world-writable', /mode 602: writable by group or others/);
+  chmodSync(file, 0o600);
+  chmodSync(flasherDir, 0o775);
+  await refused('a directory others can write (they could replace the file)', /flasher has mode 775/);
+  chmodSync(flasherDir, 0o755);
+  writeFileSync(file, renderJob(job(nonce)).replace('url http://', 'url ftp://'), { mode: 0o600 });
+  await refused('not http(s)', /url must be http/);
+  writeFileSync(file, renderJob(job(nonce)).replace(/\nframe .*\n/, '\n'), { mode: 0o600 });
+  await refused('a frame missing', /lists 0 frames, it says 1/);
+  writeFileSync(file, renderJob(job(nonce)).replace(`target_uuid ${UUID}`, 'target_uuid 0000-1111'), { mode: 0o600 });
+  await refused('another target than the host partition', /not the host partition/);
+  const other = path.join(dir, 'elsewhere');
+  mkdirSync(other);
+  writeFileSync(path.join(other, 'job'), renderJob(job(nonce)), { mode: 0o600 });
+  const link = path.join(dir, 'link');
+  symlinkSync(path.join(other, 'job'), link);
+  const r = await checkJob(dir, link, nonce);
+  t.notOk(r.ok);
+  t.match(r.out, /symbolic link/);
+});
+
+t.test('the job writer refuses values the flasher could misread', async (t) => {
+  t.throws(() => renderJob({ ...job(newNonce()), url: "http://x/a'b c" }), /URL/);
+  t.throws(() => renderJob({ ...job('xyz') }), /nonce/);
+  t.throws(() => renderJob({ ...job(newNonce()), version: '../2' }), /version/);
+  t.throws(() => renderJob({ ...job(newNonce()), imageSize: -1 }), /sizes/);
+});
