@@ -8,6 +8,8 @@ import { mountLoopFs } from '../helpers/loop-fs.js';
 import { sha256 } from '../helpers/assert.js';
 import { ensureFirstBlockWritten, firstBlockFixCommand, firstBlockOf } from '../../src/core/first-block.js';
 import { buildImage } from '../../src/release/image-build.js';
+import { makeMachine, makePublisher } from '../helpers/release-fixture.js';
+import { upgradectl } from '../helpers/cli.js';
 
 const skip = skipUnless({ root: true, commands: ['filefrag', 'mkfs.ext4', 'losetup', 'mount', 'mke2fs', 'debugfs', 'e2fsck', 'fallocate'] });
 
@@ -64,4 +66,19 @@ t.test('a file with no extents at all is one hole', { skip }, async (t) => {
   const file = path.join(t.testdir(), 'empty.img');
   execFileSync('truncate', ['-s', '1M', file]);
   t.same(await firstBlockOf(file), { kind: 'hole' });
+});
+
+t.test('prepare on a host filesystem with 1 KiB blocks leaves the image starting with a written block', { skip: skipUnless({ root: true, commands: ['filefrag', 'mkfs.ext4', 'losetup', 'mount', 'mke2fs', 'debugfs', 'lz4'] }) }, async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'upgradectl-first-block-'));
+  const host = await mountLoopFs(dir, 128);
+  t.teardown(async () => {
+    await host.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const pub = await makePublisher(path.join(dir, 'pub'));
+  await pub.publish('1.0', ['--channel', 'stable']);
+  const root = makeMachine(host.mnt, 'm', `file://${pub.releases}`, pub.pub);
+  const r = await upgradectl(['--root', root, '--json', 'prepare']);
+  t.equal(r.code, 0, r.stderr);
+  t.same(await firstBlockOf(path.join(root, 'images/1.0.img')), { kind: 'written' }, 'the zeros before the superblock were written, not skipped');
 });
