@@ -345,7 +345,9 @@ function renderRebootEntry(input: GrubConfigInput): string[] {
   if (input.entries.length === 0) return [];
   return [
     `menuentry 'upgradectl: no image could be booted, rebooting' --id ${REBOOT_ENTRY_ID} {`,
-    `  echo 'upgradectl: no image on the host partition ${input.hostUuid} could be loaded; rebooting in ${input.panicTimeout} s'`,
+    // Lines under 80 columns: a serial console wraps longer ones, and log searches miss the wrapped text.
+    `  echo 'upgradectl: no image could be loaded from the host partition'`,
+    `  echo 'upgradectl: UUID=${input.hostUuid}; rebooting in ${input.panicTimeout} s'`,
     `  echo 'upgradectl: from a rescue system: upgradectl --root <mounted root> doctor'`,
     `  sleep ${input.panicTimeout}`,
     '  reboot',

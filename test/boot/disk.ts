@@ -89,18 +89,20 @@ export async function buildHostDisk(opts: BuildDiskOptions): Promise<HostDisk> {
   await handle.truncate(sizeMiB * 1024 * 1024);
   await handle.close();
 
+  // The host partition and its filesystem have one size. GPT keeps its backup table in the disk's
+  // last sectors: UEFI leaves the last MiB out (sfdisk would round the partition down to 1 MiB anyway,
+  // and a filesystem larger than its partition fails e2fsck at boot).
+  const hostBytes = sizeMiB * 1024 * 1024 - offset - (firmware === 'uefi' ? 1024 * 1024 : 0);
   await run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', opts.out], {
     input: firmware === 'uefi'
-      ? `label: gpt\nstart=${ESP_OFFSET / SECTOR}, size=${(EFI_HOST_OFFSET - ESP_OFFSET) / SECTOR}, type=${ESP_TYPE}\nstart=${EFI_HOST_OFFSET / SECTOR}, type=${LINUX_TYPE}\n`
+      ? `label: gpt\nstart=${ESP_OFFSET / SECTOR}, size=${(EFI_HOST_OFFSET - ESP_OFFSET) / SECTOR}, type=${ESP_TYPE}\nstart=${EFI_HOST_OFFSET / SECTOR}, size=${hostBytes / SECTOR}, type=${LINUX_TYPE}\n`
       : `label: dos\nstart=${PARTITION_OFFSET / SECTOR}, type=83, bootable\n`,
   });
-  // The filesystem fills the partition (GPT keeps 33 sectors at the end for its backup table). Default
-  // block size and a journal, as a real host partition has (the GRUB-journal trap needs one to be
-  // tested at all).
-  const fsKiB = (sizeMiB * 1024 * 1024 - offset - (firmware === 'uefi' ? 64 * 1024 : 0)) / 1024;
+  // Default block size and a journal, as a real host partition has (the GRUB-journal trap needs one to
+  // be tested at all).
   await run('mke2fs', [
     '-q', '-F', '-t', 'ext4', '-L', 'host', '-U', opts.hostUuid, '-d', opts.hostTree,
-    '-E', `offset=${offset}`, opts.out, `${fsKiB}k`,
+    '-E', `offset=${offset}`, opts.out, `${hostBytes / 1024}k`,
   ], { timeoutMs: 300_000 });
 
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'upgradectl-grub-'));

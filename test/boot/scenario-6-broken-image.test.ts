@@ -53,7 +53,8 @@ t.test('scenario 6e: the only image is missing: GRUB says so, waits panic_timeou
   });
   // -no-reboot: GRUB's reboot ends QEMU, which is the proof that it did not stop at its menu.
   const vm = powerOn(t, machine, { allowReboot: false, maxBoots: 0 });
-  const line = await vm.waitForLine(/upgradectl: no image on the host partition \S+ could be loaded; rebooting in 1 s/, 180_000, 'the reboot entry\'s message');
+  await vm.waitForLine(/upgradectl: no image could be loaded from the host partition/, 180_000, 'the reboot entry\'s message');
+  const line = await vm.waitForLine(/upgradectl: UUID=\S+; rebooting in 1 s/, 10_000, 'the UUID and the pause');
   const exit = await vm.waitForExit(60_000);
   t.equal(exit.killedBecause, undefined, 'GRUB rebooted by itself');
   t.same(vm.boots(), [], 'no kernel started');

@@ -236,7 +236,8 @@ t.test('when no image can be loaded, the last entry says so, waits and reboots',
     t.equal(ids.indexOf('upgradectl-reboot'), reboot, `${name}: the last entry`);
     t.equal(ids.length, reboot + 1);
     const entry = cfg.slice(cfg.indexOf('--id upgradectl-reboot {'));
-    t.match(entry, /\n  echo 'upgradectl: no image on the host partition \S+ could be loaded; rebooting in 10 s'\n[^]*\n  sleep 10\n  reboot\n\}/, `${name}: message, pause, reboot`);
+    t.match(entry, /\n  echo 'upgradectl: no image could be loaded from the host partition'\n  echo 'upgradectl: UUID=\S+; rebooting in 10 s'\n[^]*\n  sleep 10\n  reboot\n\}/, `${name}: message, pause, reboot`);
+    t.ok(entry.split('\n').filter((l) => l.startsWith('  echo ')).every((l) => l.length - "  echo ''".length < 80), `${name}: each line fits a serial console`);
     const fallbacks = [...cfg.matchAll(/set fallback=("?)([\d ]+)\1\n/g)].map((m) => m[2]!);
     t.ok(fallbacks.length > 0 && fallbacks.every((f) => f.split(' ').at(-1) === String(reboot)), `${name}: every fallback list ends with it (${fallbacks.join(' | ')})`);
   }
