@@ -7,6 +7,9 @@ PACKAGES=(
   grub-common grub-pc-bin         # grub-editenv, grub-script-check, grub-mkimage and i386-pc modules
   lz4 curl                        # the reference tools the payload format and benchmarks are held to
   qemu-system-x86                 # boot tests (TCG)
+  ovmf grub-efi-amd64-bin         # UEFI boot tests: OVMF firmware, GRUB x86_64-efi for the ESP
+  mtools dosfstools               # the ESP's FAT filesystem, made in a file (mkfs.vfat, mmd, mcopy)
+  zstd                            # initramfs compression; image build from .tar.zst
   linux-image-amd64 initramfs-tools busybox-static kmod cpio   # the kernel and initramfs booted in QEMU
   debootstrap                     # a realistic Debian tree for migration and boot tests
   acl attr                        # ACLs and xattrs carried by migration

@@ -69,6 +69,8 @@ export const FLASHER_ENTRY_ID = 'upgradectl-flasher';
 export const FLASHER_NONCE_VAR = 'upgradectl_flasher_nonce';
 /** The kernel argument that carries the nonce to the flasher's /init. */
 export const FLASHER_ARG = 'upgradectl.flasher';
+/** The last entry of a full grub.cfg: reached only when no image could be loaded (see renderRebootEntry). */
+export const REBOOT_ENTRY_ID = 'upgradectl-reboot';
 
 /** grubenv: GRUB's count of starts of the default that the booted OS has not cleared. */
 export const DEFAULT_TRIES_VAR = 'upgradectl_default_tries';
@@ -113,7 +115,7 @@ export function entryId(version: string): string {
 
 /** The version an entry id names, or undefined for ids that are not ours. */
 export function versionOfEntry(id: string | undefined): string | undefined {
-  if (!id || !id.startsWith(ENTRY_PREFIX) || id === FLASHER_ENTRY_ID) return undefined;
+  if (!id || !id.startsWith(ENTRY_PREFIX) || id === FLASHER_ENTRY_ID || id === REBOOT_ENTRY_ID) return undefined;
   return id.slice(ENTRY_PREFIX.length);
 }
 
@@ -134,6 +136,7 @@ export function renderGrubConfig(input: GrubConfigInput): string {
     '',
     ...input.entries.flatMap((e, i) => renderEntry(input, e, i)),
     ...renderFlasher(input),
+    ...renderRebootEntry(input),
   ].join('\n');
 }
 
@@ -165,6 +168,11 @@ function renderHead(input: GrubConfigInput): string[] {
   if (serial) {
     lines.push(`serial --unit=${serial.unit} --speed=${serial.speed}`, 'terminal_input serial console', 'terminal_output serial console');
   }
+  // EFI GRUB has no video driver loaded unless told: linux then prints "no suitable video mode found" /
+  // "Booting in blind mode" and the kernel gets no framebuffer (no console on a screen). BIOS GRUB
+  // hands the kernel VGA text mode by itself, and has no efi_gop, so only EFI loads them. all_video is
+  // efi_gop + efi_uga + the bochs/cirrus drivers; signed GRUB has it built in (insmod is then a no-op).
+  lines.push('if [ "${grub_platform}" = efi ]; then', '  insmod all_video', 'fi');
   lines.push(`set timeout=${input.menuTimeout}`);
   if (input.menuTimeout > 0) lines.push('set timeout_style=menu');
   return lines;
@@ -219,12 +227,17 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   // Upstream GRUB (Debian's too) takes only entry NUMBERS here; ids and titles work in `default` but
   // not in `fallback` (matching them is a Fedora patch): "Failed to boot both default and fallback
   // entries". So the saved default's id is mapped to its position, which this config fixes.
+  // A full config ends the list with the reboot entry: GRUB tries each number in turn, and without it
+  // a machine whose default and fallback both fail to load waits at GRUB's menu for a key, forever.
+  const reboot = full ? ` ${rebootEntryNumber(input)}` : '';
+  const fallback = (n: number) => (reboot ? `set fallback="${n}${reboot}"` : `set fallback=${n}`);
   lines.push('if [ "${upgradectl_not_default}" ]; then');
   input.entries.forEach((e, i) => {
-    lines.push(`  ${i === 0 ? 'if' : 'elif'} [ "\${saved_entry}" = "${entryId(e.version)}" ]; then`, `    set fallback=${i}`);
+    lines.push(`  ${i === 0 ? 'if' : 'elif'} [ "\${saved_entry}" = "${entryId(e.version)}" ]; then`, `    ${fallback(i)}`);
   });
-  lines.push('  else', '    set fallback=0', '  fi');
-  if (previous !== undefined) lines.push('else', `  set fallback=${previous}`);
+  lines.push('  else', `    ${fallback(0)}`, '  fi');
+  if (previous !== undefined) lines.push('else', `  ${fallback(previous)}`);
+  else if (reboot) lines.push('else', `  set fallback=${reboot.trim()}`);
   lines.push('fi');
   return lines;
 }
@@ -354,6 +367,34 @@ function renderFlasher(input: GrubConfigInput): string[] {
     `  search --no-floppy --fs-uuid --set=root ${input.hostUuid}`,
     `  linux ${imagePath(f.kernel)} ${words.join(' ')}`,
     `  initrd ${imagePath(f.initrd)}`,
+    '}',
+    '',
+  ];
+}
+
+/** The reboot entry comes after the images and the flasher. */
+function rebootEntryNumber(input: GrubConfigInput): number {
+  return input.entries.length + (input.flasher ? 1 : 0);
+}
+
+/**
+ * The end of every fallback list of a full config. With no image GRUB can load (the only image gone or
+ * unreadable, no previous one), GRUB would print "Failed to boot both default and fallback entries"
+ * and wait for a key: a machine in a rack stays there until someone walks up to it. This entry says
+ * what happened on the console, waits panic_timeout seconds (the same pause a failed kernel gets, so
+ * the console can be read or captured), and resets: a disk that comes back (a slow SAN LUN, a cable)
+ * or firmware that boots something else (PXE, the next disk) gets its chance.
+ */
+function renderRebootEntry(input: GrubConfigInput): string[] {
+  if (input.entries.length === 0) return [];
+  return [
+    `menuentry 'upgradectl: no image could be booted, rebooting' --id ${REBOOT_ENTRY_ID} {`,
+    // Lines under 80 columns: a serial console wraps longer ones, and log searches miss the wrapped text.
+    `  echo 'upgradectl: no image could be loaded from the host partition'`,
+    `  echo 'upgradectl: UUID=${input.hostUuid}; rebooting in ${input.panicTimeout} s'`,
+    `  echo 'upgradectl: from a rescue system: upgradectl --root <mounted root> doctor'`,
+    `  sleep ${input.panicTimeout}`,
+    '  reboot',
     '}',
     '',
   ];

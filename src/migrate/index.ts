@@ -1,9 +1,10 @@
-import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { UpgradeError, messageOf } from '../core/errors.js';
 import { ExecError, run } from '../core/exec.js';
 import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
+import { onPath } from '../core/which.js';
 import { ApplyError, applyPlan } from './apply.js';
 import { withMountedImage, type MountedImage } from './image-mount.js';
 import { buildPlan, type Plan } from './plan.js';
@@ -63,18 +64,8 @@ async function requireTools(): Promise<void> {
 
 /** The migration's programs, which of them are not on PATH, and the Debian packages that have those (also for doctor). */
 export function findMigrationTools(): { all: string[]; missing: string[]; packages: string[] } {
-  const dirs = (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').filter(Boolean);
-  const missing = TOOLS.filter(([tool]) => !dirs.some((d) => isExecutable(path.join(d, tool))));
+  const missing = TOOLS.filter(([tool]) => !onPath(tool));
   return { all: TOOLS.map(([tool]) => tool), missing: missing.map(([tool]) => tool), packages: [...new Set(missing.map(([, pkg]) => pkg))] };
-}
-
-function isExecutable(file: string): boolean {
-  try {
-    accessSync(file, constants.X_OK);
-    return statSync(file).isFile();
-  } catch {
-    return false;
-  }
 }
 
 /**

@@ -6,6 +6,7 @@ import type { Layout } from '../core/layout.js';
 import { readBootId } from '../core/boot-id.js';
 import { buildGrubInput, checkGrubScript } from '../grub/boot-files.js';
 import { checkpointHost, saveEnvCapability } from '../grub/host-fs.js';
+import { ensureFirstBlockWritten } from '../core/first-block.js';
 import { armTrial, bootContext, bootImages, renderForState, writeBootFiles } from './boot.js';
 import type { Config } from './config.js';
 import { runBlockingHooks } from './hooks.js';
@@ -44,6 +45,13 @@ export async function commit(layout: Layout, config: Config, opts: { reboot: boo
       await ctl.mark('migrate');
       // Migration writes only into the new image; a failure here leaves the running system as it was.
       detail.migration = await migrateForCommit(layout, layout.imageFile(version));
+    }
+    // Before any boot file names the image: signed GRUB cannot open an image file whose first block is
+    // a hole or unwritten (core/first-block.ts); the boot files' checkpoint makes the repair visible to GRUB.
+    const firstBlock = await ensureFirstBlockWritten(layout.imageFile(version));
+    if (firstBlock.kind === 'hole' || firstBlock.kind === 'unwritten') {
+      log.warn(`the first block of ${layout.imageFile(version)} was ${firstBlock.kind === 'hole' ? 'a hole' : 'unwritten'}: rewritten so that GRUB can open it`);
+      detail.firstBlock = `repaired (${firstBlock.kind})`;
     }
     await ctl.mark('boot-files');
     // Entries first, with the default unchanged: a reset after this boots the current image as before.

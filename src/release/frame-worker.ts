@@ -50,7 +50,10 @@ function writeNonZero(fd: number, data: Buffer, position: number): number {
   };
   for (let o = 0; o < data.length; o += HOLE_GRAIN) {
     const end = Math.min(o + HOLE_GRAIN, data.length);
-    if (isZeroBlock(data, o, end)) flush(o);
+    // The file's first block is written even when it is zeros: GRUB cannot open a loopback file that
+    // starts with a hole (core/first-block.ts). An ext4 image's superblock shares the first 4 KiB, so
+    // this holds anyway; it is kept true by construction rather than by the image's layout.
+    if (isZeroBlock(data, o, end) && position + o !== 0) flush(o);
     else if (runStart < 0) runStart = o;
   }
   flush(data.length);

@@ -6,8 +6,10 @@ import { UpgradeError } from '../core/errors.js';
 import { run } from '../core/exec.js';
 import { log } from '../core/log.js';
 import { checkImageOutput } from './image-output.js';
+import { tarballKind, withExtractedTarball } from './rootfs-tarball.js';
 
 export interface ImageBuildOptions {
+  /** A directory, or a .tar, .tar.gz, .tgz or .tar.zst of one (rootfs-tarball.ts). */
   rootfs: string;
   out: string;
   /** Bytes; default: what the tree needs plus headroom. */
@@ -43,6 +45,10 @@ export interface ImageBuildResult {
  * mtime with debugfs. The same tree (same contents, modes, owners, mtimes) then gives the same bytes.
  */
 export async function buildImage(opts: ImageBuildOptions): Promise<ImageBuildResult> {
+  if (tarballKind(opts.rootfs) && (await fs.stat(opts.rootfs).then((s) => s.isFile(), () => false))) {
+    // The label defaults to the output's name, whatever the tree was extracted into.
+    return withExtractedTarball(path.resolve(opts.rootfs), path.dirname(path.resolve(opts.out)), (tree) => buildImage({ ...opts, rootfs: tree }));
+  }
   const rootfs = path.resolve(opts.rootfs);
   const kernel = opts.kernel ?? '/vmlinuz';
   const initrd = opts.initrd ?? '/initrd.img';

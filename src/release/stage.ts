@@ -182,7 +182,10 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
   const frameSize = manifest.payload.frameSize!;
   const done = new Set(ctx.state.done ?? []);
   const zeroSha = new Map<number, string>();
-  const isHole = (f: Frame) => {
+  // Frame 0 is never left a hole, zeros or not: GRUB cannot open an image file whose first block is
+  // one (core/first-block.ts), and the frame writer writes the file's first block whatever it holds.
+  const isHole = (f: Frame, i: number) => {
+    if (i === 0) return false;
     let z = zeroSha.get(f.rawLength);
     if (!z) zeroSha.set(f.rawLength, (z = createHash('sha256').update(Buffer.alloc(f.rawLength)).digest('hex')));
     return f.sha256 === z;
@@ -196,7 +199,7 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
       done.delete(i);
       continue;
     }
-    if (isHole(f)) {
+    if (isHole(f, i)) {
       // Holes are known from the manifest and never written: nothing on disk to check.
       reused++;
       continue;
@@ -207,7 +210,7 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
   }
   let holes = 0;
   frames.forEach((f, i) => {
-    if (!done.has(i) && isHole(f)) {
+    if (!done.has(i) && isHole(f, i)) {
       done.add(i);
       holes++;
     }
@@ -219,7 +222,7 @@ async function fetchFrames(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
   frames.forEach((f, i) => {
     ctx.hasher.setRange(i, i * frameSize, i * frameSize + f.rawLength);
     if (!done.has(i)) return;
-    ctx.hasher.add(i, isHole(f) ? { zero: f.rawLength } : { file: { start: i * frameSize, end: i * frameSize + f.rawLength } });
+    ctx.hasher.add(i, isHole(f, i) ? { zero: f.rawLength } : { file: { start: i * frameSize, end: i * frameSize + f.rawLength } });
   });
 
   const queue = frames.map((_, i) => i).filter((i) => !done.has(i));

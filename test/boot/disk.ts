@@ -5,7 +5,7 @@ import { UpgradeError } from '../../src/core/errors.js';
 import { run } from '../../src/core/exec.js';
 
 /**
- * A raw BIOS disk for QEMU, built from a directory tree WITHOUT loop devices (FACTS.md: the sandbox
+ * A raw disk for QEMU, BIOS (below) or UEFI (installEfiGrub), built from a directory tree WITHOUT loop devices (FACTS.md: the sandbox
  * kernel has no partition support for loop devices, and a disk build should not need root anyway):
  *
  *   sector 0          GRUB's boot.img (first 440 bytes only: the partition table follows)
@@ -20,29 +20,53 @@ import { run } from '../../src/core/exec.js';
 export const PARTITION_OFFSET = 1024 * 1024;
 const SECTOR = 512;
 const GRUB_PC_DIR = '/usr/lib/grub/i386-pc';
+const GRUB_EFI_DIR = '/usr/lib/grub/x86_64-efi';
+
+/** Which firmware boots the disk: a BIOS disk (MBR, core.img in the gap) or a UEFI one (GPT, ESP). */
+export type Firmware = 'bios' | 'uefi';
+
+/**
+ * UEFI layout: the ESP (FAT, 15 MiB) at 1 MiB holds only GRUB at the removable-media path, which
+ * firmware boots without any boot entry in its variables; the host partition follows at 16 MiB.
+ */
+const ESP_OFFSET = 1024 * 1024;
+const EFI_HOST_OFFSET = 16 * 1024 * 1024;
+const ESP_TYPE = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B';
+const LINUX_TYPE = '0FC63DAF-8483-4772-8E79-3D69D8477DE4';
+
+/** OVMF (package ovmf): the firmware code, and the variable store each machine gets a copy of. */
+export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
+const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd';
 
 /**
  * Built into core.img: what it takes to read grub.cfg from an ext4 partition by UUID, then everything
  * the generated grub.cfg calls, so a boot never depends on insmod finding a module on the disk.
  */
 const CORE_MODULES = [
-  'biosdisk', 'part_msdos', 'part_gpt', 'ext2', 'search', 'search_fs_uuid', 'normal', 'configfile',
+  'part_msdos', 'part_gpt', 'ext2', 'search', 'search_fs_uuid', 'normal', 'configfile',
   'loadenv', 'loopback', 'linux', 'echo', 'test', 'serial', 'terminal', 'sleep', 'halt', 'reboot',
 ];
+/** BIOS reads disks through int13; EFI through the firmware's block I/O, and needs a video driver. */
+const PLATFORM_MODULES: Record<Firmware, string[]> = { bios: ['biosdisk'], uefi: ['all_video', 'efi_gop'] };
+const GRUB_DIR: Record<Firmware, string> = { bios: GRUB_PC_DIR, uefi: GRUB_EFI_DIR };
 
 export interface HostDisk {
   file: string;
   hostUuid: string;
   /** Byte offset of the host partition's filesystem in `file`. */
   offset: number;
+  firmware: Firmware;
+  /** UEFI: this machine's copy of OVMF's variable store (QEMU writes it). */
+  efiVars?: string;
 }
 
-/** Copy GRUB's i386-pc modules to HOSTTREE/boot/grub/i386-pc, where `insmod` looks for them. */
-export async function installGrubModules(hostTree: string): Promise<void> {
-  const dest = path.join(hostTree, 'boot/grub/i386-pc');
+/** Copy GRUB's modules to HOSTTREE/boot/grub/<platform>, where `insmod` looks for them. */
+export async function installGrubModules(hostTree: string, firmware: Firmware = 'bios'): Promise<void> {
+  const src = GRUB_DIR[firmware];
+  const dest = path.join(hostTree, 'boot/grub', path.basename(src));
   await fs.mkdir(dest, { recursive: true });
-  for (const name of await fs.readdir(GRUB_PC_DIR)) {
-    if (/\.(mod|lst)$/.test(name)) await fs.copyFile(path.join(GRUB_PC_DIR, name), path.join(dest, name));
+  for (const name of await fs.readdir(src)) {
+    if (/\.(mod|lst)$/.test(name)) await fs.copyFile(path.join(src, name), path.join(dest, name));
   }
 }
 
@@ -52,52 +76,96 @@ export interface BuildDiskOptions {
   out: string;
   /** Whole disk size; default: the tree's apparent size plus 64 MiB of free space. */
   sizeMiB?: number;
+  /** Default bios. */
+  firmware?: Firmware;
 }
 
 export async function buildHostDisk(opts: BuildDiskOptions): Promise<HostDisk> {
-  const sizeMiB = opts.sizeMiB ?? (await apparentMiB(opts.hostTree)) + 64;
+  const firmware = opts.firmware ?? 'bios';
+  const offset = firmware === 'uefi' ? EFI_HOST_OFFSET : PARTITION_OFFSET;
+  const sizeMiB = opts.sizeMiB ?? (await apparentMiB(opts.hostTree)) + 64 + (firmware === 'uefi' ? offset / 1048576 : 0);
   await fs.rm(opts.out, { force: true });
   const handle = await fs.open(opts.out, 'w');
   await handle.truncate(sizeMiB * 1024 * 1024);
   await handle.close();
 
+  // The host partition and its filesystem have one size. GPT keeps its backup table in the disk's
+  // last sectors: UEFI leaves the last MiB out (sfdisk would round the partition down to 1 MiB anyway,
+  // and a filesystem larger than its partition fails e2fsck at boot).
+  const hostBytes = sizeMiB * 1024 * 1024 - offset - (firmware === 'uefi' ? 1024 * 1024 : 0);
   await run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', opts.out], {
-    input: `label: dos\nstart=${PARTITION_OFFSET / SECTOR}, type=83, bootable\n`,
+    input: firmware === 'uefi'
+      ? `label: gpt\nstart=${ESP_OFFSET / SECTOR}, size=${(EFI_HOST_OFFSET - ESP_OFFSET) / SECTOR}, type=${ESP_TYPE}\nstart=${EFI_HOST_OFFSET / SECTOR}, size=${hostBytes / SECTOR}, type=${LINUX_TYPE}\n`
+      : `label: dos\nstart=${PARTITION_OFFSET / SECTOR}, type=83, bootable\n`,
   });
-  // The filesystem fills the partition: everything after the first MiB. Default block size and a
-  // journal, as a real host partition has (the GRUB-journal trap needs one to be tested at all).
+  // Default block size and a journal, as a real host partition has (the GRUB-journal trap needs one to
+  // be tested at all).
   await run('mke2fs', [
     '-q', '-F', '-t', 'ext4', '-L', 'host', '-U', opts.hostUuid, '-d', opts.hostTree,
-    '-E', `offset=${PARTITION_OFFSET}`, opts.out, `${sizeMiB - 1}M`,
+    '-E', `offset=${offset}`, opts.out, `${hostBytes / 1024}k`,
   ], { timeoutMs: 300_000 });
 
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'upgradectl-grub-'));
   try {
-    const early = path.join(work, 'early.cfg');
-    await fs.writeFile(early, `search --no-floppy --fs-uuid --set=root ${opts.hostUuid}\nset prefix=($root)/boot/grub\n`);
-    const core = path.join(work, 'core.img');
-    await run('grub-mkimage', ['-O', 'i386-pc', '-o', core, '-c', early, '-p', '/boot/grub', ...CORE_MODULES]);
-    const coreImg = await fs.readFile(core);
+    const grub = await grubImage(work, firmware, opts.hostUuid);
+    if (firmware === 'uefi') return { ...(await installEfiGrub(work, opts, grub, offset)), firmware };
     // core.img must fit in the gap before the partition (sectors 1..2047).
-    if (coreImg.length > PARTITION_OFFSET - SECTOR) {
-      throw new UpgradeError('GRUB', `core.img is ${coreImg.length} bytes, more than the ${PARTITION_OFFSET - SECTOR} before the partition`);
+    if (grub.length > PARTITION_OFFSET - SECTOR) {
+      throw new UpgradeError('GRUB', `core.img is ${grub.length} bytes, more than the ${PARTITION_OFFSET - SECTOR} before the partition`);
     }
     const bootImg = await fs.readFile(path.join(GRUB_PC_DIR, 'boot.img'));
-    const disk = await fs.open(opts.out, 'r+');
-    try {
-      // Only the code area of the MBR: bytes 440.. hold the disk signature and sfdisk's partition table.
-      await disk.write(bootImg, 0, 440, 0);
-      // boot.img loads the sector named by its kernel-sector field (1 by default); grub-mkimage has
-      // already written core.img's own length into its first sector's blocklist.
-      await disk.write(coreImg, 0, coreImg.length, SECTOR);
-      await disk.sync();
-    } finally {
-      await disk.close();
-    }
+    // Only the code area of the MBR: bytes 440.. hold the disk signature and sfdisk's partition table.
+    // boot.img loads the sector named by its kernel-sector field (1 by default); grub-mkimage has
+    // already written core.img's own length into its first sector's blocklist.
+    await writeAt(opts.out, [{ data: bootImg.subarray(0, 440), at: 0 }, { data: grub, at: SECTOR }]);
   } finally {
     await fs.rm(work, { recursive: true, force: true });
   }
-  return { file: opts.out, hostUuid: opts.hostUuid, offset: PARTITION_OFFSET };
+  return { file: opts.out, hostUuid: opts.hostUuid, offset: PARTITION_OFFSET, firmware };
+}
+
+/**
+ * GRUB for the platform (core.img, or the EFI application) with an early config that finds the host
+ * partition by UUID and reads grub.cfg from it, and every module the generated grub.cfg uses built in.
+ */
+async function grubImage(work: string, firmware: Firmware, hostUuid: string): Promise<Buffer> {
+  const early = path.join(work, 'early.cfg');
+  await fs.writeFile(early, `search --no-floppy --fs-uuid --set=root ${hostUuid}\nset prefix=($root)/boot/grub\n`);
+  const out = path.join(work, `grub-${firmware}.img`);
+  const format = firmware === 'uefi' ? 'x86_64-efi' : 'i386-pc';
+  await run('grub-mkimage', ['-O', format, '-o', out, '-c', early, '-p', '/boot/grub', ...CORE_MODULES, ...PLATFORM_MODULES[firmware]]);
+  return fs.readFile(out);
+}
+
+/** Write byte ranges into the disk file, then sync it. */
+async function writeAt(file: string, writes: Array<{ data: Buffer; at: number }>): Promise<void> {
+  const disk = await fs.open(file, 'r+');
+  try {
+    for (const w of writes) await disk.write(w.data, 0, w.data.length, w.at);
+    await disk.sync();
+  } finally {
+    await disk.close();
+  }
+}
+
+/**
+ * GRUB x86_64-efi at the ESP's removable path EFI/BOOT/BOOTX64.EFI: the firmware boots it with an
+ * empty variable store, and it reads grub.cfg from the ext4 host partition like the BIOS core.img.
+ * The FAT filesystem is made in a file with mtools (no loop device, no mount) and copied into the
+ * partition.
+ */
+async function installEfiGrub(work: string, opts: BuildDiskOptions, grub: Buffer, hostOffset: number): Promise<Omit<HostDisk, 'firmware'>> {
+  const grubEfi = path.join(work, 'BOOTX64.EFI');
+  await fs.writeFile(grubEfi, grub);
+  const esp = path.join(work, 'esp.img');
+  await run('mkfs.vfat', ['-C', esp, String((hostOffset - ESP_OFFSET) / 1024)]);
+  await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT']);
+  await run('mcopy', ['-i', esp, grubEfi, '::/EFI/BOOT/BOOTX64.EFI']);
+  await writeAt(opts.out, [{ data: await fs.readFile(esp), at: ESP_OFFSET }]);
+  // Each machine its own variable store: OVMF writes boot entries and the boot order into it.
+  const efiVars = `${opts.out}.efivars.fd`;
+  await fs.copyFile(OVMF_VARS, efiVars);
+  return { file: opts.out, hostUuid: opts.hostUuid, offset: hostOffset, efiVars };
 }
 
 /**

@@ -10,7 +10,7 @@ import { Layout } from '../../src/core/layout.js';
 import { initialState, type State } from '../../src/operations/state.js';
 import { cacheDir } from '../helpers/debian-root.js';
 import { buildBusyboxTree, type InitAction } from './busybox-image.js';
-import { buildHostDisk, installGrubModules, readHostFile, type HostDisk } from './disk.js';
+import { OVMF_CODE, buildHostDisk, installGrubModules, readHostFile, type Firmware, type HostDisk } from './disk.js';
 import { bootKernel, type BootKernel } from './kernel.js';
 import { serialLogPath, Vm, type VmOptions } from './qemu.js';
 
@@ -55,6 +55,8 @@ export interface MachineSpec {
    */
   tamper?: (host: Layout) => Promise<void>;
   configText?: string;
+  /** Default bios; uefi: GPT, an ESP with GRUB x86_64-efi, OVMF (disk.ts). */
+  firmware?: Firmware;
 }
 
 export interface Machine {
@@ -93,12 +95,12 @@ export async function buildMachine(workDir: string, spec: MachineSpec): Promise<
   const state: State = { ...initialState(), ...spec.state };
   await writeBootFiles(host, config, state);
   if (spec.trial) await armTrial(host, config, state, spec.trial);
-  await installGrubModules(hostTree);
+  await installGrubModules(hostTree, spec.firmware);
   const grubCfg = await fs.readFile(host.grubCfg, 'utf8');
   const envBefore = (await readBootEnv(host)) ?? {};
   if (spec.tamper) await spec.tamper(host);
 
-  const disk = await buildHostDisk({ hostTree, hostUuid: HOST_UUID, out: path.join(workDir, 'disk.img') });
+  const disk = await buildHostDisk({ hostTree, hostUuid: HOST_UUID, out: path.join(workDir, 'disk.img'), firmware: spec.firmware });
   // The tree was only the source of the disk; the images in it are large.
   await fs.rm(hostTree, { recursive: true, force: true });
   const logFile = await serialLogPath(cacheDir(), spec.name);
@@ -112,7 +114,8 @@ interface Teardown {
 
 /** Power the machine on. The VM is killed (by its PID) in the test's teardown if it is still running. */
 export function powerOn(t: Teardown, machine: Machine, opts: Pick<VmOptions, 'allowReboot' | 'maxBoots' | 'directKernel'>): Vm {
-  const vm = Vm.start({ disk: machine.disk.file, logFile: machine.logFile, ...opts });
+  const { file, efiVars } = machine.disk;
+  const vm = Vm.start({ disk: file, logFile: machine.logFile, efi: efiVars ? { code: OVMF_CODE, vars: efiVars } : undefined, ...opts });
   t.teardown(() => vm.kill('test teardown'));
   return vm;
 }

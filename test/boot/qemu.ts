@@ -40,6 +40,11 @@ export interface VmOptions {
   guestfwd?: GuestForward[];
   /** Blobs the guest reads under /sys/firmware/qemu_fw_cfg/by_name/<name>/raw: name -> host file. */
   fwCfg?: Record<string, string>;
+  /**
+   * Boot with UEFI firmware (OVMF) instead of SeaBIOS: its code read-only, and this machine's own copy
+   * of the variable store, which the firmware writes.
+   */
+  efi?: { code: string; vars: string };
   /** Also copy each serial console line here as it arrives (the demo streams the console to a terminal). */
   echo?: (line: string) => void;
 }
@@ -131,9 +136,13 @@ export class Vm {
       // host kernel lines lost characters (seen: a UUID with 10 characters missing). A file write
       // never waits, so the log is exact; it is read back as it grows.
       '-serial', `file:${opts.logFile}`,
-      // GRUB has no virtio driver but reads the disk through BIOS int13; Linux uses virtio_blk.
+      // GRUB has no virtio driver but reads the disk through BIOS int13 (or OVMF's virtio block I/O
+      // under UEFI); Linux uses virtio_blk.
       '-drive', `file=${opts.disk},format=raw,if=virtio,cache=writeback`,
       ...networkArgs(opts.guestfwd),
+      ...(opts.efi
+        ? ['-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${opts.efi.code}`, '-drive', `if=pflash,format=raw,unit=1,file=${opts.efi.vars}`]
+        : []),
       ...Object.entries(opts.fwCfg ?? {}).flatMap(([name, file]) => ['-fw_cfg', `name=${name},file=${file}`]),
       ...(opts.allowReboot ? [] : ['-no-reboot']),
       ...(opts.directKernel

@@ -43,6 +43,27 @@ t.test('scenario 6a: the default image file is missing: GRUB falls back to the p
   t.comment(`scenario 6a: wall time ${secs(performance.now() - started)} s`);
 });
 
+t.test('scenario 6e: the only image is missing: GRUB says so, waits panic_timeout and reboots instead of waiting for a key', { skip }, async (t) => {
+  const started = performance.now();
+  const machine = await buildMachine(t.testdir(), {
+    name: 'scenario-6e-nothing-to-boot',
+    images: [{ version: '1', action: 'poweroff' }],
+    state: { phase: 'idle', current: '1' },
+    tamper: (host) => fs.rm(host.imageFile('1')),
+  });
+  // -no-reboot: GRUB's reboot ends QEMU, which is the proof that it did not stop at its menu.
+  const vm = powerOn(t, machine, { allowReboot: false, maxBoots: 0 });
+  await vm.waitForLine(/upgradectl: no image could be loaded from the host partition/, 180_000, 'the reboot entry\'s message');
+  const line = await vm.waitForLine(/upgradectl: UUID=\S+; rebooting in 1 s/, 10_000, 'the UUID and the pause');
+  const exit = await vm.waitForExit(60_000);
+  t.equal(exit.killedBecause, undefined, 'GRUB rebooted by itself');
+  t.same(vm.boots(), [], 'no kernel started');
+  t.match(vm.serial, /Booting `upgradectl image 1'/, 'GRUB tried the image first');
+  t.match(vm.serial, /Falling back to `upgradectl: no image could be booted, rebooting'/, 'then fell back to the reboot entry');
+  t.notMatch(vm.serial, /Failed to boot both default and fallback entries/);
+  t.comment(`scenario 6e: "${line.trim()}"; wall time ${secs(performance.now() - started)} s`);
+});
+
 t.test('scenario 6b: the default image has no readable filesystem: GRUB falls back; a dirty previous image is repaired', { skip }, async (t) => {
   const started = performance.now();
   const machine = await buildMachine(t.testdir(), {

@@ -72,9 +72,9 @@ t.test('trial attempts are a chain of literal flags', async (t) => {
   t.match(cfg, /elif \[ "\$\{upgradectl_tries\}" = "2" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_tries=1\n  save_env upgradectl_tries/);
   t.match(cfg, /elif \[ "\$\{upgradectl_tries\}" = "1" -a "\$\{upgradectl_trial\}" \]; then\n  set default="\$\{upgradectl_trial\}"\n  set upgradectl_tries=\n/);
   // GRUB takes only entry numbers for fallback: the saved default's id is mapped to its position.
-  t.match(cfg, /if \[ "\$\{upgradectl_not_default\}" \]; then\n  if \[ "\$\{saved_entry\}" = "upgradectl-2026.11.1" \]; then\n    set fallback=0\n  elif \[ "\$\{saved_entry\}" = "upgradectl-2026.11.2" \]; then\n    set fallback=1\n/);
-  t.match(cfg, /\nelse\n  set fallback=2\nfi/, 'outside a trial: the previous image by number');
-  t.notMatch(cfg, /set fallback="/, 'never an id or a title');
+  t.match(cfg, /if \[ "\$\{upgradectl_not_default\}" \]; then\n  if \[ "\$\{saved_entry\}" = "upgradectl-2026.11.1" \]; then\n    set fallback="0 3"\n  elif \[ "\$\{saved_entry\}" = "upgradectl-2026.11.2" \]; then\n    set fallback="1 3"\n/);
+  t.match(cfg, /\nelse\n  set fallback="2 3"\nfi/, 'outside a trial: the previous image by number, then the reboot entry');
+  t.notMatch(cfg, /set fallback="[^"]*[^\d "]/, 'never an id or a title');
   t.notMatch(renderGrubConfig(base), /upgradectl_tries/, 'one attempt: no chain');
 });
 
@@ -105,7 +105,7 @@ t.test('starts of the default are a chain of literal counts; used up, the previo
     'counted only outside a trial; the previous image (entry 2) by number once used up',
   );
   t.ok(cfg.indexOf('# Boot counting') > cfg.indexOf('set default="${saved_entry}"'), 'after the default is chosen');
-  t.match(cfg, /\nelse\n  set fallback=2\nfi/, 'the fallback is the same previous image');
+  t.match(cfg, /\nelse\n  set fallback="2 3"\nfi/, 'the fallback is the same previous image');
   t.same(defaultCountOf(cfg), { attempts: 3, instead: 'upgradectl-2026.10.9~rc1' });
   const fragment = renderGrubFragment({ ...base, defaultAttempts: 3 });
   t.match(fragment, /if \[ "\$\{boot_once\}" = "true" \]; then\n  set upgradectl_not_default=1\n/, 'update-grub: 00_header\'s one-shot is not counted either');
@@ -218,4 +218,36 @@ t.test('which image booted, from the kernel command line', async (t) => {
   t.equal(versionOfEntry('upgradectl-1.2'), '1.2');
   t.equal(versionOfEntry('upgradectl-flasher'), undefined);
   t.equal(versionOfEntry('gnulinux-simple'), undefined);
+});
+
+t.test('EFI: a video driver is loaded, on EFI only', { skip }, async (t) => {
+  const cfg = renderGrubConfig(base);
+  t.match(cfg, /\nif \[ "\$\{grub_platform\}" = efi \]; then\n  insmod all_video\nfi\n/, 'guarded by the platform');
+  t.ok(cfg.indexOf('insmod all_video') < cfg.indexOf('menuentry'), 'before any entry boots');
+  t.equal(cfg.match(/all_video/g)?.length, 1, 'nowhere else');
+  await checkGrubScript(cfg);
+});
+
+t.test('when no image can be loaded, the last entry says so, waits and reboots', { skip }, async (t) => {
+  const flasher = { kernel: '/f/vmlinuz', initrd: '/f/initrd.img', cmdline: 'upgradectl.flasher=1' };
+  const cases: Array<[string, GrubConfigInput, number]> = [
+    ['three images', base, 3],
+    ['with the flasher', { ...base, flasher }, 4],
+    ['a single image, no previous', { ...base, entries: [base.entries[0]!], fallbackVersion: undefined }, 1],
+  ];
+  for (const [name, input, reboot] of cases) {
+    const cfg = renderGrubConfig(input);
+    await checkGrubScript(cfg);
+    const ids = [...cfg.matchAll(/^menuentry .*--id ([^\s{]+)/gm)].map((m) => m[1]);
+    t.equal(ids.indexOf('upgradectl-reboot'), reboot, `${name}: the last entry`);
+    t.equal(ids.length, reboot + 1);
+    const entry = cfg.slice(cfg.indexOf('--id upgradectl-reboot {'));
+    t.match(entry, /\n  echo 'upgradectl: no image could be loaded from the host partition'\n  echo 'upgradectl: UUID=\S+; rebooting in 10 s'\n[^]*\n  sleep 10\n  reboot\n\}/, `${name}: message, pause, reboot`);
+    t.ok(entry.split('\n').filter((l) => l.startsWith('  echo ')).every((l) => l.length - "  echo ''".length < 80), `${name}: each line fits a serial console`);
+    const fallbacks = [...cfg.matchAll(/set fallback=("?)([\d ]+)\1\n/g)].map((m) => m[2]!);
+    t.ok(fallbacks.length > 0 && fallbacks.every((f) => f.split(' ').at(-1) === String(reboot)), `${name}: every fallback list ends with it (${fallbacks.join(' | ')})`);
+  }
+  t.notMatch(renderGrubFragment(base), /upgradectl-reboot|set fallback="/, "update-grub: Debian's own entries follow ours, no reboot entry");
+  t.equal(versionOfEntry('upgradectl-reboot'), undefined, 'not an image');
+  t.notMatch(renderGrubConfig({ ...base, entries: [], fallbackVersion: undefined }), /upgradectl-reboot/, 'no images, no entry');
 });

@@ -17,7 +17,8 @@ export async function failure(p: Promise<unknown>): Promise<{ code?: string; mes
  * so the number is mapped back to the id of the menu entry at that position.
  */
 export function fallbackEntryId(grubCfg: string): string | undefined {
-  const m = /\nelse\n  set fallback=(\d+)\nfi/.exec(grubCfg);
+  // A full config lists the reboot entry after the previous image: `set fallback="2 3"`.
+  const m = /\nelse\n  set fallback="?(\d+)[ "\n]/.exec(grubCfg);
   if (!m) return undefined;
   const ids = [...grubCfg.matchAll(/^menuentry .*--id[ =]'?([^\s'{]+)'?/gm)].map((x) => x[1]);
   return ids[Number(m[1])];

@@ -72,13 +72,23 @@ export function debianMirror(): string {
   return 'http://deb.debian.org/debian';
 }
 
+/** Where the flavour's tarball is cached. The package list is part of the name: adding a package must not reuse a tarball built without it. */
+function tarballPath(flavour: DebianFlavour): string {
+  const packages = createHash('sha256').update(flavour.include.join(',')).digest('hex').slice(0, 8);
+  return path.join(cacheDir(), flavour.include.length ? `debian-${SUITE}-${flavour.name}-${packages}.tar` : `debian-${SUITE}-${flavour.name}.tar`);
+}
+
+/** The cached tarball when an earlier run built it, else undefined (for tests that use it only when it is there). */
+export function cachedDebianRootTarball(flavour: DebianFlavour = MINBASE): string | undefined {
+  const tarball = tarballPath(flavour);
+  return existsSync(tarball) ? tarball : undefined;
+}
+
 /** Path of the cached tarball, building it first when it is missing. */
 export async function debianRootTarball(flavour: DebianFlavour = MINBASE): Promise<string> {
   const dir = cacheDir();
-  // The package list is part of the name: adding a package must not reuse a tarball built without it.
-  const packages = createHash('sha256').update(flavour.include.join(',')).digest('hex').slice(0, 8);
-  const name = flavour.include.length ? `debian-${SUITE}-${flavour.name}-${packages}.tar` : `debian-${SUITE}-${flavour.name}.tar`;
-  const tarball = path.join(dir, name);
+  const tarball = tarballPath(flavour);
+  const name = path.basename(tarball);
   if (existsSync(tarball)) return tarball;
   await fs.mkdir(dir, { recursive: true });
   const lock = path.join(dir, `${name}.building`);

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 
 export interface Requirement {
@@ -5,6 +6,8 @@ export interface Requirement {
   root?: boolean;
   /** Programs that must be on PATH. */
   commands?: string[];
+  /** Files a package installs that are not programs (firmware, GRUB platform modules). */
+  files?: string[];
 }
 
 /**
@@ -16,6 +19,9 @@ export function skipUnless(req: Requirement): false | string {
   if (req.root && process.getuid?.() !== 0) reasons.push('needs root');
   for (const cmd of req.commands ?? []) {
     if (!onPath(cmd)) reasons.push(`needs ${cmd}`);
+  }
+  for (const file of req.files ?? []) {
+    if (!existsSync(file)) reasons.push(`needs ${file}`);
   }
   if (reasons.length === 0) return false;
   return process.env.CI ? false : reasons.join(', ');

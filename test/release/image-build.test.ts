@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readFileSync, readdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { buildImage } from '../../src/release/image-build.js';
@@ -85,4 +85,39 @@ t.test('image build never replaces the booted image, asks before replacing a fil
     t.match(r.json?.error?.message, /is the image this machine is running/);
   }
   t.equal(readFileSync(booted, 'utf8'), 'the running system\n', 'the booted image is untouched');
+});
+
+t.test('a tarball of the tree gives the same image as the tree, every time, whatever its compression', { skip: skipUnless({ root: true, commands: ['mke2fs', 'debugfs', 'e2fsck', 'tar', 'zstd', 'gzip', 'setfattr'] }) }, async (t) => {
+  const dir = t.testdir();
+  const tree = makeTree(dir);
+  // What a tarball's tree gets (rootfs-tarball.ts): root-owned 0755, the newest mtime of the tree.
+  await run('setfattr', ['-n', 'user.upgradectl', '-v', 'kept', path.join(tree, 'initrd.img')]);
+  chmodSync(path.join(tree, 'boot/vmlinuz-6.1'), 0o4711);
+  chownSync(path.join(tree, 'initrd.img'), 1234, 5678);
+  const newest = Math.max(...(await run('find', [tree, '-mindepth', '1', '-printf', '%T@\n'])).stdout.trim().split('\n').map((s) => Math.floor(Number(s))));
+  utimesSync(tree, newest, newest);
+  chmodSync(tree, 0o755);
+  const fromTree = await buildImage({ rootfs: tree, out: path.join(dir, 'tree.img'), label: 'same' });
+
+  const tar = (name: string, ...flags: string[]) => run('tar', ['--create', `--file=${path.join(dir, name)}`, ...flags, '--numeric-owner', '--xattrs', '--acls', `--directory=${tree}`, '.']).then(() => path.join(dir, name));
+  const plain = await tar('rootfs.tar');
+  const images = [
+    await buildImage({ rootfs: plain, out: path.join(dir, 'tar-1.img'), label: 'same' }),
+    await buildImage({ rootfs: plain, out: path.join(dir, 'tar-2.img'), label: 'same' }),
+    await buildImage({ rootfs: await tar('rootfs.tgz', '--gzip'), out: path.join(dir, 'tgz.img'), label: 'same' }),
+    await buildImage({ rootfs: await tar('rootfs.tar.zst', '--zstd'), out: path.join(dir, 'zst.img'), label: 'same' }),
+  ];
+  for (const image of images) t.equal(image.sha256, fromTree.sha256, `${path.basename(image.out)}: the same bytes as the tree's image`);
+
+  // A tarball without a "./" entry: its root is set the same way.
+  const noRoot = path.join(dir, 'no-root.tar');
+  await run('tar', ['--create', `--file=${noRoot}`, '--numeric-owner', '--xattrs', '--acls', `--directory=${tree}`, ...readdirSync(tree)]);
+  t.equal((await buildImage({ rootfs: noRoot, out: path.join(dir, 'no-root.img'), label: 'same' })).sha256, fromTree.sha256, 'no "./" entry: the same bytes');
+
+  const stat = (await run('debugfs', ['-R', 'stat /initrd.img', images[0]!.out])).stdout;
+  t.match(stat, /User:\s+1234\s+Group:\s+5678/, 'numeric owners kept');
+  t.match((await run('debugfs', ['-R', 'ea_get /initrd.img user.upgradectl', images[0]!.out])).stdout, /kept/, 'xattrs kept');
+  t.match((await run('debugfs', ['-R', 'stat /boot/vmlinuz-6.1', images[0]!.out])).stdout, /Mode:\s+04711/, 'setuid mode kept');
+  t.same(readdirSync(dir).filter((n) => n.startsWith('.upgradectl-rootfs-')), [], 'the extracted trees are gone');
+  await t.rejects(buildImage({ rootfs: path.join(dir, 'missing.tar'), out: path.join(dir, 'x.img') }), { code: 'USAGE', message: /does not exist/ });
 });

@@ -23,7 +23,7 @@ t.test('the first hour: usage, help, version and --root, through the real CLI', 
   const cases: Array<{ args: string[]; code: number; stdout?: RegExp; stderr?: RegExp; json?: object }> = [
     { args: ['--version'], code: 0, stdout: new RegExp(`^upgradectl ${VERSION}\\n$`) },
     { args: ['--version', '--json'], code: 0, json: { version: VERSION } },
-    { args: ['image', '--help'], code: 0, stdout: /^usage: upgradectl image build ROOTFS_DIR OUT\.img/ },
+    { args: ['image', '--help'], code: 0, stdout: /^usage: upgradectl image build ROOTFS_DIR\|ROOTFS\.tar\[\.gz\|\.zst\] OUT\.img/ },
     { args: ['image'], code: 2, stderr: /'image' needs a subcommand[\s\S]*usage: upgradectl image build/ },
     { args: ['status', '--root', root], code: 0, stdout: /^phase: +idle/ },
     { args: ['status', '--root', root, '--json'], code: 0, json: { phase: 'idle', host: root } },

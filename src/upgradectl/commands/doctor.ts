@@ -7,6 +7,9 @@ import { readGrubEnvFile } from '../../grub/env.js';
 import { detectHostUuid, saveEnvCapability } from '../../grub/host-fs.js';
 import { DEFAULT_TRIES_VAR, versionOfEntry } from '../../grub/render.js';
 import type { Command } from '../cli.js';
+import { resolveInImage } from '../../core/ext4-image.js';
+import { firmwareOf } from '../../grub/firmware.js';
+import { checkImageFiles, checkKernelSignatures, firmwareFinding } from './doctor-boot.js';
 import { loadConfig, type Config } from '../../operations/config.js';
 import { messageOf } from '../../core/errors.js';
 import { cleanStaleMounts, findMigrationTools } from '../../migrate/index.js';
@@ -64,6 +67,10 @@ export async function diagnose(layout: Layout): Promise<Finding[]> {
   await step('grub installed', async () => checkGrubInstalled(layout));
   await step('grubenv', async () => checkGrubEnv(layout, state));
   await step('images', async () => checkImages(layout, state ?? initialState()));
+  const firmware = await firmwareOf(layout.root);
+  await step('firmware', async () => firmwareFinding(firmware));
+  await step('image files', async () => checkImageFiles(layout, firmware));
+  if (firmware.secureBoot) await step('signed kernels', async () => checkKernelSignatures(layout));
   await step('private files', async () => checkPrivateModes(layout));
   await step('space', async () => checkSpace(layout));
   return out;
@@ -173,8 +180,8 @@ async function checkImages(layout: Layout, state: State): Promise<Array<Omit<Fin
     const file = layout.imageFile(e.version);
     const missing: string[] = [];
     for (const p of [e.kernel, e.initrd]) {
-      const why = await missingInImage(file, p);
-      if (why) missing.push(`${p} (${why})`);
+      const found = await resolveInImage(file, p);
+      if ('missing' in found) missing.push(`${p} (${found.missing})`);
     }
     if (!existsSync(layout.manifestFile(e.version))) {
       out.push({ level: 'warn', message: `${e.version} has no manifest: its entry uses /vmlinuz and /initrd.img`, fix: `upgradectl prepare ${e.version} restores it` });
@@ -186,26 +193,6 @@ async function checkImages(layout: Layout, state: State): Promise<Array<Omit<Fin
     );
   }
   return out;
-}
-
-/** Why `p` is not a file in the ext4 image (following symlinks), or undefined when it is. Read-only: debugfs. */
-async function missingInImage(image: string, p: string): Promise<string | undefined> {
-  let target = p.startsWith('/') ? p : `/${p}`;
-  for (let hops = 0; hops < 8; hops++) {
-    let text: string;
-    try {
-      const r = await run('debugfs', ['-R', `stat ${target}`, image]);
-      text = r.stdout + r.stderr;
-    } catch (err) {
-      return messageOf(err);
-    }
-    if (/File not found/.test(text)) return 'not found';
-    if (/Filesystem not open|Bad magic/.test(text)) return 'the image is not an ext4 filesystem';
-    const link = /Fast link dest: "([^"]*)"/.exec(text);
-    if (!link) return /Type: regular/.test(text) ? undefined : 'not a regular file';
-    target = path.posix.resolve(path.posix.dirname(target), link[1]!);
-  }
-  return 'too many symlinks';
 }
 
 async function checkSpace(layout: Layout): Promise<Omit<Finding, 'check'>> {

@@ -11,8 +11,8 @@ async function bootedImage(layout: Layout): Promise<string[]> {
 }
 
 export const imageBuildCommand: Command = {
-  summary: 'a reproducible ext4 image from a directory tree',
-  usage: 'image build ROOTFS_DIR OUT.img [--size SIZE] [--uuid UUID] [--label L] [--kernel PATH] [--initrd PATH] [--force]',
+  summary: 'a reproducible ext4 image from a directory tree or a tarball of one',
+  usage: 'image build ROOTFS_DIR|ROOTFS.tar[.gz|.zst] OUT.img [--size SIZE] [--uuid UUID] [--label L] [--kernel PATH] [--initrd PATH] [--force]',
   options: {
     size: { type: 'string' },
     uuid: { type: 'string' },
@@ -25,7 +25,7 @@ export const imageBuildCommand: Command = {
   async run({ layout, options, positionals }) {
     const [rootfs, out] = positionals;
     if (!rootfs || !out || positionals.length > 2) {
-      throw new UpgradeError('USAGE', 'image build needs ROOTFS_DIR and OUT.img', { hint: 'e.g. upgradectl image build ./rootfs ./2.0.img' });
+      throw new UpgradeError('USAGE', 'image build needs ROOTFS_DIR (or a tarball of it) and OUT.img', { hint: 'e.g. upgradectl image build ./rootfs ./2.0.img, or ./rootfs.tar.zst ./2.0.img' });
     }
     const result = await buildImage({
       rootfs,
