@@ -1,10 +1,12 @@
-// A plain static file server with single-range support, for benchmarks: the same server feeds curl and
-// upgradectl, in its own process. Usage: node static-server.mjs DIR  → prints the port.
+// A plain static file server with single-range support, for benchmarks: the same server feeds curl,
+// casync and upgradectl, in its own process. Usage: node static-server.mjs DIR  → prints the port.
+// With an IPC channel, answers any message with the body bytes it has sent so far (bytes on the wire).
 import { createReadStream, promises as fs } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 
 const root = path.resolve(process.argv[2]);
+let sent = 0;
 const server = http.createServer(async (req, res) => {
   const file = path.join(root, decodeURIComponent(new URL(req.url, 'http://x').pathname));
   if (!file.startsWith(root)) return res.writeHead(403).end();
@@ -14,6 +16,7 @@ const server = http.createServer(async (req, res) => {
   } catch {
     return res.writeHead(404).end();
   }
+  if (!st.isFile()) return res.writeHead(404).end();
   const etag = `"${st.size}-${st.mtimeMs}"`;
   const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
   const start = m ? Number(m[1]) : 0;
@@ -22,7 +25,11 @@ const server = http.createServer(async (req, res) => {
   if (m) headers['content-range'] = `bytes ${start}-${end}/${st.size}`;
   res.writeHead(m ? 206 : 200, headers);
   if (req.method === 'HEAD') return res.end();
-  createReadStream(file, { start, end, highWaterMark: 1 << 20 }).pipe(res);
+  const stream = createReadStream(file, { start, end, highWaterMark: 1 << 20 });
+  stream.on('data', (d) => (sent += d.length));
+  stream.pipe(res);
 });
 server.keepAliveTimeout = 60_000;
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+process.on('message', () => process.send(sent));
+process.on('disconnect', () => process.exit(0));
