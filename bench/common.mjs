@@ -1,6 +1,7 @@
 // Shared by the prepare benchmarks: a published release set, a loopback server in its own process
 // that counts the bytes it sends, machine roots, and a timed prepare with its peak RSS.
 import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +12,7 @@ export const work = process.env.BENCH_DIR ?? '/var/tmp/upgradectl-bench';
 export const sh = (cmd, args, opts = {}) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 26, ...opts }).toString();
 export const mib = (n) => (n / 1048576).toFixed(1);
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+export const isZeroFrame = (f) => f.sha256 === createHash('sha256').update(Buffer.alloc(f.rawLength)).digest('hex');
 export const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 
 /** Publish `image` as `version` under `releases` once (throwaway key shared by all benchmarks). */

@@ -130,6 +130,7 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
     await writeFileDurable(paths.progress, JSON.stringify(state), PRIVATE_FILE_MODE);
   };
   let result: Omit<StageResult, 'imageFile' | 'seconds'>;
+  let reuseFailed = false;
   try {
     // Full size up front: blocks never written stay holes, so zero regions cost no disk and no I/O.
     await fh.truncate(manifest.image.size);
@@ -168,7 +169,11 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
       result = await fetchStream(ctx);
       [digest, want] = [await hasher!.digest(), manifest.image.sha256];
     }
-    if (digest !== want) {
+    if (digest !== want && result.localBytes > 0) {
+      // Cannot happen when every frame was checked, but if it does, the local data is not trusted
+      // again: start over from the network alone.
+      reuseFailed = true;
+    } else if (digest !== want) {
       await fs.rm(paths.progress, { force: true });
       throw new UpgradeError('CORRUPT', `image ${version} from ${payloadUrl} has SHA-256 ${digest}, the manifest says ${want}`, {
         hint: 'the payload does not match its signed manifest: do not use this release; re-publish it. The partial download was discarded.',
@@ -181,6 +186,12 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
     await hasher?.close();
     await pool.close();
     await fh.close();
+  }
+  if (reuseFailed) {
+    log.warn(`image ${version} put together from local images does not match its manifest; fetching it in full`);
+    await fs.rm(paths.image, { force: true });
+    await fs.rm(paths.progress, { force: true });
+    return stageImage({ ...opts, seeds: [] });
   }
   const imageFile = layout.imageFile(version);
   await renameDurable(paths.image, imageFile);
