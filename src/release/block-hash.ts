@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 /**
  * The release index's key for a 4 KiB block of image: the first 8 bytes of its SHA-256. It only
@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
  */
 export const BLOCK_HASH_BYTES = 8;
 
+/** One-shot `crypto.hash` (Node ≥ 20.12): a quarter of a million blocks per GiB, no Hash object each. */
 export function blockHash(block: Uint8Array): Buffer {
-  return createHash('sha256').update(block).digest().subarray(0, BLOCK_HASH_BYTES);
+  return hash('sha256', block, 'buffer').subarray(0, BLOCK_HASH_BYTES);
 }

@@ -5,6 +5,7 @@ import { runInNewContext } from 'node:vm';
 import { parentPort } from 'node:worker_threads';
 import { MAX_BLOCK, decodeChunk, decodeFrame, encodeChunkedFrame, encodeFrame } from './lz4.js';
 import { BLOCK_HASH_BYTES, blockHash } from './block-hash.js';
+import { decodeZstdChunk, encodeZstdChunks } from './zstd-chunks.js';
 import { allocatedBytes, HOLE_GRAIN, isZeroBlock } from './holes.js';
 
 /**
@@ -12,7 +13,8 @@ import { allocatedBytes, HOLE_GRAIN, isZeroBlock } from './holes.js';
  * sync calls only: its async API holds ~1.5 GB of native memory (FACTS.md).
  */
 export type FrameTask =
-  | { op: 'compress'; raw: Uint8Array; chunkSize?: number }
+  /** With chunkSize: also each block alone with zstd (the delta side file), when `zstdLevel` is set. */
+  | { op: 'compress'; raw: Uint8Array; chunkSize?: number; zstdLevel?: number }
   /** `keepRaw`: hand the decoded bytes back (the in-order image hash of /1 manifests needs them). */
   | { op: 'decode-write'; frame: Uint8Array; rawLength: number; sha256: string; fd: number; position: number; keepRaw: boolean }
   | AssembleTask
@@ -34,6 +36,9 @@ export type FrameResult =
       /** With chunkSize: on-wire length of each block, and the truncated hash of each 4 KiB of image. */
       chunks?: number[];
       blockHashes?: Uint8Array;
+      /** With zstdLevel: the blocks as independent zstd frames, concatenated, and each one's length. */
+      zstd?: Uint8Array;
+      zstdLengths?: number[];
     }
   | { op: 'decode-write'; ok: true; written: number; sha256: string; /** With keepRaw: the decoded bytes. */ raw?: Uint8Array }
   | { op: 'decode-write'; ok: false; got: string; reason: string }
@@ -64,8 +69,9 @@ export interface AssembleTask {
   local: Array<{ fd: number; from: number; at: number; length: number }>;
   /** The index's truncated hash of each 4 KiB block of the frame. */
   expect: Uint8Array;
-  /** Fetched blocks (size field + data), by their number within the frame. */
+  /** Fetched blocks by their number within the frame: LZ4 blocks (size field + data) or zstd frames. */
   chunks: Array<{ index: number; bytes: Uint8Array }>;
+  codec: 'lz4' | 'zstd';
 }
 
 const CHUNK = 4 << 20;
@@ -118,7 +124,8 @@ function assemble(task: AssembleTask): FrameResult {
     const length = Math.min(task.chunkSize, task.rawLength - at);
     let raw: Buffer;
     try {
-      raw = decodeChunk(Buffer.from(c.bytes.buffer, c.bytes.byteOffset, c.bytes.byteLength), length);
+      const bytes = Buffer.from(c.bytes.buffer, c.bytes.byteOffset, c.bytes.byteLength);
+      raw = task.codec === 'zstd' ? decodeZstdChunk(bytes, length) : decodeChunk(bytes, length);
     } catch {
       // Corrupt fetched data fails the frame's hash below; the caller then fetches the frame whole.
       continue;
@@ -173,7 +180,15 @@ export function handle(task: FrameTask): { result: FrameResult; transfer: ArrayB
       }
       const { frame, chunks } = encodeChunkedFrame(raw, task.chunkSize);
       const blockHashes = blockHashesOf(raw);
-      return { result: { op: 'compress', frame, sha256, allocated: allocatedBytes(raw), chunks, blockHashes }, transfer: [frame.buffer as ArrayBuffer, blockHashes.buffer as ArrayBuffer] };
+      const result: FrameResult = { op: 'compress', frame, sha256, allocated: allocatedBytes(raw), chunks, blockHashes };
+      const transfer = [frame.buffer as ArrayBuffer, blockHashes.buffer as ArrayBuffer];
+      if (task.zstdLevel) {
+        const parts = encodeZstdChunks(raw, task.chunkSize, task.zstdLevel);
+        result.zstd = Buffer.concat(parts);
+        result.zstdLengths = parts.map((p) => p.length);
+        transfer.push(result.zstd.buffer as ArrayBuffer);
+      }
+      return { result, transfer };
     }
     case 'decode-write': {
       const frame = Buffer.from(task.frame.buffer, task.frame.byteOffset, task.frame.byteLength);
@@ -193,14 +208,15 @@ export function handle(task: FrameTask): { result: FrameResult; transfer: ArrayB
     case 'assemble':
       return { result: assemble(task), transfer: [] };
     case 'block-hashes': {
-      const buf = Buffer.allocUnsafe(task.end - task.start);
-      let got = 0;
-      while (got < buf.length) {
-        const n = readSync(task.fd, buf, got, buf.length - got, task.start + got);
+      // Through the worker's one reusable buffer: a 1 GiB image must not cost a 1 GiB of garbage.
+      const buf = (scratch ??= Buffer.allocUnsafeSlow(MAX_BLOCK));
+      const hashes = new Uint8Array(Math.ceil((task.end - task.start) / HOLE_GRAIN) * BLOCK_HASH_BYTES);
+      for (let pos = task.start; pos < task.end; ) {
+        const n = readSync(task.fd, buf, 0, Math.min(buf.length, task.end - pos), pos);
         if (n === 0) break;
-        got += n;
+        hashes.set(blockHashesOf(buf.subarray(0, n)), ((pos - task.start) / HOLE_GRAIN) * BLOCK_HASH_BYTES);
+        pos += n;
       }
-      const hashes = blockHashesOf(buf.subarray(0, got));
       return { result: { op: 'block-hashes', hashes }, transfer: [hashes.buffer as ArrayBuffer] };
     }
     case 'hash-range': {

@@ -66,11 +66,16 @@ export function validateManifest(doc: unknown, where: string): Manifest {
         const chunkSize = count(payload.chunkSize, 'payload.chunkSize');
         if (chunkSize === 0 || chunkSize > frameSize || frameSize % chunkSize || chunkSize % 4096) fail('payload.chunkSize', 'a multiple of 4096 dividing payload.frameSize');
         const index = obj(payload.index, 'payload.index');
-        str(index.path, 'payload.index.path');
-        if (String(index.path).includes('/')) fail('payload.index.path', 'a file name beside the payload');
+        if (typeof index.path !== 'string' || !/^[A-Za-z0-9._-]+$/.test(index.path)) fail('payload.index.path', 'a file name beside the payload');
         count(index.size, 'payload.index.size');
         sha(index.sha256, 'payload.index.sha256');
         if (index.blockSize !== 4096) fail('payload.index.blockSize', '4096');
+        if (payload.zstdChunks !== undefined) {
+          const z = obj(payload.zstdChunks, 'payload.zstdChunks');
+          if (typeof z.path !== 'string' || !/^[A-Za-z0-9._-]+$/.test(z.path)) fail('payload.zstdChunks.path', 'a file name beside the payload');
+          count(z.size, 'payload.zstdChunks.size');
+          sha(z.sha256, 'payload.zstdChunks.sha256');
+        }
       }
     }
   } else if (payload.compression !== 'lz4') {

@@ -40,13 +40,18 @@ export interface Payload {
   chunkSize?: number;
   /** /2, lz4-frames only: the block index (release-index.ts) a machine uses to reuse local data. */
   index?: IndexRef;
+  /** /2, optional: the same blocks each as a zstd frame (zstd-chunks.ts), what a delta fetches. */
+  zstdChunks?: ObjectRef;
 }
 
-/** A binary side file of a release, bound to the signed manifest by its size and SHA-256. */
-export interface IndexRef {
+/** A side file of a release, bound to the signed manifest by its size and SHA-256. */
+export interface ObjectRef {
   path: string;
   size: number;
   sha256: string;
+}
+
+export interface IndexRef extends ObjectRef {
   /** Bytes of image each block hash covers (4096: the ext4 block, the grain at which files move). */
   blockSize: number;
 }

@@ -94,10 +94,12 @@ async function saveCache(cacheDir: string, file: string, cache: string, hashes: 
 export interface FramePlan {
   /** Local copies into the frame (seed fd, offset there, offset in the frame, length). */
   local: Array<{ fd: number; from: number; at: number; length: number }>;
-  /** LZ4 blocks of the frame to fetch, ascending. */
+  /** Blocks of the frame to fetch, ascending. */
   chunks: number[];
-  /** Payload bytes those blocks cost. */
+  /** Bytes those blocks cost (in the zstd side file, or the payload). */
   cost: number;
+  /** Image bytes copied from local images. */
+  localBytes: number;
 }
 
 /** What frame `i` needs: `undefined` when fetching it whole is as cheap (little or nothing local). */
@@ -116,7 +118,8 @@ export function planFrame(i: number, manifest: Manifest, index: ReleaseIndex, se
     where.push(hit ?? -1);
   }
   const chunks = [...needed].sort((a, b) => a - b);
-  const offsets = index.chunkOffsets[i]!;
+  // Blocks come from the zstd side file when the release has one (a third smaller), else from the payload.
+  const offsets = index.zstdOffsets?.[i] ?? index.chunkOffsets[i]!;
   const cost = chunks.reduce((n, c) => n + offsets[c + 1]! - offsets[c]!, 0);
   if (cost > frame.length * WHOLE_FRAME_SHARE) return undefined;
   const local: FramePlan['local'] = [];
@@ -130,7 +133,7 @@ export function planFrame(i: number, manifest: Manifest, index: ReleaseIndex, se
     if (last && last.fd === fd && last.from + last.length === from && last.at + last.length === k * HOLE_GRAIN) last.length += length;
     else local.push({ fd, from, at: k * HOLE_GRAIN, length });
   }
-  return { local, chunks, cost };
+  return { local, chunks, cost, localBytes: local.reduce((n, l) => n + l.length, 0) };
 }
 
 /** Payload ranges for a set of blocks of frame `i`: adjacent blocks merged into one request. */

@@ -47,6 +47,8 @@ export interface FramesResult {
 }
 
 const CHECKPOINT_MS = 1000;
+/** Below this share of the missing image found locally, a delta is not worth its many small requests. */
+const MIN_REUSE = 0.05;
 
 /**
  * Indexed payload: frames found verified in the staging file are kept, holes are never fetched, the
@@ -104,13 +106,22 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
   if (delta) {
     let planned = 0;
     let whole = 0;
+    let local = 0;
     for (const i of todo) {
       const plan = planFrame(i, manifest, delta.index, delta.seeds);
       if (plan) plans.set(i, plan);
       planned += plan ? plan.cost : frames[i]!.length;
       whole += frames[i]!.length;
+      local += plan?.localBytes ?? 0;
     }
-    log.info(`delta: ${plans.size} of ${todo.length} frames from local images, ${(planned / 1048576).toFixed(1)} MiB to fetch instead of ${(whole / 1048576).toFixed(1)} MiB`);
+    // A major upgrade (or an unrelated local image): next to nothing to reuse, so the full payload's
+    // plain path — one range per frame, LZ4 — is the faster way to the same image.
+    if (local < MIN_REUSE * todo.reduce((n, i) => n + frames[i]!.rawLength, 0)) {
+      log.info(`delta: only ${(local / 1048576).toFixed(1)} MiB found locally; fetching the full payload`);
+      plans.clear();
+    } else {
+      log.info(`delta: ${plans.size} of ${todo.length} frames from local images, ${(planned / 1048576).toFixed(1)} MiB to fetch instead of ${(whole / 1048576).toFixed(1)} MiB`);
+    }
   }
 
   let failure: unknown;
@@ -129,8 +140,9 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
     save().catch((err: unknown) => log.warn(`could not save download progress: ${(err as Error).message}`));
   }, CHECKPOINT_MS);
 
-  const fetchRange = async (start: number, end: number) => {
-    const bytes = await ctx.source.range(ctx.payloadKey, start, end, ctx.etag);
+  const fetchRange = async (start: number, end: number, key = ctx.payloadKey) => {
+    // The payload is pinned to the version the download began with; the side file to its size and hashes.
+    const bytes = await ctx.source.range(key, start, end, key === ctx.payloadKey ? ctx.etag : undefined);
     stats.fetched += end - start;
     stats.requests++;
     return bytes;
@@ -165,14 +177,14 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       const parts: Array<{ index: number; bytes: Uint8Array }> = [];
       const transfer: ArrayBuffer[] = [];
       for (const r of chunkRanges(offsets, chunks)) {
-        const bytes = await fetchRange(r.start, r.end);
+        const bytes = await fetchRange(r.start, r.end, delta!.key);
         transfer.push(...transferable(bytes));
         for (const c of r.chunks) parts.push({ index: c, bytes: bytes.subarray(offsets[c]! - r.start, offsets[c + 1]! - r.start) });
       }
       const first = (i * frameSize) / HOLE_GRAIN;
       const expect = delta!.index.blockHashes.subarray(first * 8, (first + Math.ceil(f.rawLength / HOLE_GRAIN)) * 8);
       const r: Extract<FrameResult, { op: 'assemble' }> = await ctx.pool.run(
-        { op: 'assemble', fd: ctx.fd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: manifest.payload.chunkSize!, local: plan.local, expect: new Uint8Array(expect), chunks: parts },
+        { op: 'assemble', fd: ctx.fd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: manifest.payload.chunkSize!, local: plan.local, expect: new Uint8Array(expect), chunks: parts, codec: delta!.codec },
         transfer,
       );
       if (r.ok) {
@@ -206,7 +218,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       if (i === undefined) break;
       const plan = plans.get(i);
       if (plan) {
-        finish(i)(await assembled(i, plan, delta!.index.chunkOffsets[i]!));
+        finish(i)(await assembled(i, plan, delta!.offsets(i)));
         continue;
       }
       const { written } = await fetchWhole(i);
@@ -236,10 +248,20 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
 }
 
 /** The release index and the local images' blocks, when there are local images and the release has an index. */
-async function prepareDelta(ctx: FramesContext, stats: { fetched: number; requests: number }): Promise<{ index: ReleaseIndex; seeds: Seeds } | undefined> {
+interface Delta {
+  index: ReleaseIndex;
+  seeds: Seeds;
+  /** Where missing blocks come from: the zstd side file when the release has one, else the payload. */
+  key: string;
+  codec: 'lz4' | 'zstd';
+  offsets: (frame: number) => number[];
+}
+
+async function prepareDelta(ctx: FramesContext, stats: { fetched: number; requests: number }): Promise<Delta | undefined> {
   const ref = ctx.manifest.payload.index;
   if (!ref || !ctx.seeds.length) return undefined;
-  const key = `${ctx.payloadKey.slice(0, ctx.payloadKey.lastIndexOf('/'))}/${ref.path}`;
+  const dir = ctx.payloadKey.slice(0, ctx.payloadKey.lastIndexOf('/'));
+  const key = `${dir}/${ref.path}`;
   let bytes: Buffer;
   try {
     bytes = await ctx.source.range(key, 0, ref.size);
@@ -256,7 +278,12 @@ async function prepareDelta(ctx: FramesContext, stats: { fetched: number; reques
   const index = decodeIndex(bytes, ctx.manifest, key);
   const seeds = await scanSeeds(ctx.pool, ctx.seeds, ctx.seedCache);
   log.info(`delta: ${seeds.map.size} distinct blocks in ${ctx.seeds.length} local image(s) (${(seeds.hashed / 1048576).toFixed(0)} MiB hashed, the rest cached)`);
-  return { index, seeds };
+  const zstd = ctx.manifest.payload.zstdChunks;
+  if (zstd && index.zstdOffsets) {
+    const zstdOffsets = index.zstdOffsets;
+    return { index, seeds, key: `${dir}/${zstd.path}`, codec: 'zstd', offsets: (i) => zstdOffsets[i]! };
+  }
+  return { index, seeds, key: ctx.payloadKey, codec: 'lz4', offsets: (i) => index.chunkOffsets[i]! };
 }
 
 async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {

@@ -23,6 +23,15 @@ const payloadBytes = (server: TestHttpServer, version: string, from = 0) =>
       return n + Number(m[2]) - Number(m[1]) + 1;
     }, 0);
 
+const sideBytes = (server: TestHttpServer, version: string, from = 0) =>
+  server.requests
+    .slice(from)
+    .filter((r) => r.path === `/releases/${version}/image.zst-chunks` && r.method === 'GET' && r.status === 206)
+    .reduce((n, r) => {
+      const m = /^bytes=(\d+)-(\d+)$/.exec(r.range ?? '')!;
+      return n + Number(m[2]) - Number(m[1]) + 1;
+    }, 0);
+
 const manifestOf = (releases: string, version: string) => JSON.parse(readFileSync(path.join(releases, 'releases', version, 'manifest.json'), 'utf8'));
 
 /** A machine root that runs `current` (the kernel command line names its image) and holds `image` as it. */
@@ -62,10 +71,11 @@ t.test('delta prepare', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) 
     const r = await upgradectl(['--root', root, '--json', 'prepare', '2.0']);
     t.equal(r.code, 0, r.stderr);
     t.equal(sha256File(path.join(root, 'images/2.0.img')), sha256File(image2), 'byte-identical');
-    clean = payloadBytes(server, '2.0', before);
+    clean = payloadBytes(server, '2.0', before) + sideBytes(server, '2.0', before);
     t.ok(r.json.stage.localBytes > 8 << 20, `${r.json.stage.localBytes} bytes reused from 1.0`);
     t.ok(clean < m2.payload.size / 4, `fetched ${clean} of ${m2.payload.size} payload bytes`);
     t.ok(server.requests.slice(before).some((q) => q.path === '/releases/2.0/image.idx'), 'the index was fetched');
+    t.ok(server.requests.slice(before).some((q) => q.path === '/releases/2.0/image.zst-chunks'), 'missing blocks came from the zstd side file');
   });
 
   const flipBlob = (file: string, keepTimes: boolean) => {
@@ -87,7 +97,7 @@ t.test('delta prepare', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) 
     const r = await upgradectl(['--root', root, '--json', 'prepare', '2.0']);
     t.equal(r.code, 0, r.stderr);
     t.equal(sha256File(path.join(root, 'images/2.0.img')), sha256File(image2), 'byte-identical all the same');
-    const fetched = payloadBytes(server, '2.0', before);
+    const fetched = payloadBytes(server, '2.0', before) + sideBytes(server, '2.0', before);
     t.ok(fetched > clean, `the damaged blocks were fetched (${fetched} > ${clean} bytes)`);
   });
 
@@ -129,10 +139,11 @@ t.test('delta prepare', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) 
   await t.test('an old-format (/1) manifest still prepares, over a local image too', async (t) => {
     const key = await loadPrivateKey(pub.key);
     const m = manifestOf(pub.releases, '2.0');
-    // What an old publisher wrote: no frame-hash root, no chunk size, no index.
+    // What an old publisher wrote: no frame-hash root, no chunk size, no index, no zstd side file.
     const old = { ...m, format: 'upgradectl-release/1', image: { size: m.image.size, sha256: m.image.sha256, allocated: m.image.allocated }, payload: { ...m.payload } };
     delete old.payload.chunkSize;
     delete old.payload.index;
+    delete old.payload.zstdChunks;
     const v1 = path.join(dir, 'v1');
     mkdirSync(path.join(v1, 'releases/2.0'), { recursive: true });
     const bytes = Buffer.from(JSON.stringify(old));
