@@ -47,8 +47,8 @@ export interface FramesResult {
 }
 
 const CHECKPOINT_MS = 1000;
-/** Below this share of the missing image found locally, a delta is not worth its many small requests. */
-const MIN_REUSE = 0.05;
+/** A delta that saves less than this share of the full payload is not worth its many small requests. */
+const MIN_SAVING = 0.1;
 
 /**
  * Indexed payload: frames found verified in the staging file are kept, holes are never fetched, the
@@ -114,10 +114,10 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       whole += frames[i]!.length;
       local += plan?.localBytes ?? 0;
     }
-    // A major upgrade (or an unrelated local image): next to nothing to reuse, so the full payload's
-    // plain path — one range per frame, LZ4 — is the faster way to the same image.
-    if (local < MIN_REUSE * todo.reduce((n, i) => n + frames[i]!.rawLength, 0)) {
-      log.info(`delta: only ${(local / 1048576).toFixed(1)} MiB found locally; fetching the full payload`);
+    // A major upgrade (or an unrelated local image): when the delta saves little, the full payload's
+    // plain path — one range per frame, LZ4, no local reads — is the faster way to the same image.
+    if (planned > (1 - MIN_SAVING) * whole) {
+      log.info(`delta: ${(local / 1048576).toFixed(1)} MiB found locally would save under ${MIN_SAVING * 100} % of ${(whole / 1048576).toFixed(1)} MiB; fetching the full payload`);
       plans.clear();
     } else {
       log.info(`delta: ${plans.size} of ${todo.length} frames from local images, ${(planned / 1048576).toFixed(1)} MiB to fetch instead of ${(whole / 1048576).toFixed(1)} MiB`);
@@ -204,7 +204,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
   // waits for the CPU, up to a bounded number of decoded-but-unwritten frames (memory stays flat).
   const queue = [...todo];
   const decoding = new Set<Promise<void>>();
-  const maxDecoding = ctx.pool.size * 2;
+  const maxDecoding = ctx.pool.size;
   const finish = (i: number) => (digest: string) => {
     digests[i] = digest;
     done.add(i);

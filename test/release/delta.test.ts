@@ -136,6 +136,20 @@ t.test('delta prepare', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) 
     t.equal(payloadBytes(server, '2.0', before), nonZero, 'every other frame exactly once');
   });
 
+  await t.test('a major upgrade (little in common with the local image) falls back to the full payload', async (t) => {
+    const other = makeTree(dir, 'unrelated', 12);
+    const b = await upgradectl(['image', 'build', other, path.join(dir, 'other.img'), '--size', '48M']);
+    t.equal(b.code, 0, b.stderr);
+    const root = machineWith(dir, 'major', url, pub.pub, '0.9', path.join(dir, 'other.img'));
+    const before = server.requests.length;
+    const r = await upgradectl(['--root', root, '--json', 'prepare', '2.0']);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(sha256File(path.join(root, 'images/2.0.img')), sha256File(image2));
+    t.match(r.stderr, /fetching the full payload/);
+    t.equal(r.json.stage.localBytes, 0, 'nothing copied');
+    t.equal(sideBytes(server, '2.0', before), 0, 'whole LZ4 frames, not the zstd side file');
+  });
+
   await t.test('an old-format (/1) manifest still prepares, over a local image too', async (t) => {
     const key = await loadPrivateKey(pub.key);
     const m = manifestOf(pub.releases, '2.0');
