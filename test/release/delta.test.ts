@@ -14,23 +14,8 @@ import { loadPrivateKey, signBytes } from '../../src/release/signing.js';
  * server on 127.0.0.1 from the ranges it answered.
  */
 
-const payloadBytes = (server: TestHttpServer, version: string, from = 0) =>
-  server.requests
-    .slice(from)
-    .filter((r) => r.path === `/releases/${version}/image.lz4` && r.method === 'GET' && r.status === 206)
-    .reduce((n, r) => {
-      const m = /^bytes=(\d+)-(\d+)$/.exec(r.range ?? '')!;
-      return n + Number(m[2]) - Number(m[1]) + 1;
-    }, 0);
-
-const sideBytes = (server: TestHttpServer, version: string, from = 0) =>
-  server.requests
-    .slice(from)
-    .filter((r) => r.path === `/releases/${version}/image.zst-chunks` && r.method === 'GET' && r.status === 206)
-    .reduce((n, r) => {
-      const m = /^bytes=(\d+)-(\d+)$/.exec(r.range ?? '')!;
-      return n + Number(m[2]) - Number(m[1]) + 1;
-    }, 0);
+const payloadBytes = (server: TestHttpServer, version: string, from = 0) => server.rangeBytes(`/releases/${version}/image.lz4`, from);
+const sideBytes = (server: TestHttpServer, version: string, from = 0) => server.rangeBytes(`/releases/${version}/image.zst-chunks`, from);
 
 const manifestOf = (releases: string, version: string) => JSON.parse(readFileSync(path.join(releases, 'releases', version, 'manifest.json'), 'utf8'));
 

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
-import { startHttpServer, type RequestRecord } from '../helpers/http-server.js';
+import { startHttpServer } from '../helpers/http-server.js';
 import { makeMachine, makePublisher, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 
@@ -26,14 +26,6 @@ t.test('resume after kill -9 keeps every verified frame on disk, recorded or not
   const biggest = Math.max(...manifest.payload.frames.map((f: { length: number }) => f.length));
   // Slow enough (2 MB/s) that a kill lands mid-download.
   const root = makeMachine(dir, 'm', server.url.replace(/\/$/, ''), pub.pub, '[prepare]\nparallel = 2\nmax_rate = 2M\n');
-  const asked = (q: RequestRecord[]) =>
-    q
-      .filter((q) => q.path === payload && q.status === 206)
-      .reduce((n, q) => {
-        const m = /^bytes=(\d+)-(\d+)$/.exec(q.range ?? '')!;
-        return n + Number(m[2]) - Number(m[1]) + 1;
-      }, 0);
-
   const kills = 2;
   for (let k = 0; k < kills; k++) {
     let child: ChildProcess | undefined;
@@ -41,7 +33,7 @@ t.test('resume after kill -9 keeps every verified frame on disk, recorded or not
     const run = upgradectl(['--root', root, '--json', 'prepare', '1.0'], { onSpawn: (c) => (child = c) });
     // A random moment once 1–2 MB of this run's payload were asked for (a kill must land mid-download).
     const at = 1_000_000 + Math.random() * 1_000_000;
-    while (asked(server.requests.slice(from)) < at) await new Promise((r) => setTimeout(r, 20));
+    while (server.rangeBytes(payload, from) < at) await new Promise((r) => setTimeout(r, 20));
     child!.kill('SIGKILL');
     const killed = await run;
     t.not(killed.code, 0, `run ${k + 1} was killed`);
@@ -58,6 +50,6 @@ t.test('resume after kill -9 keeps every verified frame on disk, recorded or not
   const r = await upgradectl(['--root', root, '--json', 'prepare', '1.0']);
   t.equal(r.code, 0, r.stderr);
   t.equal(sha256File(path.join(root, 'images/1.0.img')), sha256File(image), 'byte-identical');
-  t.equal(asked(server.requests.slice(from)), needed - onDisk.reduce((n, f) => n + f.length, 0), 'the last run fetched exactly the frames not on disk');
-  t.comment(`payload (without holes) ${needed} bytes; asked for ${asked(server.requests)} over ${kills} kills: ${(asked(server.requests) / needed).toFixed(3)}x (tiny payload, ${biggest}-byte frames; bench/resume.mjs measures 1 GiB)`);
+  t.equal(server.rangeBytes(payload, from), needed - onDisk.reduce((n, f) => n + f.length, 0), 'the last run fetched exactly the frames not on disk');
+  t.comment(`payload (without holes) ${needed} bytes; asked for ${server.rangeBytes(payload)} over ${kills} kills: ${(server.rangeBytes(payload) / needed).toFixed(3)}x (tiny payload, ${biggest}-byte frames; bench/resume.mjs measures 1 GiB)`);
 });
