@@ -53,7 +53,8 @@ const MIN_SAVING = 0.1;
 /**
  * Indexed payload: frames found verified in the staging file are kept, holes are never fetched, the
  * rest is fetched by range (several in flight) — whole frames, or with a /2 index and local images
- * only the LZ4 blocks missing locally — and decoded, verified and written on the worker pool.
+ * only the blocks missing locally (from the zstd side file when there is one) — and decoded,
+ * verified and written on the worker pool.
  */
 export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
   const { manifest } = ctx;
@@ -128,7 +129,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
   const persist = () => ctx.persist([...done].sort((a, b) => a - b), ctx.progress?.done ?? 0);
   let saving: Promise<void> | undefined;
   const save = async () => {
-    // One save at a time; the done list is taken before the fsync, so it never claims unsynced frames.
+    // One save at a time. The list is a report (status): a resumed run checks the file itself.
     while (saving) await saving;
     saving = persist().finally(() => {
       saving = undefined;
