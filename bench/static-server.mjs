@@ -1,5 +1,6 @@
-// A plain static file server with single-range support, for benchmarks: the same server feeds curl and
-// upgradectl, in its own process. Usage: node static-server.mjs DIR  → prints the port.
+// A plain static file server with single-range support, for benchmarks: the same server feeds curl,
+// casync and upgradectl, in its own process. Usage: node static-server.mjs DIR  → prints the port.
+// With an IPC channel, answers any message with the body bytes it has sent so far (bytes on the wire).
 import { createReadStream, promises as fs } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -8,6 +9,7 @@ const root = path.resolve(process.argv[2]);
 // Payload transfer stats for rate benchmarks: bytes sent and the span from the first request's start to
 // the last response's end. GET /__stats returns them and starts afresh.
 let stats = { bytes: 0, first: 0, last: 0 };
+let sent = 0;
 const server = http.createServer(async (req, res) => {
   if (req.url === '/__stats') {
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(stats));
@@ -22,6 +24,7 @@ const server = http.createServer(async (req, res) => {
   } catch {
     return res.writeHead(404).end();
   }
+  if (!st.isFile()) return res.writeHead(404).end();
   const etag = `"${st.size}-${st.mtimeMs}"`;
   const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
   const start = m ? Number(m[1]) : 0;
@@ -33,6 +36,7 @@ const server = http.createServer(async (req, res) => {
   const payload = file.endsWith('.lz4');
   if (payload && !stats.first) stats.first = Date.now();
   const stream = createReadStream(file, { start, end, highWaterMark: 1 << 20 });
+  stream.on('data', (d) => (sent += d.length));
   if (payload) {
     stream.on('data', (chunk) => (stats.bytes += chunk.length));
     res.on('finish', () => (stats.last = Date.now()));
@@ -41,3 +45,5 @@ const server = http.createServer(async (req, res) => {
 });
 server.keepAliveTimeout = 60_000;
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+process.on('message', () => process.send(sent));
+process.on('disconnect', () => process.exit(0));

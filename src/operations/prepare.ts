@@ -99,7 +99,9 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
       const { removed } = await ensureSpace(layout, Math.max(0, release.manifest.image.allocated - staged), keep, version);
       const progress = opts.progress?.(release.manifest.image.size);
       log.info(`preparing ${version} from ${release.where}`);
-      const stage = await stageImage({ layout, source, release, parallel: config.prepare.parallel, progress, signal: opts.signal });
+      // The images this machine holds are where a delta finds its blocks; the one being prepared is not one.
+      const seeds = [...keep].filter((v) => v !== version).map((v) => layout.imageFile(v));
+      const stage = await stageImage({ layout, source, release, parallel: config.prepare.parallel, progress, signal: opts.signal, seeds });
       if (superseded) {
         await fs.rm(layout.imageFile(superseded), { force: true });
         await fs.rm(layout.manifestFile(superseded), { force: true });
@@ -110,6 +112,8 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
         version,
         detail: {
           fetched: stage.fetched,
+          requests: stage.requests,
+          localBytes: stage.localBytes,
           reusedFrames: stage.reusedFrames,
           holeFrames: stage.holeFrames,
           seconds: stage.seconds,

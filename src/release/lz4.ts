@@ -89,6 +89,60 @@ export function encodeFrame(raw: Buffer): Buffer {
   return out;
 }
 
+/**
+ * One independent frame holding `raw` as blocks of `chunkSize` bytes (the last may be shorter), each
+ * decodable on its own: a machine that holds most of a frame locally fetches only the blocks it lacks.
+ * Returns the on-wire length of every block (size field + data), in order, for the release index.
+ */
+export function encodeChunkedFrame(raw: Buffer, chunkSize: number): { frame: Buffer; chunks: number[] } {
+  const id = Number(Object.entries(BLOCK_MAX_BY_ID).find(([, max]) => max >= chunkSize)?.[0]);
+  if (!id || chunkSize % 4096) throw new RangeError(`chunk size ${chunkSize} is not a multiple of 4096 up to ${MAX_BLOCK}`);
+  const header = Buffer.alloc(15);
+  header.writeUInt32LE(FRAME_MAGIC, 0);
+  header[4] = 0x40 | 0x20 | 0x08; // version 01, independent blocks, content size present
+  header[5] = id << 4;
+  header.writeBigUInt64LE(BigInt(raw.length), 6);
+  header[14] = (xxh32(header.subarray(4, 14)) >>> 8) & 0xff;
+  const parts: Buffer[] = [header];
+  const chunks: number[] = [];
+  for (let o = 0; o < raw.length; o += chunkSize) {
+    const slice = raw.subarray(o, Math.min(o + chunkSize, raw.length));
+    const packed = compressSync(slice);
+    const field = Buffer.allocUnsafe(4);
+    if (packed.length - 4 < slice.length) {
+      field.writeUInt32LE(packed.length - 4, 0);
+      parts.push(field, packed.subarray(4));
+    } else {
+      field.writeUInt32LE((slice.length | UNCOMPRESSED_BIT) >>> 0, 0);
+      parts.push(field, slice);
+    }
+    chunks.push(4 + Math.min(packed.length - 4, slice.length));
+  }
+  parts.push(Buffer.alloc(4)); // end mark
+  return { frame: Buffer.concat(parts), chunks };
+}
+
+/** Length of the header of the frame at the start of `buf` (ours: 15 bytes; any valid header is read). */
+export function frameHeaderLength(buf: Buffer): number {
+  if (buf.length < 4 || buf.readUInt32LE(0) !== FRAME_MAGIC) throw new Lz4FormatError('not an LZ4 frame (bad magic)');
+  const header = parseHeader(buf, 0);
+  if (!header) throw new Lz4FormatError('truncated LZ4 frame header');
+  return header.length;
+}
+
+/**
+ * Decode one independent block (its 4-byte size field and data, as cut out of a frame by the release
+ * index) that must yield `rawLength` bytes. `block` is consumed (decoded in place).
+ */
+export function decodeChunk(block: Buffer, rawLength: number): Buffer {
+  if (block.length < 4) throw new Lz4FormatError('truncated LZ4 block');
+  const field = block.readUInt32LE(0);
+  if ((field & 0x7fffffff) !== block.length - 4) throw new Lz4FormatError('LZ4 block length does not match the release index');
+  const out = decodeBlock(block, 0, field, rawLength, undefined);
+  if (out.length !== rawLength) throw new Lz4FormatError(`LZ4 block decodes to ${out.length} bytes, expected ${rawLength}`);
+  return out;
+}
+
 interface FrameDescriptor {
   independent: boolean;
   blockChecksum: boolean;
@@ -144,9 +198,9 @@ function decodeBlock(buf: Buffer, pos: number, field: number, bound: number, dic
 
 /**
  * Decode a buffer holding exactly one frame (our indexed payload frames) that must yield `rawLength`
- * bytes. The frame buffer is consumed (decoded in place). Corrupt input may decode "successfully" to garbage: callers verify the SHA-256.
+ * bytes, several blocks joined in `into` when given. The frame buffer is consumed (decoded in place). Corrupt input may decode "successfully" to garbage: callers verify the SHA-256.
  */
-export function decodeFrame(frame: Buffer, rawLength: number): Buffer {
+export function decodeFrame(frame: Buffer, rawLength: number, into?: Buffer): Buffer {
   if (frame.length < 4 || frame.readUInt32LE(0) !== FRAME_MAGIC) throw new Lz4FormatError('not an LZ4 frame (bad magic)');
   const header = parseHeader(frame, 0);
   if (!header) throw new Lz4FormatError('truncated LZ4 frame header');
@@ -174,7 +228,12 @@ export function decodeFrame(frame: Buffer, rawLength: number): Buffer {
   }
   if (pos !== frame.length) throw new Lz4FormatError('trailing bytes after the LZ4 frame');
   if (produced !== rawLength) throw new Lz4FormatError(`LZ4 frame decodes to ${produced} bytes, expected ${rawLength}`);
-  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, produced);
+  if (parts.length === 1) return parts[0]!;
+  if (!into || into.length < produced) return Buffer.concat(parts, produced);
+  // A caller's reusable buffer: no fresh 4 MiB allocation (and its page faults) per frame.
+  let at = 0;
+  for (const p of parts) at += p.copy(into, at);
+  return into.subarray(0, produced);
 }
 
 function lastBytes(parts: Buffer[], n: number): Buffer {

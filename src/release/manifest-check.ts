@@ -2,7 +2,8 @@ import { bootPathProblem, kernelArgsProblem } from '../core/boot-data.js';
 import { UpgradeError } from '../core/errors.js';
 import { MAX_BLOCK } from './lz4.js';
 import { assertVersion } from '../core/version.js';
-import { MANIFEST_FORMAT, type Manifest } from './manifest.js';
+import { framesRoot } from './frames-root.js';
+import { MANIFEST_FORMATS, type Manifest } from './manifest.js';
 
 /**
  * Check every field a machine relies on before it downloads a byte: a manifest that is signed but
@@ -22,7 +23,8 @@ export function validateManifest(doc: unknown, where: string): Manifest {
   const sha = (v: unknown, field: string): string => (typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? v : fail(field, 'a SHA-256 in hex'));
 
   const m = obj(doc, 'the manifest');
-  if (m.format !== MANIFEST_FORMAT) fail('format', `"${MANIFEST_FORMAT}"`);
+  if (!(MANIFEST_FORMATS as readonly unknown[]).includes(m.format)) fail('format', MANIFEST_FORMATS.map((f) => `"${f}"`).join(' or '));
+  const v2 = m.format !== MANIFEST_FORMATS[0];
   const version = str(m.version, 'version');
   assertVersion(version, `${where}: version`);
   const created = str(m.created, 'created');
@@ -56,6 +58,26 @@ export function validateManifest(doc: unknown, where: string): Manifest {
       sha(frame.sha256, `payload.frames[${i}].sha256`);
     });
     if (offset !== payloadSize) fail('payload.size', `${offset}, the end of the last frame`);
+    if (v2) {
+      // The frame-hash root replaces the second pass over the image: it must be there and be right.
+      const root = sha(image.framesSha256, 'image.framesSha256');
+      if (root !== framesRoot((frames as Array<{ sha256: string }>).map((f) => f.sha256))) fail('image.framesSha256', 'the SHA-256 of the frames\' SHA-256s');
+      if (payload.chunkSize !== undefined || payload.index !== undefined) {
+        const chunkSize = count(payload.chunkSize, 'payload.chunkSize');
+        if (chunkSize === 0 || chunkSize > frameSize || frameSize % chunkSize || chunkSize % 4096) fail('payload.chunkSize', 'a multiple of 4096 dividing payload.frameSize');
+        const index = obj(payload.index, 'payload.index');
+        if (typeof index.path !== 'string' || !/^[A-Za-z0-9._-]+$/.test(index.path)) fail('payload.index.path', 'a file name beside the payload');
+        count(index.size, 'payload.index.size');
+        sha(index.sha256, 'payload.index.sha256');
+        if (index.blockSize !== 4096) fail('payload.index.blockSize', '4096');
+        if (payload.zstdChunks !== undefined) {
+          const z = obj(payload.zstdChunks, 'payload.zstdChunks');
+          if (typeof z.path !== 'string' || !/^[A-Za-z0-9._-]+$/.test(z.path)) fail('payload.zstdChunks.path', 'a file name beside the payload');
+          count(z.size, 'payload.zstdChunks.size');
+          sha(z.sha256, 'payload.zstdChunks.sha256');
+        }
+      }
+    }
   } else if (payload.compression !== 'lz4') {
     fail('payload.compression', '"lz4-frames" or "lz4"');
   }

@@ -5,7 +5,9 @@
  *   <prefix>/releases/<version>/image.lz4                the payload
  *   <prefix>/channels/<channel>.json (+ .sig)            a pointer to the newest release
  */
-export const MANIFEST_FORMAT = 'upgradectl-release/1';
+export const MANIFEST_FORMAT = 'upgradectl-release/2';
+/** Formats a machine prepares: /1 (no hash list root, no index) is still accepted, and /2 is what publish writes. */
+export const MANIFEST_FORMATS = ['upgradectl-release/1', MANIFEST_FORMAT] as const;
 export const CHANNEL_FORMAT = 'upgradectl-channel/1';
 
 /** One LZ4 frame of the payload: a fixed-size slice of the image (the last may be shorter). */
@@ -31,6 +33,27 @@ export interface Payload {
   compression: 'lz4-frames' | 'lz4';
   frameSize?: number;
   frames?: Frame[];
+  /**
+   * /2, lz4-frames only: each frame is made of independent LZ4 blocks of `chunkSize` image bytes (the
+   * last of a frame may be shorter), so that one block can be fetched and decoded alone.
+   */
+  chunkSize?: number;
+  /** /2, lz4-frames only: the block index (release-index.ts) a machine uses to reuse local data. */
+  index?: IndexRef;
+  /** /2, optional: the same blocks each as a zstd frame (zstd-chunks.ts), what a delta fetches. */
+  zstdChunks?: ObjectRef;
+}
+
+/** A side file of a release, bound to the signed manifest by its size and SHA-256. */
+export interface ObjectRef {
+  path: string;
+  size: number;
+  sha256: string;
+}
+
+export interface IndexRef extends ObjectRef {
+  /** Bytes of image each block hash covers (4096: the ext4 block, the grain at which files move). */
+  blockSize: number;
 }
 
 export interface BootData {
@@ -42,7 +65,7 @@ export interface BootData {
 }
 
 export interface Manifest {
-  format: typeof MANIFEST_FORMAT;
+  format: (typeof MANIFEST_FORMATS)[number];
   version: string;
   created: string;
   expires?: string;
@@ -51,6 +74,12 @@ export interface Manifest {
     sha256: string;
     /** Bytes that are not zero blocks: what the sparse file takes on disk, for the space check. */
     allocated: number;
+    /**
+     * /2: SHA-256 over the concatenated 32-byte SHA-256s of the frames, in order. The frames tile the
+     * image, so a machine that verified every frame against its hash as it wrote it checks the whole
+     * image with this, without hashing it a second time.
+     */
+    framesSha256?: string;
   };
   payload: Payload;
   boot: BootData;

@@ -25,6 +25,7 @@ export interface PublishArgs {
   reflash?: boolean;
   expiresInDays: number;
   frameSize: number;
+  chunkSize?: number;
   minVersion?: string;
   revokeKeys: string[];
   /** The key id of the signing key: a channel may not revoke the key that signs it. */
@@ -36,6 +37,9 @@ export async function checkPublishArgs(a: PublishArgs): Promise<{ lz4: boolean }
   if (a.channel !== undefined) assertChannelName(a.channel, '--channel');
   if (a.frameSize <= 0 || a.frameSize > MAX_BLOCK || a.frameSize % 4096 !== 0) {
     throw new UpgradeError('USAGE', `frame size ${a.frameSize} is not valid`, { hint: `use a multiple of 4096 up to ${MAX_BLOCK}` });
+  }
+  if (a.chunkSize !== undefined && (a.chunkSize <= 0 || a.chunkSize % 4096 !== 0 || a.frameSize % a.chunkSize !== 0)) {
+    throw new UpgradeError('USAGE', `chunk size ${a.chunkSize} is not valid`, { hint: `use a multiple of 4096 that divides the frame size (${a.frameSize})` });
   }
   if (!Number.isInteger(a.rollout) || a.rollout < 0 || a.rollout > 100) throw new UpgradeError('USAGE', `--rollout ${a.rollout} is not valid`, { hint: 'give a percentage from 0 to 100' });
   if (!Number.isInteger(a.expiresInDays) || a.expiresInDays < 1) throw new UpgradeError('USAGE', `--expires-days ${a.expiresInDays} is not valid`, { hint: 'give a whole number of days, at least 1' });

@@ -55,6 +55,8 @@ export interface TestHttpServer {
   readonly connections: number;
   /** Requests to one path (all methods). */
   count(urlPath: string): number;
+  /** Bytes of one path asked for by range requests answered 206, from request number `from` on. */
+  rangeBytes(urlPath: string, from?: number): number;
   /** The ETag the server gives a file under its root. */
   etagOf(relative: string): Promise<string>;
   close(): Promise<void>;
@@ -134,6 +136,14 @@ export async function startHttpServer(root: string, opts: HttpServerOptions = {}
       clear: () => faults.splice(0),
     },
     count: (urlPath) => requests.filter((r) => r.path === urlPath).length,
+    rangeBytes: (urlPath, from = 0) =>
+      requests
+        .slice(from)
+        .filter((r) => r.path === urlPath && r.method === 'GET' && r.status === 206)
+        .reduce((n, r) => {
+          const m = /^bytes=(\d+)-(\d+)$/.exec(r.range ?? '');
+          return m ? n + Number(m[2]) - Number(m[1]) + 1 : n;
+        }, 0),
     etagOf: async (relative) => etagOf(await fs.stat(path.join(root, relative), { bigint: true })),
     close: async () => {
       // Stalled responses never end by themselves: cut every connection, then wait for the listener.

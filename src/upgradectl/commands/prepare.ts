@@ -27,7 +27,7 @@ export const prepareCommand: Command = {
       let text: string;
       if (r.action === 'prepared') {
         const s = r.stage;
-        text = `prepared ${r.version}: ${r.image}\n  fetched ${fmtBytes(s.fetched)} in ${s.seconds.toFixed(1)} s (${s.reusedFrames} frames resumed, ${s.holeFrames} zero frames skipped)${r.signedBy ? `\n  signed by ${r.signedBy}` : ''}\n  next: upgradectl commit`;
+        text = `prepared ${r.version}: ${r.image}\n  fetched ${fmtBytes(s.fetched)} in ${s.seconds.toFixed(1)} s (${fmtBytes(s.localBytes)} reused from local images, ${s.reusedFrames} frames resumed, ${s.holeFrames} zero frames skipped)${r.signedBy ? `\n  signed by ${r.signedBy}` : ''}\n  next: upgradectl commit`;
       } else if (r.action === 'already-prepared') {
         text = `${r.version} is already prepared at ${r.image}`;
       } else {

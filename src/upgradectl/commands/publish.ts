@@ -23,6 +23,7 @@ export const publishCommand: Command = {
     'min-version': { type: 'string' },
     revoke: { type: 'string' },
     'frame-size': { type: 'string' },
+    'chunk-size': { type: 'string' },
     region: { type: 'string' },
     endpoint: { type: 'string' },
     'path-style': { type: 'boolean' },
@@ -54,6 +55,7 @@ export const publishCommand: Command = {
       revokeKeys: typeof options.revoke === 'string' ? options.revoke.split(',').map((id) => id.trim()).filter(Boolean) : [],
       expiresInDays: parseWhole(options['expires-days'] as string | undefined, '--expires-days', 365, 1, 36500),
       frameSize: options['frame-size'] ? parseSize(options['frame-size'] as string, '--frame-size') : 4 << 20,
+      chunkSize: options['chunk-size'] ? parseSize(options['chunk-size'] as string, '--chunk-size') : undefined,
       sourceOptions: {
         region: options.region as string | undefined,
         endpoint: options.endpoint as string | undefined,

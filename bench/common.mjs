@@ -1,0 +1,78 @@
+// Shared by the prepare benchmarks: a published release set, a loopback server in its own process
+// that counts the bytes it sends, machine roots, and a timed prepare with its peak RSS.
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const bin = path.join(repo, 'bin/upgradectl.js');
+export const work = process.env.BENCH_DIR ?? '/var/tmp/upgradectl-bench';
+export const sh = (cmd, args, opts = {}) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 26, ...opts }).toString();
+export const mib = (n) => (n / 1048576).toFixed(1);
+export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+export const isZeroFrame = (f) => f.sha256 === createHash('sha256').update(Buffer.alloc(f.rawLength)).digest('hex');
+export const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+
+/** Publish `image` as `version` under `releases` once (throwaway key shared by all benchmarks). */
+export function publishOnce(releases, version, image, extra = []) {
+  const key = path.join(work, 'key');
+  if (!existsSync(key)) sh('node', [bin, '-q', 'keygen', '--out', key]);
+  if (!existsSync(path.join(releases, `releases/${version}/manifest.json`))) {
+    sh('node', [bin, '-q', 'publish', image, '--version', version, '--to', `file://${releases}`, '--key', key, ...extra]);
+  }
+  return JSON.parse(readFileSync(path.join(releases, `releases/${version}/manifest.json`), 'utf8'));
+}
+
+/** The loopback server (bench/static-server.mjs) in its own process; `sent()` = body bytes sent so far. */
+export async function serve(dir) {
+  const server = spawn(process.execPath, [path.join(repo, 'bench/static-server.mjs'), dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const port = await new Promise((resolve) => server.stdout.once('data', (d) => resolve(Number(String(d).trim()))));
+  const sent = () =>
+    new Promise((resolve) => {
+      server.once('message', (m) => resolve(m));
+      server.send('sent?');
+    });
+  return { url: `http://127.0.0.1:${port}`, sent, close: () => server.kill() };
+}
+
+/** A machine root trusting the bench key, reading from `url`, holding `images` (version → file, copied sparse). */
+export function machine(name, url, images = {}, current) {
+  const root = path.join(work, name);
+  rmSync(root, { recursive: true, force: true });
+  mkdirSync(path.join(root, 'etc/upgradectl/keys.d'), { recursive: true });
+  mkdirSync(path.join(root, 'images/.upgradectl'), { recursive: true });
+  writeFileSync(path.join(root, 'etc/upgradectl/keys.d/bench.pub'), readFileSync(path.join(work, 'key.pub')));
+  writeFileSync(path.join(root, 'etc/upgradectl/upgradectl.conf'), `[source]\nurl = ${url}\n`);
+  for (const [v, file] of Object.entries(images)) sh('cp', ['--sparse=always', file, path.join(root, `images/${v}.img`)]);
+  if (current) {
+    // A machine that runs `current` (as the boot loader says) and has nothing pending.
+    mkdirSync(path.join(root, 'proc'), { recursive: true });
+    writeFileSync(path.join(root, 'proc/cmdline'), `root=UUID=x upgradectl.loop=/images/${current}.img\n`);
+  }
+  return root;
+}
+
+/** `upgradectl prepare VERSION` as its own process (+ sync, as the reference pipeline syncs); peak RSS polled. */
+export async function prepare(root, version, { killAfterMs } = {}) {
+  const t0 = process.hrtime.bigint();
+  const child = spawn(process.execPath, [bin, '--root', root, '--json', 'prepare', version], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  let peak = 0;
+  const poll = setInterval(() => {
+    try {
+      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+      if (m) peak = Math.max(peak, Number(m[1]) * 1024);
+    } catch {}
+  }, 20);
+  const killer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+  const code = await new Promise((resolve) => child.on('exit', (c, sig) => resolve(sig ?? c)));
+  clearInterval(poll);
+  clearTimeout(killer);
+  if (code === 'SIGKILL') return { killed: true, peak };
+  if (code !== 0) throw new Error(`prepare exited ${code}`);
+  sh('sync', []);
+  return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, peak, result: JSON.parse(out) };
+}

@@ -1,0 +1,36 @@
+// 3. Bytes sent again after kill -9 at random moments of a full prepare of a.img (loopback HTTP), as a
+// multiple of the payload a fresh prepare fetches. Part of `npm run bench` (as root).
+import path from 'node:path';
+import { benchImages } from './images.mjs';
+import { isZeroFrame, load, machine, mib, prepare, publishOnce, serve, work } from './common.mjs';
+
+const kills = Number(process.env.BENCH_KILLS ?? 3);
+const rounds = Number(process.env.BENCH_RUNS ?? 3);
+const { a } = benchImages(work);
+const releases = path.join(work, 'releases');
+const m = publishOnce(releases, 'a', a);
+const needed = m.payload.frames.filter((f) => !isZeroFrame(f)).reduce((n, f) => n + f.length, 0);
+const server = await serve(releases);
+const rows = [];
+try {
+  for (let round = 0; round < rounds; round++) {
+    const root = machine('resume', server.url);
+    const before = await server.sent();
+    const at = [];
+    for (let k = 0; k < kills; k++) {
+      // Random moments spread over the download (start-up ~0.7 s, download ~2-4 s on this machine).
+      const ms = Math.round(800 + Math.random() * 1200);
+      at.push(ms);
+      const r = await prepare(root, 'a', { killAfterMs: ms });
+      if (!r.killed) break;
+    }
+    const done = await prepare(root, 'a');
+    rows.push({ at, sent: (await server.sent()) - before, peak: done.peak, load: load() });
+  }
+} finally {
+  server.close();
+}
+console.log(`## 3. kill -9 and resume, payload without holes ${mib(needed)} MiB`);
+console.log('| round | kills after (ms from start) | bytes sent in all | multiple of the payload | load avg |');
+console.log('| --- | --- | --- | --- | --- |');
+rows.forEach((r, i) => console.log(`| ${i + 1} | ${r.at.join(', ')} | ${mib(r.sent)} MiB | ${(r.sent / needed).toFixed(3)}x (target ≤ 1.05) | ${r.load} |`));

@@ -1,0 +1,83 @@
+import { UpgradeError } from '../core/errors.js';
+import { BLOCK_HASH_BYTES } from './block-hash.js';
+import { HOLE_GRAIN } from './holes.js';
+import type { Manifest } from './manifest.js';
+
+/**
+ * `image.idx` of a /2 release (docs/release-format.md): where each independent LZ4 block of the
+ * payload is, and a truncated hash of each 4 KiB block of the image. Binary, because a 1 GiB image
+ * has 262,144 blocks; bound to the signed manifest by `payload.index.size` and `.sha256`.
+ *
+ *   8 bytes   magic "UPGIDX1\n"
+ *   4 bytes × (number of LZ4 blocks)   on-wire length (size field + data) of each, frame by frame (LE)
+ *   4 bytes × (number of LZ4 blocks)   only with payload.zstdChunks: length of each block's zstd frame
+ *   8 bytes × ceil(image.size / 4096)  first 8 bytes of the SHA-256 of each 4 KiB image block
+ */
+const MAGIC = Buffer.from('UPGIDX1\n');
+
+export interface ReleaseIndex {
+  /** Per frame: payload offset of each LZ4 block's size field, plus the frame's end mark last. */
+  chunkOffsets: number[][];
+  /** With payload.zstdChunks, per frame: offset of each block's zstd frame in that file, plus the end. */
+  zstdOffsets?: number[][];
+  blockHashes: Buffer;
+}
+
+export function chunksOf(rawLength: number, chunkSize: number): number {
+  return Math.ceil(rawLength / chunkSize);
+}
+
+export function encodeIndex(chunkLengths: number[][], zstdLengths: number[][] | undefined, blockHashes: Buffer[]): Buffer {
+  const u32s = (perFrame: number[][]) => {
+    const out = Buffer.alloc(4 * perFrame.reduce((n, c) => n + c.length, 0));
+    let o = 0;
+    for (const frame of perFrame) for (const l of frame) o = out.writeUInt32LE(l, o);
+    return out;
+  };
+  return Buffer.concat([MAGIC, u32s(chunkLengths), ...(zstdLengths ? [u32s(zstdLengths)] : []), ...blockHashes]);
+}
+
+/** Parse and check an index against the manifest it belongs to (its size and SHA-256 were checked by the caller). */
+export function decodeIndex(buf: Buffer, manifest: Manifest, where: string): ReleaseIndex {
+  const bad = (why: string): never => {
+    throw new UpgradeError('CORRUPT', `${where} does not fit its manifest: ${why}`, { hint: 're-publish the release' });
+  };
+  const frames = manifest.payload.frames ?? [];
+  const chunkSize = manifest.payload.chunkSize ?? 0;
+  const counts = frames.map((f) => chunksOf(f.rawLength, chunkSize));
+  const nChunks = counts.reduce((a, b) => a + b, 0);
+  const nBlocks = Math.ceil(manifest.image.size / HOLE_GRAIN);
+  const zstd = manifest.payload.zstdChunks;
+  const want = 8 + 4 * nChunks * (zstd ? 2 : 1) + BLOCK_HASH_BYTES * nBlocks;
+  if (!buf.subarray(0, 8).equals(MAGIC)) bad('no index magic');
+  if (buf.length !== want) bad(`${buf.length} bytes, expected ${want}`);
+  let at = 8;
+  const lengthsOf = (i: number) => {
+    const lengths = Array.from({ length: counts[i]! }, (_, k) => buf.readUInt32LE(at + 4 * k));
+    at += 4 * counts[i]!;
+    return lengths;
+  };
+  const runningSum = (start: number, lengths: number[]) => {
+    const offsets = [start];
+    for (const l of lengths) offsets.push(offsets.at(-1)! + l);
+    return offsets;
+  };
+  const chunkOffsets = frames.map((f, i) => {
+    const lengths = lengthsOf(i);
+    // Our frames: a header (7–19 bytes), the blocks, a 4-byte end mark.
+    const header = f.length - 4 - lengths.reduce((a, b) => a + b, 0);
+    if (header < 7 || header > 19) bad(`frame ${i}'s blocks do not fit its length`);
+    return runningSum(f.offset + header, lengths);
+  });
+  let zstdOffsets: number[][] | undefined;
+  if (zstd) {
+    let end = 0;
+    zstdOffsets = frames.map((_, i) => {
+      const offsets = runningSum(end, lengthsOf(i));
+      end = offsets.at(-1)!;
+      return offsets;
+    });
+    if (end !== zstd.size) bad(`its zstd blocks end at ${end}, the zstd file is ${zstd.size} bytes`);
+  }
+  return { chunkOffsets, zstdOffsets, blockHashes: buf.subarray(at) };
+}

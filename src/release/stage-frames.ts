@@ -1,0 +1,298 @@
+import { createHash } from 'node:crypto';
+import { UpgradeError } from '../core/errors.js';
+import { log } from '../core/log.js';
+import { type FramePool, type OrderedHasher, transferable } from './frame-pool.js';
+import type { FrameResult } from './frame-worker.js';
+import { framesRoot } from './frames-root.js';
+import { HOLE_GRAIN } from './holes.js';
+import { MANIFEST_FORMATS, type Frame, type Manifest } from './manifest.js';
+import type { Progress } from './progress.js';
+import { decodeIndex, type ReleaseIndex } from './release-index.js';
+import { chunkRanges, planFrame, scanSeeds, type FramePlan, type Seeds } from './reuse.js';
+import type { Source } from './sources/source.js';
+
+/** What the indexed pipeline needs from stage.ts. */
+export interface FramesContext {
+  manifest: Manifest;
+  source: Source;
+  payloadKey: string;
+  payloadUrl: string;
+  etag: string | undefined;
+  fd: number;
+  pool: FramePool;
+  /** /1 manifests only: the whole image hashed in order (a /2 manifest's frame-hash root replaces it). */
+  hasher?: OrderedHasher;
+  parallel: number;
+  progress?: Progress;
+  signal?: AbortSignal;
+  /** Bytes of the staging file already allocated (0: nothing on disk worth checking). */
+  stagedBytes: number;
+  /** Local images to reuse blocks from (delta), and where their block hashes are cached. */
+  seeds: string[];
+  seedCache: string;
+  /** Called with the verified frames so far, on a timer and at the end. */
+  persist: (done: number[], bytesDone: number) => Promise<void>;
+}
+
+export interface FramesResult {
+  /** Payload bytes fetched in this run, index included. */
+  fetched: number;
+  requests: number;
+  reusedFrames: number;
+  holeFrames: number;
+  /** Image bytes copied from local images and verified. */
+  localBytes: number;
+  /** /2: the frame-hash root of what was verified on its way to disk. */
+  framesSha256?: string;
+}
+
+const CHECKPOINT_MS = 1000;
+/** A delta that saves less than this share of the full payload is not worth its many small requests. */
+const MIN_SAVING = 0.1;
+
+/**
+ * Indexed payload: frames found verified in the staging file are kept, holes are never fetched, the
+ * rest is fetched by range (several in flight) — whole frames, or with a /2 index and local images
+ * only the blocks missing locally (from the zstd side file when there is one) — and decoded,
+ * verified and written on the worker pool.
+ */
+export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
+  const { manifest } = ctx;
+  const frames = manifest.payload.frames!;
+  const frameSize = manifest.payload.frameSize!;
+  const v1 = manifest.format === MANIFEST_FORMATS[0];
+  const digests: Array<string | undefined> = frames.map(() => undefined);
+  const zeroSha = new Map<number, string>();
+  // Frame 0 is never left a hole, zeros or not: GRUB cannot open an image file whose first block is
+  // one (core/first-block.ts), and the frame writer writes the file's first block whatever it holds.
+  const isHole = (f: Frame, i: number) => {
+    if (i === 0) return false;
+    let z = zeroSha.get(f.rawLength);
+    if (!z) zeroSha.set(f.rawLength, (z = createHash('sha256').update(Buffer.alloc(f.rawLength)).digest('hex')));
+    return f.sha256 === z;
+  };
+  const done = new Set<number>();
+  let holes = 0;
+  frames.forEach((f, i) => {
+    if (!isHole(f, i)) return;
+    // Holes are known from the manifest and never written: nothing on disk to check or fetch.
+    done.add(i);
+    digests[i] = f.sha256;
+    holes++;
+  });
+
+  // What is on disk and verifies is kept, whether or not the last run lived to record it (kill -9).
+  const claimed = ctx.stagedBytes > 0 ? frames.map((_, i) => i).filter((i) => !done.has(i)) : [];
+  let reused = 0;
+  await eachLimited(claimed, ctx.pool.size * 2, async (i) => {
+    const f = frames[i]!;
+    const r = await ctx.pool.run({ op: 'hash-range', fd: ctx.fd, start: i * frameSize, end: i * frameSize + f.rawLength });
+    if (r.sha256 !== f.sha256) return;
+    done.add(i);
+    digests[i] = r.sha256;
+    reused++;
+  });
+  ctx.progress?.advance(frames.reduce((n, f, i) => n + (done.has(i) ? f.rawLength : 0), 0));
+  if (ctx.hasher) {
+    // Every frame reaches the /1 image hash exactly once: kept ones from the file, holes as zeros,
+    // fetched ones from memory when they are decoded.
+    const hasher = ctx.hasher;
+    frames.forEach((f, i) => {
+      hasher.setRange(i, i * frameSize, i * frameSize + f.rawLength);
+      if (done.has(i)) hasher.add(i, isHole(f, i) ? { zero: f.rawLength } : { file: { start: i * frameSize, end: i * frameSize + f.rawLength } });
+    });
+  }
+
+  const todo = frames.map((_, i) => i).filter((i) => !done.has(i));
+  const stats = { fetched: 0, requests: 0, localBytes: 0 };
+  const delta = todo.length && !v1 ? await prepareDelta(ctx, stats) : undefined;
+  const plans = new Map<number, FramePlan>();
+  if (delta) {
+    let planned = 0;
+    let whole = 0;
+    let local = 0;
+    for (const i of todo) {
+      const plan = planFrame(i, manifest, delta.index, delta.seeds);
+      if (plan) plans.set(i, plan);
+      planned += plan ? plan.cost : frames[i]!.length;
+      whole += frames[i]!.length;
+      local += plan?.localBytes ?? 0;
+    }
+    // A major upgrade (or an unrelated local image): when the delta saves little, the full payload's
+    // plain path — one range per frame, LZ4, no local reads — is the faster way to the same image.
+    if (planned > (1 - MIN_SAVING) * whole) {
+      log.info(`delta: ${(local / 1048576).toFixed(1)} MiB found locally would save under ${MIN_SAVING * 100} % of ${(whole / 1048576).toFixed(1)} MiB; fetching the full payload`);
+      plans.clear();
+    } else {
+      log.info(`delta: ${plans.size} of ${todo.length} frames from local images, ${(planned / 1048576).toFixed(1)} MiB to fetch instead of ${(whole / 1048576).toFixed(1)} MiB`);
+    }
+  }
+
+  let failure: unknown;
+  const persist = () => ctx.persist([...done].sort((a, b) => a - b), ctx.progress?.done ?? 0);
+  let saving: Promise<void> | undefined;
+  const save = async () => {
+    // One save at a time. The list is a report (status): a resumed run checks the file itself.
+    while (saving) await saving;
+    saving = persist().finally(() => {
+      saving = undefined;
+    });
+    await saving;
+  };
+  // On a timer, not per frame: a stalled frame must not hold back saving what the others finished.
+  const timer = setInterval(() => {
+    save().catch((err: unknown) => log.warn(`could not save download progress: ${(err as Error).message}`));
+  }, CHECKPOINT_MS);
+
+  const fetchRange = async (start: number, end: number, key = ctx.payloadKey) => {
+    // The payload is pinned to the version the download began with; the side file to its size and hashes.
+    const bytes = await ctx.source.range(key, start, end, key === ctx.payloadKey ? ctx.etag : undefined);
+    stats.fetched += end - start;
+    stats.requests++;
+    return bytes;
+  };
+  /** Fetch a whole frame; the promise it returns is the frame decoded, verified and written. */
+  const fetchWhole = async (i: number): Promise<{ written: Promise<string> }> => {
+    const f = frames[i]!;
+    const bytes = await fetchRange(f.offset, f.offset + f.length);
+    const written = ctx.pool
+      .run(
+        { op: 'decode-write', frame: bytes, rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, position: i * frameSize, keepRaw: Boolean(ctx.hasher) },
+        // Hand the frame's memory to the worker when it owns its buffer outright (no copy).
+        transferable(bytes),
+      )
+      .then((r) => {
+        if (!r.ok) {
+          throw new UpgradeError('CORRUPT', `frame ${i} of ${ctx.payloadUrl} (bytes ${f.offset}–${f.offset + f.length}) is corrupt: ${r.reason}`, {
+            hint: 'the payload does not match its signed manifest: do not use this release; re-publish it',
+          });
+        }
+        if (r.raw) ctx.hasher!.add(i, { data: r.raw });
+        return r.sha256;
+      });
+    return { written };
+  };
+  const wholeFrame = async (i: number) => (await fetchWhole(i)).written;
+  /** Local blocks plus fetched ones; blocks whose local copy is bad are fetched on a second try, then the whole frame. */
+  const assembled = async (i: number, plan: FramePlan, offsets: number[]): Promise<string> => {
+    const f = frames[i]!;
+    let chunks = plan.chunks;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const parts: Array<{ index: number; bytes: Uint8Array }> = [];
+      const transfer: ArrayBuffer[] = [];
+      for (const r of chunkRanges(offsets, chunks)) {
+        const bytes = await fetchRange(r.start, r.end, delta!.key);
+        transfer.push(...transferable(bytes));
+        for (const c of r.chunks) parts.push({ index: c, bytes: bytes.subarray(offsets[c]! - r.start, offsets[c + 1]! - r.start) });
+      }
+      const first = (i * frameSize) / HOLE_GRAIN;
+      const expect = delta!.index.blockHashes.subarray(first * 8, (first + Math.ceil(f.rawLength / HOLE_GRAIN)) * 8);
+      const r: Extract<FrameResult, { op: 'assemble' }> = await ctx.pool.run(
+        { op: 'assemble', fd: ctx.fd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: manifest.payload.chunkSize!, local: plan.local, expect: new Uint8Array(expect), chunks: parts, codec: delta!.codec },
+        transfer,
+      );
+      if (r.ok) {
+        stats.localBytes += plan.local.reduce((n, l) => n + l.length, 0);
+        return r.sha256;
+      }
+      if (!r.badBlocks.length) break;
+      const perChunk = manifest.payload.chunkSize! / HOLE_GRAIN;
+      log.warn(`frame ${i}: ${r.badBlocks.length} blocks of the local images do not match the release; fetching them`);
+      chunks = [...new Set([...chunks, ...r.badBlocks.map((b) => Math.floor(b / perChunk))])].sort((a, b) => a - b);
+    }
+    log.warn(`frame ${i} could not be put together from local data; fetching it whole`);
+    return wholeFrame(i);
+  };
+
+  // A lane fetches the next frame while the workers still decode the last ones: the network never
+  // waits for the CPU, up to a bounded number of decoded-but-unwritten frames (memory stays flat).
+  const queue = [...todo];
+  const decoding = new Set<Promise<void>>();
+  const maxDecoding = ctx.pool.size;
+  const finish = (i: number) => (digest: string) => {
+    digests[i] = digest;
+    done.add(i);
+    ctx.progress?.advance(frames[i]!.rawLength);
+  };
+  const lane = async () => {
+    while (queue.length && !failure && !ctx.signal?.aborted) {
+      if (ctx.hasher) await ctx.hasher.belowBacklog();
+      while (decoding.size >= maxDecoding) await Promise.race(decoding);
+      const i = queue.shift();
+      if (i === undefined) break;
+      const plan = plans.get(i);
+      if (plan) {
+        finish(i)(await assembled(i, plan, delta!.offsets(i)));
+        continue;
+      }
+      const { written } = await fetchWhole(i);
+      const settled: Promise<void> = written.then(finish(i)).finally(() => decoding.delete(settled));
+      decoding.add(settled);
+    }
+  };
+  const failed = (err: unknown) => {
+    failure ??= err;
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.max(1, ctx.parallel) }, () => lane().catch(failed)));
+    while (decoding.size) await Promise.all([...decoding].map((p) => p.catch(failed)));
+  } finally {
+    clearInterval(timer);
+    await delta?.seeds.close();
+    // Whatever happened, keep what was verified so the next run does not fetch it again.
+    await save().catch((err: unknown) => log.warn(`could not save download progress: ${(err as Error).message}`));
+  }
+  if (failure) throw failure;
+  if (ctx.signal?.aborted) {
+    throw new UpgradeError('INTERRUPTED', `download of ${manifest.version} was interrupted`, { hint: 'run the same command again: it resumes where it stopped' });
+  }
+  const result: FramesResult = { ...stats, reusedFrames: reused, holeFrames: holes };
+  if (!v1) result.framesSha256 = framesRoot(digests.map((d, i) => d ?? `missing frame ${i}`));
+  return result;
+}
+
+/** The release index and the local images' blocks, when there are local images and the release has an index. */
+interface Delta {
+  index: ReleaseIndex;
+  seeds: Seeds;
+  /** Where missing blocks come from: the zstd side file when the release has one, else the payload. */
+  key: string;
+  codec: 'lz4' | 'zstd';
+  offsets: (frame: number) => number[];
+}
+
+async function prepareDelta(ctx: FramesContext, stats: { fetched: number; requests: number }): Promise<Delta | undefined> {
+  const ref = ctx.manifest.payload.index;
+  if (!ref || !ctx.seeds.length) return undefined;
+  const dir = ctx.payloadKey.slice(0, ctx.payloadKey.lastIndexOf('/'));
+  const key = `${dir}/${ref.path}`;
+  let bytes: Buffer;
+  try {
+    bytes = await ctx.source.range(key, 0, ref.size);
+    stats.fetched += ref.size;
+    stats.requests++;
+  } catch (err) {
+    log.warn(`no delta: could not fetch the release index: ${(err as Error).message}`);
+    return undefined;
+  }
+  if (createHash('sha256').update(bytes).digest('hex') !== ref.sha256) {
+    log.warn(`no delta: the release index ${key} does not match its manifest; fetching whole frames`);
+    return undefined;
+  }
+  const index = decodeIndex(bytes, ctx.manifest, key);
+  const seeds = await scanSeeds(ctx.pool, ctx.seeds, ctx.seedCache);
+  log.info(`delta: ${seeds.map.size} distinct blocks in ${ctx.seeds.length} local image(s) (${(seeds.hashed / 1048576).toFixed(0)} MiB hashed, the rest cached)`);
+  const zstd = ctx.manifest.payload.zstdChunks;
+  if (zstd && index.zstdOffsets) {
+    const zstdOffsets = index.zstdOffsets;
+    return { index, seeds, key: `${dir}/${zstd.path}`, codec: 'zstd', offsets: (i) => zstdOffsets[i]! };
+  }
+  return { index, seeds, key: ctx.payloadKey, codec: 'lz4', offsets: (i) => index.chunkOffsets[i]! };
+}
+
+async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const queue = [...items];
+  await Promise.all(Array.from({ length: Math.max(1, limit) }, async () => {
+    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
+  }));
+}
