@@ -24,3 +24,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+# The Secure Boot boot test's signed shim and GRUB: downloaded into the test cache, never installed
+# (shim-signed's postinst runs grub-install on a UEFI host). test/boot/secure-boot.ts unpacks them.
+sb_debs="${UPGRADECTL_TEST_CACHE:-/var/cache/upgradectl-test}/sb-debs"
+mkdir -p "$sb_debs"
+(cd "$sb_debs" && apt-get download -q shim-signed grub-efi-amd64-signed)

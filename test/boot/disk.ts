@@ -34,9 +34,21 @@ const EFI_HOST_OFFSET = 16 * 1024 * 1024;
 const ESP_TYPE = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B';
 const LINUX_TYPE = '0FC63DAF-8483-4772-8E79-3D69D8477DE4';
 
-/** OVMF (package ovmf): the firmware code, and the variable store each machine gets a copy of. */
-export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
-const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd';
+/**
+ * OVMF (package ovmf): the firmware code, and the variable store each machine gets a copy of. Secure
+ * Boot: the code built with it, and a store with Microsoft's keys enrolled and Secure Boot on (what
+ * shim, signed by Microsoft, needs).
+ */
+const OVMF = {
+  plain: { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd' },
+  secure: { code: '/usr/share/OVMF/OVMF_CODE_4M.secboot.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.ms.fd' },
+};
+
+/** Debian's signed boot chain: shim (signed by Microsoft) and the monolithic GRUB it verifies (signed by Debian). */
+export interface SignedBoot {
+  shim: string;
+  grub: string;
+}
 
 /**
  * Built into core.img: what it takes to read grub.cfg from an ext4 partition by UUID, then everything
@@ -56,8 +68,8 @@ export interface HostDisk {
   /** Byte offset of the host partition's filesystem in `file`. */
   offset: number;
   firmware: Firmware;
-  /** UEFI: this machine's copy of OVMF's variable store (QEMU writes it). */
-  efiVars?: string;
+  /** UEFI: the firmware code and this machine's copy of its variable store (QEMU writes it). */
+  efi?: { code: string; vars: string; secureBoot: boolean };
 }
 
 /** Copy GRUB's modules to HOSTTREE/boot/grub/<platform>, where `insmod` looks for them. */
@@ -78,6 +90,8 @@ export interface BuildDiskOptions {
   sizeMiB?: number;
   /** Default bios. */
   firmware?: Firmware;
+  /** UEFI only: boot through shim and Debian's signed GRUB with Secure Boot on, instead of grub-mkimage's GRUB. */
+  secureBoot?: SignedBoot;
 }
 
 export async function buildHostDisk(opts: BuildDiskOptions): Promise<HostDisk> {
@@ -99,9 +113,11 @@ export async function buildHostDisk(opts: BuildDiskOptions): Promise<HostDisk> {
       : `label: dos\nstart=${PARTITION_OFFSET / SECTOR}, type=83, bootable\n`,
   });
   // Default block size and a journal, as a real host partition has (the GRUB-journal trap needs one to
-  // be tested at all).
+  // be tested at all). Under Secure Boot 4 KiB blocks: mke2fs -d leaves zero blocks of the files it
+  // copies as holes, so with the default 1 KiB blocks of a small filesystem every image would start
+  // with one, which signed GRUB refuses ("invalid extent", src/core/first-block.ts).
   await run('mke2fs', [
-    '-q', '-F', '-t', 'ext4', '-L', 'host', '-U', opts.hostUuid, '-d', opts.hostTree,
+    '-q', '-F', '-t', 'ext4', ...(opts.secureBoot ? ['-b', '4096'] : []), '-L', 'host', '-U', opts.hostUuid, '-d', opts.hostTree,
     '-E', `offset=${offset}`, opts.out, `${hostBytes / 1024}k`,
   ], { timeoutMs: 300_000 });
 
@@ -155,17 +171,31 @@ async function writeAt(file: string, writes: Array<{ data: Buffer; at: number }>
  * partition.
  */
 async function installEfiGrub(work: string, opts: BuildDiskOptions, grub: Buffer, hostOffset: number): Promise<Omit<HostDisk, 'firmware'>> {
-  const grubEfi = path.join(work, 'BOOTX64.EFI');
-  await fs.writeFile(grubEfi, grub);
   const esp = path.join(work, 'esp.img');
   await run('mkfs.vfat', ['-C', esp, String((hostOffset - ESP_OFFSET) / 1024)]);
-  await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT']);
-  await run('mcopy', ['-i', esp, grubEfi, '::/EFI/BOOT/BOOTX64.EFI']);
+  const put = async (from: string, to: string) => run('mcopy', ['-i', esp, from, `::${to}`]);
+  if (opts.secureBoot) {
+    // What grub-install --uefi-secure-boot --removable lays out: shim at the removable path loads
+    // grubx64.efi from its own directory; Debian's signed GRUB (prefix /EFI/debian) reads
+    // EFI/debian/grub.cfg from the ESP, which sends it on to the host partition.
+    await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT', '::/EFI/debian']);
+    const early = path.join(work, 'grub.cfg');
+    await fs.writeFile(early, `search --no-floppy --fs-uuid --set=root ${opts.hostUuid}\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n`);
+    await put(opts.secureBoot.shim, '/EFI/BOOT/BOOTX64.EFI');
+    await put(opts.secureBoot.grub, '/EFI/BOOT/grubx64.efi');
+    await put(early, '/EFI/debian/grub.cfg');
+  } else {
+    const grubEfi = path.join(work, 'BOOTX64.EFI');
+    await fs.writeFile(grubEfi, grub);
+    await run('mmd', ['-i', esp, '::/EFI', '::/EFI/BOOT']);
+    await put(grubEfi, '/EFI/BOOT/BOOTX64.EFI');
+  }
   await writeAt(opts.out, [{ data: await fs.readFile(esp), at: ESP_OFFSET }]);
   // Each machine its own variable store: OVMF writes boot entries and the boot order into it.
-  const efiVars = `${opts.out}.efivars.fd`;
-  await fs.copyFile(OVMF_VARS, efiVars);
-  return { file: opts.out, hostUuid: opts.hostUuid, offset: hostOffset, efiVars };
+  const firmware = opts.secureBoot ? OVMF.secure : OVMF.plain;
+  const vars = `${opts.out}.efivars.fd`;
+  await fs.copyFile(firmware.vars, vars);
+  return { file: opts.out, hostUuid: opts.hostUuid, offset: hostOffset, efi: { code: firmware.code, vars, secureBoot: Boolean(opts.secureBoot) } };
 }
 
 /**

@@ -10,7 +10,7 @@ import { Layout } from '../../src/core/layout.js';
 import { initialState, type State } from '../../src/operations/state.js';
 import { cacheDir } from '../helpers/debian-root.js';
 import { buildBusyboxTree, type InitAction } from './busybox-image.js';
-import { OVMF_CODE, buildHostDisk, installGrubModules, readHostFile, type Firmware, type HostDisk } from './disk.js';
+import { buildHostDisk, installGrubModules, readHostFile, type Firmware, type HostDisk, type SignedBoot } from './disk.js';
 import { bootKernel, type BootKernel } from './kernel.js';
 import { serialLogPath, Vm, type VmOptions } from './qemu.js';
 
@@ -57,6 +57,8 @@ export interface MachineSpec {
   configText?: string;
   /** Default bios; uefi: GPT, an ESP with GRUB x86_64-efi, OVMF (disk.ts). */
   firmware?: Firmware;
+  /** With firmware uefi: shim and Debian's signed GRUB, OVMF with Secure Boot on (secure-boot.ts). */
+  secureBoot?: SignedBoot;
 }
 
 export interface Machine {
@@ -100,7 +102,7 @@ export async function buildMachine(workDir: string, spec: MachineSpec): Promise<
   const envBefore = (await readBootEnv(host)) ?? {};
   if (spec.tamper) await spec.tamper(host);
 
-  const disk = await buildHostDisk({ hostTree, hostUuid: HOST_UUID, out: path.join(workDir, 'disk.img'), firmware: spec.firmware });
+  const disk = await buildHostDisk({ hostTree, hostUuid: HOST_UUID, out: path.join(workDir, 'disk.img'), firmware: spec.firmware, secureBoot: spec.secureBoot });
   // The tree was only the source of the disk; the images in it are large.
   await fs.rm(hostTree, { recursive: true, force: true });
   const logFile = await serialLogPath(cacheDir(), spec.name);
@@ -114,8 +116,7 @@ interface Teardown {
 
 /** Power the machine on. The VM is killed (by its PID) in the test's teardown if it is still running. */
 export function powerOn(t: Teardown, machine: Machine, opts: Pick<VmOptions, 'allowReboot' | 'maxBoots' | 'directKernel'>): Vm {
-  const { file, efiVars } = machine.disk;
-  const vm = Vm.start({ disk: file, logFile: machine.logFile, efi: efiVars ? { code: OVMF_CODE, vars: efiVars } : undefined, ...opts });
+  const vm = Vm.start({ disk: machine.disk.file, logFile: machine.logFile, efi: machine.disk.efi, ...opts });
   t.teardown(() => vm.kill('test teardown'));
   return vm;
 }
