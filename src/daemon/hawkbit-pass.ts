@@ -50,6 +50,12 @@ export async function checkIn(layout: Layout, config: Config, opts: { signal: Ab
     const order = await readDeployment(ctx, answer.deploymentBase, new Date(), opts.window);
     if (!order) return { pollAgainMs: answer.sleepMs, summary: 'the deployment is not an upgradectl release; reported as failed' };
     const { release, plan } = order;
+    const mine = ctx.outbox.action;
+    if (mine?.id === release.actionId && (mine.step === 'finished' || mine.step === 'cancelled')) {
+      // The server still lists an action this machine has ended: its result is queued (the outbox
+      // re-sends it until the server has it), and it must not be carried out twice.
+      return { pollAgainMs: answer.sleepMs, summary: `action ${release.actionId} is already ${mine.step} here; its result is reported` };
+    }
     let prepared: PrepareResult | undefined;
     if (plan.prepare) {
       await opts.activity(`hawkBit action ${release.actionId}: preparing ${release.version} (${plan.why})`);

@@ -124,8 +124,11 @@ case $BOOT:$VERSION in
   sleep 900 ;;
 2:5)
   save trial-status upgradectl --json status
+  checked() { node -p "require('/host/images/.upgradectl/service.json').lastCheck.at" 2>/dev/null; }
+  before=$(checked)
   save start-again systemctl start upgradectl.service
-  for i in $(seq 60); do grep -q '"mode": "hawkbit"' /host/images/.upgradectl/service.json 2>/dev/null && break; sleep 1; done
+  # Wait for this boot's first check-in (service.json still holds the one from before the reboot).
+  for i in $(seq 120); do [ "$(checked)" != "$before" ] && break; sleep 1; done
   save unit systemctl show -p ActiveState -p SubState -p Type -p StatusText upgradectl.service
   save after upgradectl --json status
   systemctl poweroff ;;
@@ -142,7 +145,7 @@ esac`,
     t.match(await fleet.savedJson('trial-status'), { booted: '5', current: '5', previous: '2', phase: 'idle' }, 'confirm-on-boot confirmed the trial');
     t.match((await fleet.saved('unit'))?.out, /ActiveState=active/, 'the service runs on the new image');
     const after = await fleet.savedJson('after');
-    t.match(after.service, { mode: 'hawkbit', lastCheck: { ok: true } }, 'the daemon checked in again after the reboot');
+    t.match(after.service, { mode: 'hawkbit', lastCheck: { ok: true, result: /already finished here/ } }, 'the daemon checked in again after the reboot, and does not carry out the ended action twice');
     const executions = ddi.feedback.filter((f) => f.resource === 'deploymentBase' && f.actionId === '8').map((f) => `${f.body.status.execution}:${f.body.status.result.finished}`);
     t.equal(executions.at(-1), 'closed:success', `the server heard success last (${executions.join(', ')})`);
   });

@@ -93,4 +93,14 @@ t.test('unattended over hawkBit: deployment → prepare → commit → trial con
   t.ok(executions.includes('proceeding:none') && executions.some((e) => e.startsWith('downloaded')), 'progress and downloaded came before');
   const service = JSON.parse(readFileSync(path.join(root, 'images/.upgradectl/service.json'), 'utf8'));
   t.match(service, { mode: 'hawkbit', lastCheck: { ok: true } });
+
+  // A server that still lists the ended action (its view lags, or it lost our feedback) gets the
+  // result again from the outbox if need be, but the action is not carried out twice.
+  server.action = { id: '41', version: '2', releases: pub.releases, download: 'forced', update: 'forced' };
+  const sent = server.feedback.length;
+  const third = daemon(t, root, ['--once']);
+  t.equal(await third.exited, 0, third.stderr());
+  t.match(JSON.parse(readFileSync(path.join(root, 'images/.upgradectl/service.json'), 'utf8')).lastCheck, { ok: true, result: /action 41 is already finished here/ });
+  t.equal(server.feedback.length, sent, 'no new feedback for an action already closed');
+  t.notOk(existsSync(path.join(root, 'images/.staging/2.img')), 'nothing downloaded again');
 });
