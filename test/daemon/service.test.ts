@@ -102,6 +102,8 @@ t.test('unattended: READY after reconciling, prefetch, commit inside the window,
   t.same(state.history.map((h: { event: string }) => h.event), ['adopt', 'prepare', 'commit']);
 
   await until('a watchdog pet', () => notify.messages().some((m) => m.includes('WATCHDOG=1')), 10);
+  // STATUS= is relayed from the pass's service.json when the pass ends (and every 5 s while it runs).
+  await until('the commit in a STATUS line', () => notify.messages().some((m) => /STATUS=committing 2 inside the window/.test(m)), 20);
   const messages = notify.messages();
   t.match(messages[0], /READY=1/, 'the first notification is READY=1 (sent after reconciliation)');
   t.ok(messages.some((m) => /STATUS=committing 2 inside the window/.test(m)), 'STATUS says what it does');
