@@ -10,7 +10,6 @@ import {
   beforeCommit,
   commitFailed,
   handleCancel,
-  isDdiError,
   machineAttributes,
   openDdiClient,
   prepareDeployment,
@@ -84,10 +83,4 @@ export async function checkIn(layout: Layout, config: Config, opts: { signal: Ab
   } finally {
     await client.close();
   }
-}
-
-/** How long to wait after a failed check-in: what a 429 asks, else doubling from 5 s to 15 min. */
-export function checkinBackoffMs(err: unknown, failures: number): number {
-  if (isDdiError(err, 'rate-limited')) return Math.max(err.retryAfterMs ?? 1000, 1000);
-  return Math.min(15 * 60_000, 5000 * 2 ** Math.min(Math.max(0, failures - 1), 10));
 }

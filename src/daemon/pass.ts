@@ -11,8 +11,8 @@ import { readServiceStatus, writeServiceStatus, type ServiceStatus } from '../op
 import { loadState } from '../operations/state.js';
 import { machineStatus } from '../operations/status.js';
 import { Progress } from '../release/progress.js';
-import { isDdiError } from './ddi/errors.js';
-import { checkIn, checkinBackoffMs } from './hawkbit-pass.js';
+import { PollTimer } from './ddi/polling.js';
+import { checkIn } from './hawkbit-pass.js';
 import { renderMetrics, writeMetrics } from './metrics.js';
 import { parseWindow, windowAt, type CommitWindow } from './window.js';
 
@@ -72,7 +72,7 @@ export async function runPass(layout: Layout, opts: PassOptions): Promise<Servic
         const r = await checkIn(layout, config, { signal: opts.signal, window: localWindow, activity });
         report.lastCheck = { at: new Date().toISOString(), ok: true, result: r.summary };
         report.failures = 0;
-        report.nextCheckAt = new Date(Date.now() + r.pollAgainMs).toISOString();
+        report.nextCheckAt = new Date(Date.now() + new PollTimer().afterSuccess(r.pollAgainMs)).toISOString();
         if (r.commitAt) wakeAt = Math.min(wakeAt, r.commitAt.getTime());
       }
     } else if ((state.phase === 'idle' || state.phase === 'rolled-back' || state.phase === 'prepared') && checkDue) {
@@ -113,14 +113,15 @@ export async function runPass(layout: Layout, opts: PassOptions): Promise<Servic
     if (!(opts.signal.aborted && isUpgradeError(err, 'INTERRUPTED'))) {
       report.failures = (report.failures ?? 0) + 1;
       const interval = (config?.daemon.checkInterval ?? 3600) * 1000;
+      // hawkBit's 429 Retry-After and its backoff come from the DDI poll timer, jitter included.
       const retryMs = isUpgradeError(err, 'LOCKED')
-        ? RETRY_AFTER_MS
+        ? jittered(RETRY_AFTER_MS)
         : config?.hawkbit.url
-          ? checkinBackoffMs(err, report.failures)
-          : Math.min(interval, RETRY_AFTER_MS * 2 ** Math.min(report.failures - 1, 6));
+          ? new PollTimer({ failures: report.failures - 1 }).afterFailure(err)
+          : jittered(Math.min(interval, RETRY_AFTER_MS * 2 ** Math.min(report.failures - 1, 6)));
       report.lastError = { at: new Date().toISOString(), message: messageOf(err), hint: (err as UpgradeError).hint };
       report.lastCheck = { at: new Date().toISOString(), ok: false, result: messageOf(err), hint: (err as UpgradeError).hint };
-      report.nextCheckAt = new Date(Date.now() + (isDdiError(err, 'rate-limited') ? retryMs : jittered(retryMs))).toISOString();
+      report.nextCheckAt = new Date(Date.now() + retryMs).toISOString();
       report.next = { action: 'retry', at: report.nextCheckAt };
       report.activity = `${messageOf(err)}; retrying at ${report.nextCheckAt}`;
       log.error(`${messageOf(err)}${(err as UpgradeError).hint ? ` (${(err as UpgradeError).hint})` : ''}`);

@@ -84,6 +84,9 @@ t.test('sleep parsing, jitter and backoff', async (t) => {
   t.same(waits, [750, 1500, 3000, 6000, 6000, 6000], 'exponential, equal jitter, capped');
   t.equal(timer.afterSuccess(2_000), 2_100, 'success resets the backoff');
   t.equal(timer.consecutiveFailures, 0);
+  // The daemon's passes are separate processes: the count of failures so far comes from service.json.
+  const resumed = new PollTimer({ random: () => 0.5, backoffBaseMs: 1_000, backoffMaxMs: 8_000, failures: 3 });
+  t.equal(resumed.afterFailure(new Error('ECONNREFUSED')), 6000, 'a timer told of 3 failures backs off as at the 4th');
 });
 
 t.test('planFromDeployment: download/update/maintenanceWindow to prepare and commit', async (t) => {

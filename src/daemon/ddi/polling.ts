@@ -36,6 +36,8 @@ export interface PollTimerOptions {
   backoffMaxMs?: number;
   /** Replaceable for tests: a number in [0, 1). */
   random?: () => number;
+  /** Failures in a row so far: for a loop whose state lives in a file between processes (the daemon's passes). */
+  failures?: number;
 }
 
 /**
@@ -50,6 +52,7 @@ export class PollTimer {
   private readonly random: () => number;
 
   constructor(opts: PollTimerOptions = {}) {
+    this.failures = opts.failures ?? 0;
     this.base = opts.backoffBaseMs ?? 5_000;
     this.max = opts.backoffMaxMs ?? 15 * 60_000;
     this.random = opts.random ?? Math.random;
