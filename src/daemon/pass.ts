@@ -14,7 +14,7 @@ import { Progress } from '../release/progress.js';
 import { PollTimer } from './ddi/polling.js';
 import { checkIn } from './hawkbit-pass.js';
 import { renderMetrics, writeMetrics } from './metrics.js';
-import { parseWindow, windowAt, type CommitWindow } from './window.js';
+import { parseWindow, windowAt, type CommitWindow } from '../core/commit-window.js';
 
 /**
  * One pass of the resident service: reconcile, check the source when a check is due (prefetching what

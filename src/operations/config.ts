@@ -7,9 +7,9 @@ import type { BootSettings } from '../grub/boot-files.js';
 import { kernelArgsProblem } from '../core/boot-data.js';
 import { isVersion } from '../core/version.js';
 import { parseSize } from '../core/size.js';
+import { isWindow } from '../core/commit-window.js';
 import { testSwitch } from '../core/test-switches.js';
 
-const isWindow = (v: string) => /^\s*([01]?\d|2[0-3]):[0-5]\d\s*-\s*([01]?\d|2[0-4]):[0-5]\d\s*$/.test(v);
 import { MAX_TRIAL_DEADLINE } from '../grub/render.js';
 
 /**

@@ -100,3 +100,10 @@ t.test('[boot] trial_deadline: seconds, minutes or hours; 0 turns it off; at mos
     t.throws(() => parseConfig(`[boot]\ntrial_deadline = ${value}\n`, FILE), { code: 'CONFIG', message: /:2: \[boot\] trial_deadline = .* is not valid$/, hint: /15m/ }, value);
   }
 });
+
+t.test('[window] commit is checked at load by the same parser the daemon uses', async (t) => {
+  for (const ok of ['02:00-04:00', '23:00-01:30', '0:00-24:00', 'never']) t.equal(parseConfig(`[window]\ncommit = ${ok}\n`, FILE).window.commit, ok, ok);
+  for (const bad of ['02:00-24:30', '25:00-01:00', '2-4', 'nightly', '02:00-04:60']) {
+    t.throws(() => parseConfig(`[window]\ncommit = ${bad}\n`, FILE), { code: 'CONFIG', message: /\[window\] commit = .* is not valid$/, hint: /HH:MM-HH:MM/ }, bad);
+  }
+});

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { UpgradeError } from '../core/errors.js';
+import { UpgradeError } from './errors.js';
 
 /**
  * The operator's commit window, `HH:MM-HH:MM` in local time (it may cross midnight: `23:00-01:30`).
@@ -12,6 +12,16 @@ export interface CommitWindow {
   /** Length in minutes (1 to 1440). */
   length: number;
   text: string;
+}
+
+/** Whether `text` is a window parseWindow takes: the config's check, so a bad value fails at load, not at commit time. */
+export function isWindow(text: string): boolean {
+  try {
+    parseWindow(text, 'window');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function parseWindow(text: string, where: string): CommitWindow {
