@@ -9,38 +9,13 @@ import type { Layout } from '../core/layout.js';
 import { log } from '../core/log.js';
 import { emptyGrubEnv, readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
 import { checkpointHost, detectHostUuid, type CheckpointResult } from './host-fs.js';
-import { DEFAULT_TRIES_VAR, FLASHER_NONCE_VAR, entryId, renderGrubConfig, renderGrubFragment, type GrubConfigInput, type GrubEntry } from './render.js';
+import { DEFAULT_TRIES_VAR, FLASHER_NONCE_VAR, entryId, renderGrubConfig, renderGrubFragment, type BootSettings, type GrubConfigInput, type GrubEntry } from './render.js';
 
 /**
  * Boot files on the host partition, from plain inputs: grub.cfg (validated, replaced atomically) and
  * grubenv (rewritten in place). The caller says which images exist and what role each plays; nothing
  * here knows the lifecycle's state or the config file.
  */
-
-/** The [boot] settings the bootloader side needs. */
-export interface BootSettings {
-  /** Seconds the kernel waits after a panic before it reboots (and GRUB falls back). */
-  panicTimeout: number;
-  /** Trial boots of a new image before GRUB falls back to the previous one (1–3). */
-  trialAttempts: number;
-  /**
-   * Starts of the default image that may go by without the booted OS clearing GRUB's count before
-   * GRUB boots the previous image instead (1–5). 2 so that one power cut during a normal boot does not
-   * roll the machine back (docs/grub.md, "Boot counting of the default").
-   */
-  defaultAttempts: number;
-  /** The operator's kernel arguments, appended to every image entry (src/core/boot-data.ts rules). */
-  kernelArgs: string;
-  /** e.g. `ttyS0,115200`; empty for none. */
-  serialConsole: string;
-  menuTimeout: number;
-  /** Filesystem UUID of the host partition; detected (findmnt/blkid) when unset. */
-  hostUuid: string | undefined;
-  /** GRUB can write grubenv (save_env) on the host filesystem; false on md RAID, LVM, LUKS, btrfs (docs/grub.md). */
-  saveEnv: boolean;
-  /** Seconds a trial boot has before softdog resets it unless confirmed; 0 = off (docs/grub.md, "Trial deadline"). */
-  trialDeadline: number;
-}
 
 /** Which image plays which part. `armed`: a trial armed and not booted yet (grubenv is rebuilt with it). */
 export interface BootRoles {

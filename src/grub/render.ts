@@ -31,30 +31,40 @@ export interface GrubEntry {
   cmdline: string;
 }
 
-export interface GrubConfigInput {
-  /** Filesystem UUID of the host partition that holds /images. */
-  hostUuid: string;
-  /** In boot-menu order; the first is also GRUB's last resort when saved_entry names nothing. */
-  entries: GrubEntry[];
+/** The [boot] settings the bootloader side needs. */
+export interface BootSettings {
+  /** Seconds the kernel waits after a panic before it reboots (and GRUB falls back). */
   panicTimeout: number;
-  /** Boots of a trial image before GRUB falls back (1–3). */
+  /** Trial boots of a new image before GRUB falls back to the previous one (1–3). */
   trialAttempts: number;
-  /** Starts of the default that may go uncleared before GRUB boots the previous image instead (1–5). */
+  /**
+   * Starts of the default image that may go by without the booted OS clearing GRUB's count before
+   * GRUB boots the previous image instead (1–5). 2 so that one power cut during a normal boot does not
+   * roll the machine back (docs/grub.md, "Boot counting of the default").
+   */
   defaultAttempts: number;
-  /** The operator's kernel arguments, appended to every image entry. */
+  /** The operator's kernel arguments, appended to every image entry (src/core/boot-data.ts rules). */
   kernelArgs: string;
   /** e.g. `ttyS0,115200`; empty for none. */
   serialConsole: string;
   menuTimeout: number;
+  /** Filesystem UUID of the host partition; detected (findmnt/blkid) when unset. */
+  hostUuid: string | undefined;
+  /** GRUB can write grubenv (save_env) on the host filesystem; false on md RAID, LVM, LUKS, btrfs (docs/grub.md). */
+  saveEnv: boolean;
+  /** Seconds a trial boot has before softdog resets it unless confirmed; 0 = off (docs/grub.md, "Trial deadline"). */
+  trialDeadline: number;
+}
+
+export interface GrubConfigInput
+  extends Omit<BootSettings, 'hostUuid' | 'saveEnv' | 'trialDeadline'>,
+    Partial<Pick<BootSettings, 'saveEnv' | 'trialDeadline'>> {
+  /** Filesystem UUID of the host partition that holds /images (resolved: detected or configured). */
+  hostUuid: string;
+  /** In boot-menu order; the first is also GRUB's last resort when saved_entry names nothing. */
+  entries: GrubEntry[];
   /** The image GRUB falls back to when the default entry fails to load (the previous image). */
   fallbackVersion?: string;
-  /** When false (md RAID, LVM, LUKS, btrfs hosts) the config never calls save_env: see docs/grub.md. */
-  saveEnv?: boolean;
-  /**
-   * Seconds a trial boot has to be confirmed before the initramfs-armed softdog resets the machine
-   * (docs/grub.md, "Trial deadline"); 0 or absent: off. Only the entry booted as a trial gets it.
-   */
-  trialDeadline?: number;
   /** The RAM flasher entry, when its files are installed (paths on the host partition). */
   flasher?: { kernel: string; initrd: string; cmdline: string };
 }

@@ -3,7 +3,7 @@ import ini from 'ini';
 import { UpgradeError } from '../core/errors.js';
 import { checkIniLines, IniLineError, type IniLines, type IniSchema } from '../core/ini-lines.js';
 import type { Layout } from '../core/layout.js';
-import type { BootSettings } from '../grub/boot-files.js';
+import type { BootSettings } from '../grub/render.js';
 import { kernelArgsProblem } from '../core/boot-data.js';
 import { isVersion } from '../core/version.js';
 import { parseSize } from '../core/size.js';
@@ -54,7 +54,7 @@ export interface Config {
     /** node_exporter textfile collector file, under the root; empty: none. */
     textfile: string;
   };
-  /** [boot]: what GRUB gets (src/grub/boot-files.ts BootSettings), and how the machine reboots. */
+  /** [boot]: what GRUB gets (src/grub/render.ts BootSettings), and how the machine reboots. */
   boot: BootSettings & {
     /** The command that reboots the machine (argv, split on spaces); on a test machine UPGRADECTL_REBOOT_COMMAND overrides it (loadConfig). */
     rebootCommand: string;
