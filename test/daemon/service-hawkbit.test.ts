@@ -1,14 +1,13 @@
 import t, { type Test } from 'tap';
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { BIN, upgradectl } from '../helpers/cli.js';
+import { upgradectl } from '../helpers/cli.js';
 import { startDdiServer } from '../helpers/ddi-server.js';
 import { makePublisher, makeTree, makeMachine as makeReleaseMachine } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { writeAccounts } from '../operations/fixtures/machine.js';
+import { startDaemon, until } from './fixtures/daemon-process.js';
 
 /**
  * The daemon against a hawkBit DDI server on loopback, with nobody typing: it learns of version 2
@@ -20,23 +19,6 @@ const skip = skipUnless({ root: true, commands: ['mke2fs', 'debugfs', 'e2fsck', 
 const HOST_UUID = '0c6d2a3e-6f3b-4a5e-9a41-2b7c1d9e8f10';
 const CONTROLLER = 'machine-0002';
 const TOKEN = 'target-token-for-the-daemon';
-
-async function until(what: string, check: () => boolean, seconds = 90): Promise<void> {
-  const deadline = Date.now() + seconds * 1000;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
-}
-
-function daemon(t: Test, root: string, args: string[] = []) {
-  const child = spawn(process.execPath, [BIN, '--root', root, 'daemon', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-  t.teardown(() => void child.kill('SIGKILL'));
-  return { child, exited, stderr: () => stderr };
-}
 
 t.test('unattended over hawkBit: deployment → prepare → commit → trial confirmed → success reported', { skip }, async (t) => {
   const dir = t.testdir();
@@ -71,7 +53,7 @@ t.test('unattended over hawkBit: deployment → prepare → commit → trial con
   // (which is 'never' here, so only the server can make this machine commit).
   server.action = { id: '41', version: '2', releases: pub.releases, download: 'forced', update: 'forced' };
 
-  const first = daemon(t, root);
+  const first = startDaemon(t, root);
   await until('the reboot into the trial', () => existsSync(path.join(root, 'rebooted')));
   first.child.kill('SIGTERM');
   t.equal(await first.exited, 0, first.stderr());
@@ -86,7 +68,7 @@ t.test('unattended over hawkBit: deployment → prepare → commit → trial con
   t.match(c.json, { event: 'confirm-ok', version: '2' });
   server.action = undefined;
 
-  const second = daemon(t, root, ['--once']);
+  const second = startDaemon(t, root, {}, ['--once']);
   t.equal(await second.exited, 0, second.stderr());
   const executions = server.feedback.filter((f) => f.resource === 'deploymentBase' && f.actionId === '41').map((f) => `${f.body.status.execution}:${f.body.status.result.finished}`);
   t.equal(executions.at(-1), 'closed:success', `the server heard success last: ${executions.join(', ')}`);
@@ -98,7 +80,7 @@ t.test('unattended over hawkBit: deployment → prepare → commit → trial con
   // result again from the outbox if need be, but the action is not carried out twice.
   server.action = { id: '41', version: '2', releases: pub.releases, download: 'forced', update: 'forced' };
   const sent = server.feedback.length;
-  const third = daemon(t, root, ['--once']);
+  const third = startDaemon(t, root, {}, ['--once']);
   t.equal(await third.exited, 0, third.stderr());
   t.match(JSON.parse(readFileSync(path.join(root, 'images/.upgradectl/service.json'), 'utf8')).lastCheck, { ok: true, result: /action 41 is already finished here/ });
   t.equal(server.feedback.length, sent, 'no new feedback for an action already closed');

@@ -1,14 +1,14 @@
 import t, { type Test } from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { BIN, upgradectl } from '../helpers/cli.js';
+import { upgradectl } from '../helpers/cli.js';
 import { makePublisher, makeTree, makeMachine as makeReleaseMachine } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { writeAccounts } from '../operations/fixtures/machine.js';
+import { startDaemon, until } from './fixtures/daemon-process.js';
 
 /**
  * The daemon as a real process (`upgradectl daemon`) against a temporary root, releases from a file://
@@ -68,24 +68,6 @@ function listen(t: Test): { socket: string; messages: () => string[] } {
   const child = spawn('python3', [LISTENER, socket, log], { stdio: 'ignore' });
   t.teardown(() => void child.kill('SIGKILL'));
   return { socket, messages: () => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').slice(1) : []) };
-}
-
-function startDaemon(t: Test, root: string, env: NodeJS.ProcessEnv = {}, args: string[] = []): { child: ChildProcess; exited: Promise<number | null>; stderr: () => string } {
-  const child = spawn(process.execPath, [BIN, '--root', root, 'daemon', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  child.stdout!.resume();
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  t.teardown(() => void child.kill('SIGKILL'));
-  return { child, exited, stderr: () => stderr };
-}
-
-async function until(what: string, check: () => boolean, seconds = 90): Promise<void> {
-  const deadline = Date.now() + seconds * 1000;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
 }
 
 const phase = (f: Fleet) => (existsSync(f.stateFile) ? (JSON.parse(readFileSync(f.stateFile, 'utf8')) as { phase: string }).phase : undefined);
