@@ -2,7 +2,7 @@ import type { Command } from '../cli.js';
 import { UpgradeError } from '../../core/errors.js';
 import { pointChannel } from '../../release/publish.js';
 import { loadPrivateKey } from '../../release/signing.js';
-import { parseWhole } from './args.js';
+import { parseWhole, TARGET_OPTIONS, requiredOption, targetOptions } from './args.js';
 
 export const channelSetCommand: Command = {
   summary: 'point a channel at a published release: widen, narrow, pause or resume its rollout, or go back',
@@ -15,16 +15,10 @@ export const channelSetCommand: Command = {
     pause: { type: 'boolean' },
     'min-version': { type: 'string' },
     revoke: { type: 'string' },
-    region: { type: 'string' },
-    endpoint: { type: 'string' },
-    'path-style': { type: 'boolean' },
+    ...TARGET_OPTIONS,
   },
   async run({ options, positionals }) {
-    const need = (name: string) => {
-      const v = options[name];
-      if (typeof v !== 'string' || !v) throw new UpgradeError('USAGE', `channel set needs --${name}`, { hint: `usage: upgradectl ${channelSetCommand.usage}` });
-      return v;
-    };
+    const need = (name: string) => requiredOption(options, name, 'channel set', channelSetCommand.usage);
     const [name] = positionals;
     if (!name || positionals.length > 1) throw new UpgradeError('USAGE', 'channel set needs exactly one channel NAME', { hint: `usage: upgradectl ${channelSetCommand.usage}` });
     const channel = await pointChannel({
@@ -36,11 +30,7 @@ export const channelSetCommand: Command = {
       paused: Boolean(options.pause),
       minVersion: options['min-version'] as string | undefined,
       revokeKeys: typeof options.revoke === 'string' ? options.revoke.split(',').map((id) => id.trim()).filter(Boolean) : [],
-      sourceOptions: {
-        region: options.region as string | undefined,
-        endpoint: options.endpoint as string | undefined,
-        forcePathStyle: Boolean(options['path-style']),
-      },
+      sourceOptions: targetOptions(options),
     });
     const state = channel.rollout.paused ? 'paused' : `${channel.rollout.percent}% of machines`;
     return { data: channel, text: `channel ${name} now offers ${channel.version} to ${state} (published ${channel.published})` };

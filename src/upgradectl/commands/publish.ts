@@ -2,7 +2,7 @@ import type { Command } from '../cli.js';
 import { UpgradeError } from '../../core/errors.js';
 import { publishRelease } from '../../release/publish.js';
 import { loadPrivateKey } from '../../release/signing.js';
-import { parseSize, parseWhole } from './args.js';
+import { parseSize, parseWhole, TARGET_OPTIONS, requiredOption, targetOptions } from './args.js';
 import { terminalProgress } from '../progress-view.js';
 import { promises as fs } from 'node:fs';
 
@@ -24,17 +24,11 @@ export const publishCommand: Command = {
     revoke: { type: 'string' },
     'frame-size': { type: 'string' },
     'chunk-size': { type: 'string' },
-    region: { type: 'string' },
-    endpoint: { type: 'string' },
-    'path-style': { type: 'boolean' },
+    ...TARGET_OPTIONS,
   },
   async run({ options, positionals }) {
     const [image] = positionals;
-    const need = (name: string) => {
-      const v = options[name];
-      if (typeof v !== 'string' || !v) throw new UpgradeError('USAGE', `publish needs --${name}`, { hint: `usage: upgradectl ${publishCommand.usage}` });
-      return v;
-    };
+    const need = (name: string) => requiredOption(options, name, 'publish', publishCommand.usage);
     if (!image || positionals.length > 1) throw new UpgradeError('USAGE', 'publish needs exactly one IMAGE (file or block device)', { hint: `usage: upgradectl ${publishCommand.usage}` });
     const key = await loadPrivateKey(need('key'));
     const size = await fs.stat(image).then((s) => s.size).catch(() => 0);
@@ -56,11 +50,7 @@ export const publishCommand: Command = {
       expiresInDays: parseWhole(options['expires-days'] as string | undefined, '--expires-days', 365, 1, 36500),
       frameSize: options['frame-size'] ? parseSize(options['frame-size'] as string, '--frame-size') : 4 << 20,
       chunkSize: options['chunk-size'] ? parseSize(options['chunk-size'] as string, '--chunk-size') : undefined,
-      sourceOptions: {
-        region: options.region as string | undefined,
-        endpoint: options.endpoint as string | undefined,
-        forcePathStyle: Boolean(options['path-style']),
-      },
+      sourceOptions: targetOptions(options),
       progress: terminalProgress('compressing', size),
     });
     const m = result.manifest;
