@@ -56,6 +56,7 @@ for (const dir of new Set(deps.split('\n').map((l) => l.trim()).filter((l) => l 
   const rel = path.relative(repo, dir);
   if (rel.startsWith('node_modules')) cpSync(dir, path.join(root, lib, rel), { recursive: true });
 }
+pruneNativeBuilds(path.join(root, lib, 'node_modules'));
 copy(process.execPath, `${lib}/node`, 0o755);
 // A wrapper, not a symlink to bin/upgradectl.js: its #!/usr/bin/env node would find the distribution's
 // Node 18, or none.
@@ -122,6 +123,41 @@ function walk(dir, rel = '') {
     else if (entry.isFile()) outFiles.push(r);
   }
   return outFiles;
+}
+
+/**
+ * A native addon compiled by npm ci (zstd-napi) leaves its C sources, object files and a second copy of
+ * the addon under build/: 7 of the 8 MiB it would add. The package keeps the loaded `build/<type>/*.node`.
+ */
+function pruneNativeBuilds(modules) {
+  for (const pkgDir of packageDirs(modules)) {
+    if (!existsSync(path.join(pkgDir, 'binding.gyp'))) continue;
+    for (const sources of ['deps', 'src']) rmSync(path.join(pkgDir, sources), { recursive: true, force: true });
+    const build = path.join(pkgDir, 'build');
+    if (!existsSync(build)) continue;
+    for (const file of walk(build)) {
+      if (!/^[^/]+\/[^/]+\.node$/.test(file)) rmSync(path.join(build, file));
+    }
+    removeEmptyDirs(build);
+  }
+}
+
+function packageDirs(modules) {
+  const dirs = [];
+  for (const entry of readdirSync(modules, { withFileTypes: true })) {
+    if (!entry.isDirectory() || entry.name.startsWith('.')) continue;
+    const full = path.join(modules, entry.name);
+    if (entry.name.startsWith('@')) dirs.push(...readdirSync(full).map((n) => path.join(full, n)));
+    else dirs.push(full);
+  }
+  return dirs;
+}
+
+function removeEmptyDirs(dir) {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) removeEmptyDirs(path.join(dir, entry.name));
+  }
+  if (readdirSync(dir).length === 0) rmSync(dir, { recursive: true });
 }
 
 function fail(message) {

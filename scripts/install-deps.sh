@@ -17,6 +17,7 @@ PACKAGES=(
   btrfs-progs                     # a host filesystem where GRUB cannot save_env: commit must refuse it
   systemd python3-minimal         # systemd-notify, systemd-analyze; a NOTIFY_SOCKET listener for the daemon tests
   g++ make python3                # npm ci compiles the zstd-napi addon (node-gyp, against the installed Node headers)
+  binutils                        # readelf: the .deb's binaries checked against Ubuntu 22.04's glibc and libstdc++
 )
 if [ "$(id -u)" != 0 ]; then
   echo "run as root, or install by hand: apt-get install -y --no-install-recommends ${PACKAGES[*]}" >&2

@@ -1,25 +1,22 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { buildImage } from '../../src/release/image-build.js';
-import { UpgradeError } from '../../src/core/errors.js';
 import { run } from '../../src/core/exec.js';
 import { extractDebianRoot, SYSTEMD } from '../helpers/debian-root.js';
+import { packagedDeb } from '../helpers/package-deb.js';
 import { MARKER } from './busybox-image.js';
 import type { BootKernel } from './kernel.js';
 
 /**
- * The image the real upgrade flow runs in: Debian bookworm minbase + systemd + udev + grub-common, this
- * machine's Node binary, and upgradectl itself installed the way a package would install it
- * (/usr/lib/upgradectl, /usr/bin/upgradectl, the confirm-on-boot unit enabled). The kernel and initrd
+ * The image the real upgrade flow runs in: Debian bookworm minbase + systemd + udev + grub-common, and
+ * upgradectl installed from its .deb (/usr/lib/upgradectl with its own Node, /usr/bin/upgradectl, the
+ * units in /lib/systemd/system; the test enables confirm-on-boot). The kernel and initrd
  * are the boot tests' own (Debian's kernel, our initramfs hooks); the modules udev needs for the
  * VM's network card and fw_cfg are copied in and indexed with depmod.
  *
  * What makes it a test image and nothing else: the test driver unit (runs the script the test handed
  * the VM through QEMU's fw_cfg, see DRIVER below) and a CA certificate for the test's HTTPS server.
  */
-
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 /** Name of the fw_cfg blob that carries the scenario script (QEMU: -fw_cfg name=...,file=...). */
 export const FW_CFG_SCRIPT = 'opt/upgradectl/script';
@@ -136,7 +133,6 @@ export async function buildDebianImage(workDir: string, out: string, opts: Debia
   await extractDebianRoot(tree, { flavour: SYSTEMD });
   try {
     await slim(tree);
-    await installNode(tree);
     await installUpgradectl(tree);
     await installKernel(tree, opts.kernel);
     await configure(tree, opts);
@@ -157,45 +153,14 @@ async function slim(tree: string): Promise<void> {
   }
 }
 
-/** The Node running the tests (Node 20 is what upgradectl is built for; bookworm ships 18). */
-async function installNode(tree: string): Promise<void> {
-  const node = await fs.realpath(process.execPath);
-  await fs.copyFile(node, path.join(tree, 'usr/bin/node'));
-  await fs.chmod(path.join(tree, 'usr/bin/node'), 0o755);
-  // The Node binary links libstdc++ and libgcc_s; minbase has both. Anything else must fail here, not at boot.
-  const { stdout: libs } = await run('ldd', [node]);
-  for (const m of libs.matchAll(/=>\s+(\S+)/g)) {
-    const lib = m[1]!;
-    if (!existsSync(path.join(tree, lib)) && !existsSync(path.join(tree, 'usr', lib))) {
-      throw new UpgradeError('IMAGE', `the test image lacks ${lib}, which ${node} needs`, { hint: `add its package to SYSTEMD.include in test/helpers/debian-root.ts` });
-    }
-  }
-}
-
 /**
- * upgradectl as a package would lay it out: the compiled program, its production dependencies (the
- * ones `npm ls --omit=dev` lists, native lz4 binding included), and the bin link.
+ * upgradectl as an operator installs it: the .deb of this checkout (`npm run package`, cached by
+ * content) through dpkg, which checks its Depends against the image's packages and runs its maintainer
+ * scripts. The package carries its own Node 20 (bookworm ships 18); the image gets no other Node.
  */
 async function installUpgradectl(tree: string): Promise<void> {
-  const dest = path.join(tree, 'usr/lib/upgradectl');
-  if (!existsSync(path.join(repoRoot, 'dist/upgradectl/main.js'))) {
-    throw new UpgradeError('IMAGE', `${repoRoot}/dist is not built`, { hint: 'run npm run build (npm test does it first)' });
-  }
-  await fs.mkdir(dest, { recursive: true });
-  for (const item of ['package.json', 'bin', 'dist']) {
-    await fs.cp(path.join(repoRoot, item), path.join(dest, item), { recursive: true });
-  }
-  const { stdout } = await run('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: repoRoot });
-  for (const dir of new Set(stdout.split('\n').map((l) => l.trim()).filter((l) => l && l !== repoRoot))) {
-    const rel = path.relative(repoRoot, dir);
-    if (!rel.startsWith('node_modules')) continue;
-    await fs.cp(dir, path.join(dest, rel), { recursive: true });
-  }
-  await fs.symlink('../lib/upgradectl/bin/upgradectl.js', path.join(tree, 'usr/bin/upgradectl'));
-  await fs.mkdir(path.join(tree, 'etc/systemd/system'), { recursive: true });
-  for (const unit of await fs.readdir(path.join(repoRoot, 'systemd'))) {
-    if (/\.(service|timer)$/.test(unit)) await fs.copyFile(path.join(repoRoot, 'systemd', unit), path.join(tree, 'etc/systemd/system', unit));
-  }
+  const { deb } = await packagedDeb();
+  await run('dpkg', [`--root=${tree}`, '--install', deb], { timeoutMs: 5 * 60_000 });
 }
 
 /** Debian's layout: /boot/vmlinuz-<release>, /boot/initrd.img-<release>, links at / and the modules. */

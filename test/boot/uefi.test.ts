@@ -60,3 +60,36 @@ t.test('UEFI: loop boot of a trial, its panic, and the fallback to the default, 
       `whole run ${secs(vm.elapsedMs())} s, wall time ${secs(performance.now() - started)} s`,
   );
 });
+
+/**
+ * Power cut on UEFI: the trial is running when the power goes. GRUB consumed the one-shot through the
+ * EFI block I/O before it loaded the trial's kernel, so the next power-on boots the default without
+ * trying the trial again, and the default is untouched.
+ */
+t.test('UEFI: power cut during a trial, then the next power-on boots the default', { skip }, async (t) => {
+  const started = performance.now();
+  const machine = await buildMachine(t.testdir(), {
+    name: 'uefi-power-cut',
+    firmware: 'uefi',
+    images: [
+      { version: '1', action: 'poweroff' },
+      { version: '2', action: 'hang' },
+    ],
+    state: { phase: 'committed', current: '1', next: '2', trialKind: 'upgrade' },
+    trial: '2',
+  });
+  t.match(machine.envBefore, { next_entry: 'upgradectl-2', saved_entry: 'upgradectl-1' }, 'v2 armed as a trial');
+
+  const trial = powerOn(t, machine, { allowReboot: false, maxBoots: 1 });
+  await trial.waitForLine(/UPGRADECTL-MARKER booted version=2 /, 300_000, 'the trial v2 running');
+  await trial.kill('power cut during the trial');
+  const cutAt = trial.elapsedMs();
+  t.notOk((await envOnDisk(machine)).next_entry, 'the consumed one-shot reached the disk before the cut');
+
+  const after = powerOn(t, machine, { allowReboot: false, maxBoots: 1 });
+  await after.waitForLine(/UPGRADECTL-MARKER booted version=1 /, 300_000, 'v1 after the power cut');
+  t.equal((await after.waitForExit(60_000)).killedBecause, undefined, 'v1 powered the machine off');
+  t.same(after.boots().map((b) => b.image), ['/images/1.img'], 'only the default was booted: the trial was not retried');
+  t.equal((await envOnDisk(machine)).saved_entry, 'upgradectl-1', 'the default is still v1');
+  t.comment(`UEFI power cut: cut ${secs(cutAt)} s after power-on, next power-on to v1 ${secs(after.elapsedMs())} s, wall time ${secs(performance.now() - started)} s`);
+});

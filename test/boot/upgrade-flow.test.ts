@@ -124,7 +124,7 @@ case $BOOT:$VERSION in
   sleep 900 ;;
 2:5)
   save trial-status upgradectl --json status
-  checked() { node -p "require('/host/images/.upgradectl/service.json').lastCheck.at" 2>/dev/null; }
+  checked() { sed -n '/"lastCheck"/,/}/s/.*"at": *"\\([^"]*\\)".*/\\1/p' /host/images/.upgradectl/service.json 2>/dev/null; }
   before=$(checked)
   save start-again systemctl start upgradectl.service
   # Wait for this boot's first check-in (service.json still holds the one from before the reboot).

@@ -3,6 +3,7 @@ import { accessSync, constants, existsSync, promises as fs, readFileSync, readdi
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../../src/core/exec.js';
+import { buildOnce } from './build-once.js';
 
 /**
  * A realistic Debian root (debootstrap --variant=minbase bookworm) for tests that need real /etc
@@ -32,9 +33,6 @@ export const MINBASE: DebianFlavour = { name: 'minbase', include: [] };
  * setfattr) and the CA bundle for https:// sources.
  */
 export const SYSTEMD: DebianFlavour = { name: 'systemd', include: ['systemd-sysv', 'udev', 'grub-common', 'ca-certificates', 'attr'] };
-/** A build older than this is treated as abandoned by a killed test run. */
-const STALE_LOCK_MS = 15 * 60_000;
-
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 export function cacheDir(): string {
@@ -86,40 +84,19 @@ export function cachedDebianRootTarball(flavour: DebianFlavour = MINBASE): strin
 
 /** Path of the cached tarball, building it first when it is missing. */
 export async function debianRootTarball(flavour: DebianFlavour = MINBASE): Promise<string> {
-  const dir = cacheDir();
   const tarball = tarballPath(flavour);
   const name = path.basename(tarball);
-  if (existsSync(tarball)) return tarball;
-  await fs.mkdir(dir, { recursive: true });
-  const lock = path.join(dir, `${name}.building`);
-  for (;;) {
-    try {
-      await fs.mkdir(lock);
-      break;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    // Another test process is building it: wait for it rather than debootstrap twice on 2 cores.
-    const st = await fs.stat(lock).catch(() => undefined);
-    if (st && Date.now() - st.mtimeMs > STALE_LOCK_MS) await fs.rm(lock, { recursive: true, force: true });
-    if (existsSync(tarball)) return tarball;
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-  try {
-    if (existsSync(tarball)) return tarball;
-    const target = path.join(lock, 'root');
+  return buildOnce(tarball, async (work) => {
+    const target = path.join(work, 'root');
     const include = flavour.include.length > 0 ? [`--include=${flavour.include.join(',')}`] : [];
     await run('debootstrap', ['--variant=minbase', ...include, SUITE, target, debianMirror()], { timeoutMs: 15 * 60_000 });
     // Nothing of the build host may leak in: drop the apt cache and debootstrap's own leftovers.
     await fs.rm(path.join(target, 'var/cache/apt/archives'), { recursive: true, force: true });
     await fs.mkdir(path.join(target, 'var/cache/apt/archives/partial'), { recursive: true });
-    const tmp = path.join(lock, name);
+    const tmp = path.join(work, name);
     await run('tar', ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '-C', target, '-cf', tmp, '.']);
     await fs.rename(tmp, tarball);
-    return tarball;
-  } finally {
-    await fs.rm(lock, { recursive: true, force: true });
-  }
+  });
 }
 
 /**
