@@ -237,3 +237,18 @@ t.test('adopted: a trial that does not come up lands on the distribution, which 
   t.same(envList(layout), { saved_entry: 'upgradectl-distro' }, 'no trial left; the distribution stays the default');
   t.match(readFileSync(layout.grubCfg, 'utf8'), /--id upgradectl-distro/);
 });
+
+t.test('adopted: a commit that fails leaves GRUB booting the distribution as before', { skip }, async (t) => {
+  const { layout } = await traditionalInstall(t);
+  t.equal(cli(layout.root, ['adopt']).status, 0);
+  const menu = readFileSync(layout.grubCfg);
+  const env = readFileSync(layout.grubEnv);
+  // What prepare left is not an ext4 image any more (a disk error, a hand edit): migration refuses it.
+  mkdirSync(layout.imagesDir, { recursive: true });
+  writeFileSync(layout.imageFile('1.0'), Buffer.alloc(4 << 20, 0x5a));
+  writeState(layout, { ...readState(layout), phase: 'prepared', next: '1.0' });
+  await t.rejects(commit(layout, await loadConfig(layout), { reboot: false }), { code: 'MIGRATE' });
+  t.same(readFileSync(layout.grubCfg), menu, "grub.cfg is still the distribution's");
+  t.same(readFileSync(layout.grubEnv), env, 'grubenv untouched: nothing armed');
+  t.match(readState(layout), { phase: 'prepared', adopted: {} });
+});
