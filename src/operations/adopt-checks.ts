@@ -91,8 +91,10 @@ async function grubFinding(layout: Layout, state: State): Promise<AdoptFinding> 
 async function filesystemFindings(layout: Layout, config: Config): Promise<AdoptFinding[]> {
   const out: AdoptFinding[] = [];
   try {
-    const [host, boot] = await Promise.all([findMount(layout.host), findMount(path.join(layout.host, 'boot'))]);
-    if (boot.target !== host.target) {
+    const bootDir = path.join(layout.host, 'boot');
+    // No /boot at all is the grub check's blocker; here it only must not read as a findmnt failure.
+    const [host, boot] = await Promise.all([findMount(layout.host), existsSync(bootDir) ? findMount(bootDir) : undefined]);
+    if (boot && boot.target !== host.target) {
       out.push({
         check: 'boot-partition',
         level: 'blocker',
