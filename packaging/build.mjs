@@ -69,6 +69,8 @@ for (const unit of readdirSync(path.join(repo, 'systemd')).filter((u) => /\.(ser
 copy(path.join(repo, 'initramfs-hooks/hooks/upgradectl'), 'usr/share/initramfs-tools/hooks/upgradectl', 0o755);
 copy(path.join(repo, 'initramfs-hooks/scripts/local-bottom/upgradectl'), 'usr/share/initramfs-tools/scripts/local-bottom/upgradectl', 0o755);
 copy(path.join(repo, 'grub.d/09_upgradectl'), 'etc/grub.d/09_upgradectl', 0o755);
+// After a kernel's zz-update-grub: an adopted machine gets upgradectl's grub.cfg back (docs/grub.md).
+for (const when of ['postinst.d', 'postrm.d']) copy(path.join(repo, 'kernel/zz-upgradectl'), `etc/kernel/${when}/zz-upgradectl`, 0o755);
 
 // Documentation: the config example, the man page (gzip -n: no name or time in the header, so the
 // same sources give the same bytes), bash completion.
@@ -97,7 +99,7 @@ Description: image-based upgrades for Linux servers and appliances
  if it comes up healthy. Carries its own Node.js 20 runtime.
 `;
 write('DEBIAN/control', control);
-write('DEBIAN/conffiles', '/etc/grub.d/09_upgradectl\n');
+write('DEBIAN/conffiles', ['/etc/grub.d/09_upgradectl', '/etc/kernel/postinst.d/zz-upgradectl', '/etc/kernel/postrm.d/zz-upgradectl', ''].join('\n'));
 write('DEBIAN/md5sums', files.map((f) => `${createHash('md5').update(readFileSync(path.join(root, f))).digest('hex')}  ${f}\n`).join(''));
 copy(path.join(here, 'debian/postinst'), 'DEBIAN/postinst', 0o755);
 copy(path.join(here, 'debian/postrm'), 'DEBIAN/postrm', 0o755);

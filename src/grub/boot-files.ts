@@ -8,8 +8,9 @@ import { ExecError, run } from '../core/exec.js';
 import type { Layout } from '../core/layout.js';
 import { log } from '../core/log.js';
 import { emptyGrubEnv, readGrubEnvFile, writeGrubEnvFile, type GrubEnv } from './env.js';
+import { distroConfigFile, keepDistroConfig } from './distro-config.js';
 import { checkpointHost, detectHostUuid, type CheckpointResult } from './host-fs.js';
-import { DEFAULT_TRIES_VAR, FLASHER_NONCE_VAR, entryId, renderGrubConfig, renderGrubFragment, type BootSettings, type GrubConfigInput, type GrubEntry } from './render.js';
+import { DEFAULT_TRIES_VAR, DISTRO_ENTRY_ID, FLASHER_NONCE_VAR, entryId, renderGrubConfig, renderGrubFragment, type BootSettings, type GrubConfigInput, type GrubEntry } from './render.js';
 
 /**
  * Boot files on the host partition, from plain inputs: grub.cfg (validated, replaced atomically) and
@@ -23,6 +24,8 @@ export interface BootRoles {
   previous?: string;
   next?: string;
   armed?: string;
+  /** An adopted machine: the distribution's kept menu is the last fallback (and the default while no image is current). */
+  distro?: boolean;
 }
 
 /** Everything a boot-file write needs: where, how, and the roles of the images. */
@@ -70,6 +73,8 @@ export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Pro
   const flasherKernel = path.join(layout.flasherDir, 'vmlinuz');
   const flasherInitrd = path.join(layout.flasherDir, 'initrd.img');
   const flasherOnHost = '/' + path.relative(layout.host, layout.flasherDir);
+  const distroKept = roles.distro && existsSync(distroConfigFile(layout));
+  if (roles.distro && !distroKept) log.warn(`${distroConfigFile(layout)} is missing: the distribution's system gets no fallback entry (upgradectl adopt keeps it again)`);
   return {
     hostUuid: await detectHostUuid(layout.host, settings.hostUuid),
     entries,
@@ -86,6 +91,7 @@ export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Pro
       existsSync(flasherKernel) && existsSync(flasherInitrd)
         ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: '' }
         : undefined,
+    distro: distroKept ? { isDefault: !roles.current } : undefined,
   };
 }
 
@@ -118,6 +124,9 @@ export async function checkGrubScript(text: string): Promise<void> {
 export async function installGrubConfig(layout: Layout, text: string): Promise<void> {
   await checkGrubScript(text);
   await fs.mkdir(layout.grubDir, { recursive: true });
+  // An adopted machine: a grub.cfg that update-grub wrote since our last write is the distribution's
+  // newest menu; it is kept before ours replaces it (grub/distro-config.ts).
+  if (existsSync(distroConfigFile(layout))) await keepDistroConfig(layout);
   await writeFileDurable(layout.grubCfg, text.endsWith('\n') ? text : `${text}\n`, 0o644);
 }
 
@@ -132,6 +141,7 @@ export type EnvChange = Partial<Record<(typeof ENV_KEYS)[number], string | null>
 export function envForRoles(roles: BootRoles, settings: BootSettings): GrubEnv {
   const env = emptyGrubEnv();
   if (roles.current) env.saved_entry = entryId(roles.current);
+  else if (roles.distro) env.saved_entry = DISTRO_ENTRY_ID;
   if (roles.armed) Object.assign(env, armChange(roles.armed, settings));
   return env;
 }
@@ -198,7 +208,10 @@ export async function writeBootFiles(ctx: BootContext, images: BootImage[], opts
   const { layout } = ctx;
   const text = await renderBootConfig(ctx, images);
   await installGrubConfig(layout, text);
-  const env = await updateBootEnv(ctx, opts.makeDefault ? newDefault(opts.makeDefault) : {});
+  // An adopted machine with no image confirmed yet: the distribution is the default, by name, so that a
+  // saved_entry the distribution left in grubenv (GRUB_SAVEDEFAULT) never makes GRUB pick entry 0.
+  const distroDefault: EnvChange = ctx.roles.distro && !ctx.roles.current ? { saved_entry: DISTRO_ENTRY_ID } : {};
+  const env = await updateBootEnv(ctx, opts.makeDefault ? newDefault(opts.makeDefault) : distroDefault);
   const checkpoint = await checkpointHost(layout.host);
   return { grubCfg: text, env, checkpoint };
 }

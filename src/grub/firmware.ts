@@ -1,5 +1,6 @@
 import { promises as fs, existsSync } from 'node:fs';
 import path from 'node:path';
+import { readFromImage, resolveInImage } from '../core/ext4-image.js';
 
 /**
  * What firmware starts GRUB here, and whether Secure Boot is on: under Secure Boot only a signed GRUB
@@ -27,6 +28,13 @@ export async function firmwareOf(root: string): Promise<Firmware> {
 }
 
 export type PeSignature = 'signed' | 'unsigned' | 'not-pe';
+
+/** The signature of the kernel at `kernel` inside an image file (symlinks followed inside the image). */
+export async function imageKernelSignature(image: string, kernel: string): Promise<PeSignature | 'missing'> {
+  const found = await resolveInImage(image, kernel);
+  if ('missing' in found) return 'missing';
+  return peSignature(await readFromImage(image, found.path));
+}
 
 /**
  * Whether a kernel file carries an Authenticode signature: a PE/COFF image (an EFI-stub kernel is one)

@@ -67,6 +67,12 @@ export interface GrubConfigInput
   fallbackVersion?: string;
   /** The RAM flasher entry, when its files are installed (paths on the host partition). */
   flasher?: { kernel: string; initrd: string; cmdline: string };
+  /**
+   * An adopted machine: the distribution's own menu, kept as `$prefix/distro.cfg`, is the last entry
+   * before the reboot entry and ends every fallback list. `isDefault`: no image is the default yet
+   * (none confirmed), so the distribution is what GRUB boots when grubenv names nothing.
+   */
+  distro?: { isDefault: boolean };
 }
 
 export const ENTRY_PREFIX = 'upgradectl-';
@@ -79,6 +85,8 @@ export const FLASHER_ENTRY_ID = 'upgradectl-flasher';
 export const FLASHER_NONCE_VAR = 'upgradectl_flasher_nonce';
 /** The kernel argument that carries the nonce to the flasher's /init. */
 export const FLASHER_ARG = 'upgradectl.flasher';
+/** An adopted machine's entry that loads the distribution's kept menu (grub/distro-config.ts). */
+export const DISTRO_ENTRY_ID = 'upgradectl-distro';
 /** The last entry of a full grub.cfg: reached only when no image could be loaded (see renderRebootEntry). */
 export const REBOOT_ENTRY_ID = 'upgradectl-reboot';
 
@@ -125,7 +133,7 @@ export function entryId(version: string): string {
 
 /** The version an entry id names, or undefined for ids that are not ours. */
 export function versionOfEntry(id: string | undefined): string | undefined {
-  if (!id || !id.startsWith(ENTRY_PREFIX) || id === FLASHER_ENTRY_ID || id === REBOOT_ENTRY_ID) return undefined;
+  if (!id || !id.startsWith(ENTRY_PREFIX) || [FLASHER_ENTRY_ID, REBOOT_ENTRY_ID, DISTRO_ENTRY_ID].includes(id)) return undefined;
   return id.slice(ENTRY_PREFIX.length);
 }
 
@@ -146,6 +154,7 @@ export function renderGrubConfig(input: GrubConfigInput): string {
     '',
     ...input.entries.flatMap((e, i) => renderEntry(input, e, i)),
     ...renderFlasher(input),
+    ...renderDistroEntry(input),
     ...renderRebootEntry(input),
   ].join('\n');
 }
@@ -192,7 +201,7 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   const saveEnv = input.saveEnv !== false;
   const save = (name: string) => (saveEnv ? [`  save_env ${name}`] : []);
   const first = input.entries[0];
-  const lastResort = first ? entryId(first.version) : undefined;
+  const lastResort = full && input.distro?.isDefault ? DISTRO_ENTRY_ID : first ? entryId(first.version) : undefined;
   const lines: string[] = [];
   if (full) {
     lines.push('if [ -s $prefix/grubenv ]; then', '  load_env', 'fi');
@@ -239,15 +248,23 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   // entries". So the saved default's id is mapped to its position, which this config fixes.
   // A full config ends the list with the reboot entry: GRUB tries each number in turn, and without it
   // a machine whose default and fallback both fail to load waits at GRUB's menu for a key, forever.
-  const reboot = full ? ` ${rebootEntryNumber(input)}` : '';
-  const fallback = (n: number) => (reboot ? `set fallback="${n}${reboot}"` : `set fallback=${n}`);
+  // On an adopted machine the distribution's kept menu comes just before it: the old system boots
+  // whenever no image can.
+  const distro = full ? distroEntryNumber(input) : undefined;
+  const tail = full ? [...(distro !== undefined ? [distro] : []), rebootEntryNumber(input)] : [];
+  const fallback = (n: number) => {
+    const list = [...new Set([n, ...tail])];
+    return list.length > 1 ? `set fallback="${list.join(' ')}"` : `set fallback=${n}`;
+  };
+  const savedIds: Array<[string, number]> = input.entries.map((e, i) => [entryId(e.version), i]);
+  if (distro !== undefined) savedIds.push([DISTRO_ENTRY_ID, distro]);
   lines.push('if [ "${upgradectl_not_default}" ]; then');
-  input.entries.forEach((e, i) => {
-    lines.push(`  ${i === 0 ? 'if' : 'elif'} [ "\${saved_entry}" = "${entryId(e.version)}" ]; then`, `    ${fallback(i)}`);
+  savedIds.forEach(([id, n], i) => {
+    lines.push(`  ${i === 0 ? 'if' : 'elif'} [ "\${saved_entry}" = "${id}" ]; then`, `    ${fallback(n)}`);
   });
-  lines.push('  else', `    ${fallback(0)}`, '  fi');
+  lines.push('  else', `    ${fallback(distro !== undefined && input.distro?.isDefault ? distro : 0)}`, '  fi');
   if (previous !== undefined) lines.push('else', `  ${fallback(previous)}`);
-  else if (reboot) lines.push('else', `  set fallback=${reboot.trim()}`);
+  else if (tail.length > 0) lines.push('else', `  ${tail.length > 1 ? `set fallback="${tail.join(' ')}"` : `set fallback=${tail[0]}`}`);
   lines.push('fi');
   return lines;
 }
@@ -382,9 +399,30 @@ function renderFlasher(input: GrubConfigInput): string[] {
   ];
 }
 
-/** The reboot entry comes after the images and the flasher. */
+/** The distribution's kept menu comes after the images and the flasher (adopted machines only). */
+function distroEntryNumber(input: GrubConfigInput): number | undefined {
+  return input.distro ? input.entries.length + (input.flasher ? 1 : 0) : undefined;
+}
+
+/** The reboot entry comes after the images, the flasher and the distribution's menu. */
 function rebootEntryNumber(input: GrubConfigInput): number {
-  return input.entries.length + (input.flasher ? 1 : 0);
+  return input.entries.length + (input.flasher ? 1 : 0) + (input.distro ? 1 : 0);
+}
+
+/**
+ * The old system of an adopted machine: its own menu, as update-grub last wrote it, loaded from where
+ * upgradectl kept it. `$prefix` is GRUB's own directory, where grub.cfg and grubenv are. The kept menu
+ * runs its own selection (its GRUB_DEFAULT, its timeout); a missing file fails the entry, and GRUB
+ * goes on to the reboot entry.
+ */
+function renderDistroEntry(input: GrubConfigInput): string[] {
+  if (!input.distro || input.entries.length === 0) return [];
+  return [
+    `menuentry 'The system installed before upgradectl (its own boot menu)' --id ${DISTRO_ENTRY_ID} {`,
+    '  configfile "${prefix}/distro.cfg"',
+    '}',
+    '',
+  ];
 }
 
 /**

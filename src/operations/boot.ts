@@ -25,6 +25,7 @@ export function bootContext(layout: Layout, config: Config, state: State): BootC
       previous: state.previous,
       next: state.next,
       armed: state.phase === 'committed' ? state.next : undefined,
+      distro: Boolean(state.adopted),
     },
   };
 }
@@ -46,6 +47,11 @@ export async function bootImages(layout: Layout): Promise<BootImage[]> {
 }
 
 export async function renderForState(layout: Layout, config: Config, state: State, fragment = false): Promise<string> {
+  // update-grub on an adopted machine runs on the distribution's system: its output must be the
+  // distribution's plain menu, which upgradectl keeps as the last fallback at its next write (a copy
+  // of our entries in it would point at images that may be gone by then). docs/grub.md, "Adopted machines".
+  // (One command: grub-script-check refuses a script of comments only.)
+  if (fragment && state.adopted) return '# upgradectl: this machine was adopted; upgradectl writes grub.cfg itself (docs/grub.md)\nset upgradectl_adopted=1';
   return renderBootConfig(bootContext(layout, config, state), await bootImages(layout), fragment);
 }
 

@@ -92,8 +92,12 @@ export async function commit(layout: Layout, config: Config, opts: { reboot: boo
 /** What commit would do, checked without writing anything: shared by commit and commit --dry-run. */
 export interface CommitPlan {
   version: string;
+  /** The image a failed trial falls back to, or DISTRO_SYSTEM on an adopted machine's first commit. */
   current: string;
 }
+
+/** What an adopted machine falls back to before its first image is confirmed (never a version). */
+export const DISTRO_SYSTEM = 'the distribution system (adopted)';
 
 /**
  * Everything commit needs that can be checked before it writes: a prepared image on disk that has not
@@ -111,9 +115,11 @@ export function commitPreflight(layout: Layout, state: State, opts: { force?: bo
       hint: 'prepare another release, or pass --force to try this one again',
     });
   }
+  // An adopted machine's first commit falls back to the distribution's system it runs now.
+  if (!state.current && state.adopted) return { version, current: DISTRO_SYSTEM };
   if (!state.current) {
     throw new UpgradeError('STATE', 'no current image is recorded, so a failed trial would have nothing to fall back to', {
-      hint: 'run upgradectl on a machine booted from an upgradectl image (upgradectl.loop= on the kernel command line); upgradectl status adopts it',
+      hint: 'run upgradectl on a machine booted from an upgradectl image (upgradectl.loop= on the kernel command line), or take over this traditional install with upgradectl adopt',
     });
   }
   requireImage(layout, state.current, 'the current image (the fallback)');

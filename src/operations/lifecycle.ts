@@ -25,6 +25,8 @@ export type LifecycleEvent =
   | 'boot-old'
   | 'commit-interrupted'
   | 'adopt'
+  | 'adopt-distro'
+  | 'finish-adoption'
   | 'confirm-ok'
   | 'confirm-failed'
   | 'default-failed'
@@ -47,6 +49,11 @@ const TRANSITIONS: ReadonlyArray<readonly [from: readonly Phase[], event: Lifecy
   // prepared before anything was recorded keeps its prepared image.
   [['idle', 'rolled-back'], 'adopt', 'idle'],
   [['prepared'], 'adopt', 'prepared'],
+  // `upgradectl adopt`: a traditional install is taken over as it runs (operations/adopt.ts); the phase
+  // does not change. `adopt --finish` drops the distribution's fallback entry once an image is current.
+  [['idle', 'rolled-back'], 'adopt-distro', 'idle'],
+  [['prepared'], 'adopt-distro', 'prepared'],
+  [['idle'], 'finish-adoption', 'idle'],
   [['trying'], 'confirm-ok', 'idle'],
   [['trying'], 'confirm-failed', 'rolled-back'],
   // Reconciliation: the default was started [boot] default_attempts times without coming up, so GRUB

@@ -12,7 +12,10 @@ import { loadState } from './state.js';
  * operation lock (a commit or confirm in flight owns the boot files). Refuses to write a menu with no
  * image in it: GRUB would then sit at its prompt forever.
  */
-export async function rewriteBootFiles(layout: Layout, config: Config): Promise<BootFilesResult> {
+export async function rewriteBootFiles(layout: Layout, config: Config, opts: { ifAdopted?: boolean } = {}): Promise<BootFilesResult | undefined> {
+  // The kernel hook (kernel/zz-upgradectl) runs on every Debian machine with the package: only an
+  // adopted one has a grub.cfg of ours that update-grub has just replaced.
+  if (opts.ifAdopted && !(await loadState(layout)).adopted) return undefined;
   await reconcile(layout);
   const lock = await acquireLock(layout, 'grub-config');
   try {

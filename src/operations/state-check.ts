@@ -61,6 +61,10 @@ function checkState(doc: unknown, file: string): State {
   if (s.trialKind !== undefined && s.trialKind !== 'upgrade' && s.trialKind !== 'rollback') {
     throw new FieldError('trialKind', 'upgrade or rollback', s.trialKind);
   }
+  if (s.adopted !== undefined) {
+    const a = obj(s.adopted, 'adopted');
+    state.adopted = { at: str(a.at, 'adopted.at'), distroConfig: str(a.distroConfig, 'adopted.distroConfig') };
+  }
   const history = s.history ?? [];
   if (!Array.isArray(history)) throw new FieldError('history', 'a list', history);
   history.forEach((h, i) => state.history.push(historyEntry(obj(h, `history[${i}]`), `history[${i}]`)));

@@ -50,6 +50,12 @@ export interface State {
   phaseBootId?: string;
   /** What a committed/trying trial is: an upgrade to next, or a rollback to the previous image. */
   trialKind?: 'upgrade' | 'rollback';
+  /**
+   * A traditional install that `upgradectl adopt` took over (operations/adopt.ts): its root filesystem is
+   * the host partition, and the distribution's boot menu, kept as `distroConfig`, stays the last
+   * fallback entry until `upgradectl adopt --finish`.
+   */
+  adopted?: { at: string; distroConfig: string };
   history: HistoryEntry[];
   // --- Trust memory (src/operations/trust-memory.ts, docs/security.md); both optional, absent = nothing seen.
   /** The newest signed channel seen, per `<source url>#<channel name>`: anti-replay and the version floor. */

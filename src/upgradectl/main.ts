@@ -16,6 +16,7 @@ export const COMMANDS: CommandTable = {
   daemon: async () => (await import('./commands/daemon.js')).daemonCommand,
   'grub-config': async () => (await import('./commands/grub-config.js')).grubConfigCommand,
   doctor: async () => (await import('./commands/doctor.js')).doctorCommand,
+  adopt: async () => (await import('./commands/adopt.js')).adoptCommand,
   keygen: async () => (await import('./commands/keygen.js')).keygenCommand,
   'channel set': async () => (await import('./commands/channel.js')).channelSetCommand,
   publish: async () => (await import('./commands/publish.js')).publishCommand,

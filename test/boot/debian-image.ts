@@ -45,14 +45,17 @@ modprobe qemu_fw_cfg 2>/dev/null
 fw=/sys/firmware/qemu_fw_cfg/by_name
 [ -r "$fw/${FW_CFG_SCRIPT}/raw" ] || exit 0
 run=$(cat "$fw/${FW_CFG_RUN}/raw" 2>/dev/null || echo default)
-count=/host/.upgradectl-test/boots-$run
-mkdir -p /host/.upgradectl-test
+# The host partition: /host in an upgradectl image, / itself on a plain install (the adopt test).
+host=/host
+mountpoint -q /host || host=
+count=$host/.upgradectl-test/boots-$run
+mkdir -p $host/.upgradectl-test
 BOOT=$(( $(cat "$count" 2>/dev/null || echo 0) + 1 ))
 echo "$BOOT" > "$count"
 sync -f "$count"
 cp "$fw/${FW_CFG_SCRIPT}/raw" /run/upgradectl-test-script
 marker() { echo "${MARKER} $*"; }
-out=/host/.upgradectl-test/out/$run
+out=$host/.upgradectl-test/out/$run
 mkdir -p "$out"
 # save NAME CMD...: run CMD; its stdout and exit status go to the host partition for the test to read
 # from the powered-off disk, and to the console. The freeze checkpoints the host's journal, so the
@@ -64,7 +67,8 @@ save() {
 	rc=$?
 	echo "$rc" > "$out/$name.rc"
 	cat "$out/$name"
-	sync -f "$out/$name.rc" && fsfreeze -f /host && fsfreeze -u /host
+	# (/ is never frozen: the shutdown that follows every script checkpoints it.)
+	sync -f "$out/$name.rc" && { [ -z "$host" ] || { fsfreeze -f /host && fsfreeze -u /host; }; }
 	marker saved name=$name rc=$rc
 	return $rc
 }
@@ -164,7 +168,7 @@ async function installUpgradectl(tree: string): Promise<void> {
 }
 
 /** Debian's layout: /boot/vmlinuz-<release>, /boot/initrd.img-<release>, links at / and the modules. */
-async function installKernel(tree: string, kernel: BootKernel): Promise<void> {
+export async function installKernel(tree: string, kernel: BootKernel): Promise<void> {
   const boot = path.join(tree, 'boot');
   await fs.mkdir(boot, { recursive: true });
   await fs.copyFile(kernel.vmlinuz, path.join(boot, `vmlinuz-${kernel.release}`));
@@ -190,7 +194,7 @@ async function installKernel(tree: string, kernel: BootKernel): Promise<void> {
   await run('depmod', ['-b', tree, kernel.release]);
 }
 
-async function configure(tree: string, opts: DebianImageOptions): Promise<void> {
+export async function configure(tree: string, opts: DebianImageOptions): Promise<void> {
   const write = async (rel: string, content: string, mode = 0o644) => {
     const file = path.join(tree, rel);
     await fs.mkdir(path.dirname(file), { recursive: true });

@@ -39,6 +39,8 @@ const cases: Array<[string, GrubConfigInput]> = [
   ['trial deadline, two attempts', { ...base, trialAttempts: 2, trialDeadline: 900 }],
   ['trial deadline, save_env off', { ...base, trialDeadline: 900, saveEnv: false }],
   ['with the flasher', { ...base, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '' } }],
+  ['adopted, no image confirmed yet', { ...base, entries: [base.entries[0]!], fallbackVersion: undefined, distro: { isDefault: true } }],
+  ['adopted, with the flasher and a previous image', { ...base, distro: { isDefault: false }, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '' } }],
 ];
 
 for (const [name, input] of cases) {
@@ -65,6 +67,24 @@ for (const [name, input] of cases) {
     t.equal(cfg.includes('upgradectl_default_tries'), counted, counted ? 'the default is counted' : 'no counting without a previous image or save_env');
   });
 }
+
+t.test('adopted machine: the distribution menu ends every fallback list, before the reboot entry', async (t) => {
+  const ids = (cfg: string) => [...cfg.matchAll(/^menuentry .*--id[ =]'?([^\s'{]+)'?/gm)].map((m) => m[1]);
+  // First commit: one image, armed as a trial; no image is the default yet.
+  const first = renderGrubConfig({ ...base, entries: [base.entries[0]!], fallbackVersion: undefined, distro: { isDefault: true } });
+  t.same(ids(first), ['upgradectl-2026.11.1', 'upgradectl-distro', 'upgradectl-reboot']);
+  t.match(first, /--id upgradectl-distro \{\n  configfile "\$\{prefix\}\/distro.cfg"\n\}/, "the distribution's menu, kept beside grub.cfg");
+  t.match(first, /\nelse\n  set default="upgradectl-distro"\nfi/, 'nothing saved: the distribution boots, never the unconfirmed image');
+  t.match(first, /\n  elif \[ "\$\{saved_entry\}" = "upgradectl-distro" \]; then\n    set fallback="1 2"\n  else\n    set fallback="1 2"\n  fi/, 'a trial falls back to the distribution, then the reboot entry');
+  t.match(first, /\nelse\n  set fallback="1 2"\nfi/, 'a normal boot too');
+  // Later: 2026.11.1 current, 2026.10.9~rc1 previous, the flasher installed.
+  const later = renderGrubConfig({ ...base, distro: { isDefault: false }, flasher: { kernel: '/f/vmlinuz', initrd: '/f/initrd.img', cmdline: '' } });
+  t.same(ids(later).slice(3), ['upgradectl-flasher', 'upgradectl-distro', 'upgradectl-reboot']);
+  t.match(later, /\nelse\n  set fallback="2 4 5"\nfi/, 'previous image, then the distribution, then reboot');
+  t.match(later, /\nelse\n  set default="upgradectl-2026.11.1"\nfi/, 'with an image confirmed, the first image is the last resort');
+  t.equal(versionOfEntry('upgradectl-distro'), undefined, 'never a version');
+  t.notMatch(renderGrubFragment({ ...base, distro: { isDefault: true } }), /distro/, 'the update-grub fragment has no such entry');
+});
 
 t.test('trial attempts are a chain of literal flags', async (t) => {
   const cfg = renderGrubConfig({ ...base, trialAttempts: 3 });

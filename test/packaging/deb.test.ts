@@ -46,6 +46,8 @@ t.test('the .deb: layout, the packaged Node runs upgradectl, and it installs int
     ['usr/share/initramfs-tools/hooks/upgradectl', '755'],
     ['usr/share/initramfs-tools/scripts/local-bottom/upgradectl', '755'],
     ['etc/grub.d/09_upgradectl', '755'],
+    ['etc/kernel/postinst.d/zz-upgradectl', '755'],
+    ['etc/kernel/postrm.d/zz-upgradectl', '755'],
     ['lib/systemd/system/upgradectl.service', '644'],
     ['lib/systemd/system/upgradectl-confirm.service', '644'],
     ['usr/share/doc/upgradectl/upgradectl.conf.example', '644'],

@@ -24,7 +24,8 @@ export async function reconcileTrial(boot: BootFacts): Promise<boolean> {
   const { layout, config, state, booted, bootId, env, newBoot } = boot;
   // Armed and not consumed: GRUB has not run the one-shot yet (with save_env off, "armed" is the default).
   const stillArmed = (v: string | undefined) => v !== undefined && config.boot.saveEnv && env?.next_entry === entryId(v);
-  const bootedAs = booted ?? 'an image upgradectl does not manage';
+  // On an adopted machine, a boot without upgradectl.loop= is the distribution's system (its last fallback).
+  const bootedAs = booted ?? (state.adopted ? "the distribution's own system (the adopted install)" : 'an image upgradectl does not manage');
 
   const trialFailed = async (version: string, reason: string) => {
     applyEvent(state, 'boot-old', {

@@ -1,8 +1,7 @@
 import { firstBlockFixCommand, firstBlockOf } from '../../core/first-block.js';
-import { readFromImage, resolveInImage } from '../../core/ext4-image.js';
 import { listImages } from '../../core/images.js';
 import type { Layout } from '../../core/layout.js';
-import { peSignature, type Firmware } from '../../grub/firmware.js';
+import { imageKernelSignature, type Firmware } from '../../grub/firmware.js';
 import { bootImages } from '../../operations/boot.js';
 import type { Finding } from './doctor.js';
 
@@ -57,9 +56,8 @@ export async function checkKernelSignatures(layout: Layout): Promise<Result[]> {
   for (const image of await bootImages(layout)) {
     const file = layout.imageFile(image.version);
     const kernel = image.kernel ?? '/vmlinuz';
-    const found = await resolveInImage(file, kernel);
-    if ('missing' in found) continue; // the 'images' check already reports it
-    const signature = peSignature(await readFromImage(file, found.path));
+    const signature = await imageKernelSignature(file, kernel);
+    if (signature === 'missing') continue; // the 'images' check already reports it
     out.push(
       signature === 'signed'
         ? { level: 'ok', message: `${image.version}: ${kernel} carries an Authenticode signature` }

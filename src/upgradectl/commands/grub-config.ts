@@ -7,12 +7,13 @@ import { loadState } from '../../operations/state.js';
 
 export const grubConfigCommand: Command = {
   summary: 'print the grub.cfg that would be written (--write installs it, --fragment for /etc/grub.d)',
-  usage: 'grub-config [--fragment] [--write]',
-  options: { fragment: { type: 'boolean' }, write: { type: 'boolean' } },
+  usage: 'grub-config [--fragment] [--write [--if-adopted]]',
+  options: { fragment: { type: 'boolean' }, write: { type: 'boolean' }, 'if-adopted': { type: 'boolean' } },
   async run({ layout, options }) {
     const config = await loadConfig(layout);
     if (options.write) {
-      const r = await rewriteBootFiles(layout, config);
+      const r = await rewriteBootFiles(layout, config, { ifAdopted: Boolean(options['if-adopted']) });
+      if (!r) return { data: { written: null, reason: 'not adopted' }, text: 'this machine was not adopted: nothing to write' };
       return { data: { written: layout.grubCfg, env: r.env, checkpoint: r.checkpoint }, text: `wrote ${layout.grubCfg} and ${layout.grubEnv}` };
     }
     const state = await loadState(layout);
