@@ -42,6 +42,8 @@ export interface StageOptions {
   signal?: AbortSignal;
   /** Local images whose blocks a /2 release with an index may reuse (current, previous, …). */
   seeds?: string[];
+  /** Frame workers started by the caller (and closed by it), so that they load while the release is checked. */
+  pool?: FramePool;
 }
 
 export interface StageResult {
@@ -75,6 +77,7 @@ export function stagingPaths(layout: Layout, version: string): { image: string; 
  * Nothing reaches the bootable name before every frame and the whole image were verified and synced.
  */
 export async function stageImage(opts: StageOptions): Promise<StageResult> {
+  if (opts.pool) return stageWith(opts.pool, opts);
   // First: the worker threads load their modules (~0.3 s) while the payload is looked up.
   const pool = new FramePool();
   try {
