@@ -19,6 +19,8 @@ export interface FramesContext {
   payloadUrl: string;
   etag: string | undefined;
   fd: number;
+  /** The staging file opened with O_DIRECT for the workers' writes, when the filesystem allows it. */
+  directFd?: number;
   pool: FramePool;
   /** /1 manifests only: the whole image hashed in order (a /2 manifest's frame-hash root replaces it). */
   hasher?: OrderedHasher;
@@ -166,7 +168,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
     const bytes = await fetchRange(f.offset, f.offset + f.length);
     const written = ctx.pool
       .run(
-        { op: 'decode-write', frame: bytes, rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, position: i * frameSize, keepRaw: Boolean(ctx.hasher) },
+        { op: 'decode-write', frame: bytes, rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize, keepRaw: Boolean(ctx.hasher) },
         // Hand the frame's memory to the worker when it owns its buffer outright (no copy).
         transferable(bytes),
       )
@@ -192,7 +194,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       await ctx.source.admit?.(f.length);
       const r = await ctx.pool.run({
         op: 'fetch-frame', source: spec!, key: ctx.payloadKey, start: f.offset, end: f.offset + f.length, etag: ctx.etag,
-        rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, position: i * frameSize,
+        rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize,
       });
       stats.fetched += f.length;
       stats.requests++;
@@ -217,7 +219,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       const first = (i * frameSize) / HOLE_GRAIN;
       const expect = delta!.index.blockHashes.subarray(first * 8, (first + Math.ceil(f.rawLength / HOLE_GRAIN)) * 8);
       const r: Extract<FrameResult, { op: 'assemble' }> = await ctx.pool.run(
-        { op: 'assemble', fd: ctx.fd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: manifest.payload.chunkSize!, local: plan.local, expect: new Uint8Array(expect), chunks: parts, codec: delta!.codec },
+        { op: 'assemble', fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: manifest.payload.chunkSize!, local: plan.local, expect: new Uint8Array(expect), chunks: parts, codec: delta!.codec },
         transfer,
       );
       if (r.ok) {

@@ -1,4 +1,5 @@
 import { promises as fs, constants as C } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { UpgradeError, errnoOf, isUpgradeError } from '../core/errors.js';
 import { PRIVATE_FILE_MODE, mkdirPrivate } from '../core/private-files.js';
@@ -143,9 +144,13 @@ async function stageWith(pool: FramePool, opts: StageOptions): Promise<StageResu
   };
   let result: Omit<StageResult, 'imageFile' | 'seconds'>;
   let reuseFailed = false;
+  let direct: FileHandle | undefined;
   try {
     // Full size up front: blocks never written stay holes, so zero regions cost no disk and no I/O.
     await fh.truncate(manifest.image.size);
+    // The workers write whole blocks around the page cache: no copy into it, nothing left to write
+    // back at the fsync. A filesystem without O_DIRECT (tmpfs) gets buffered writes instead.
+    if (indexed) direct = await fs.open(paths.image, C.O_WRONLY | C.O_DIRECT).catch(() => undefined);
     let digest: string;
     let want: string;
     if (indexed) {
@@ -156,6 +161,7 @@ async function stageWith(pool: FramePool, opts: StageOptions): Promise<StageResu
         payloadUrl,
         etag: info.etag,
         fd: fh.fd,
+        directFd: direct?.fd,
         pool,
         hasher,
         parallel: opts.parallel,
@@ -196,6 +202,7 @@ async function stageWith(pool: FramePool, opts: StageOptions): Promise<StageResu
     throw asStagingError(err, paths.image, manifest);
   } finally {
     await hasher?.close();
+    await direct?.close();
     await fh.close();
   }
   if (reuseFailed) {

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
 import { startHttpServer } from '../helpers/http-server.js';
@@ -80,4 +81,19 @@ t.test('frames fetched by the workers: corruption on the wire, a download that b
     t.equal(server.rangeBytes(payload, from), needed - onDisk.reduce((n, f) => n + f.length, 0), 'the second run fetched exactly the frames not on disk');
     t.equal(r.json.stage.reusedFrames, onDisk.length, 'and says how many it kept');
   });
+});
+
+t.test('frames go to disk around the page cache (O_DIRECT): nothing of the new image is left to write back', { skip: skipUnless({ commands: ['mke2fs', 'debugfs', 'fincore'] }) }, async (t) => {
+  const dir = t.testdir();
+  const pub = await makePublisher(dir);
+  const image = await pub.publish('1.0');
+  const root = makeMachine(dir, 'm', `file://${pub.releases}`, pub.pub);
+  const r = await upgradectl(['--root', root, '--json', 'prepare', '1.0']);
+  t.equal(r.code, 0, r.stderr);
+  const file = path.join(root, 'images/1.0.img');
+  // Before anything reads the file back: written through the page cache, all of it would be resident.
+  const resident = Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file]).toString().trim());
+  const allocated = statSync(file).blocks * 512;
+  t.ok(resident < allocated / 10, `${resident} of ${allocated} bytes of the image are in the page cache`);
+  t.equal(sha256File(file), sha256File(image), 'byte-identical');
 });
