@@ -60,9 +60,9 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
   const { layout, config } = opts;
   await repairPrivateModes(layout).then((fixed) => fixed.forEach((f) => log.warn(`made ${f.path} root-only (was ${modeText(f.was)})`)));
   const source = opts.source ?? openConfiguredSource(layout, config);
-  // Started before anything else: the frame workers load their modules (~0.2–0.4 s of a 1 GiB
-  // prepare that takes ~1.5 s) while the channel and manifest are fetched and checked. When there
-  // is nothing to prepare they are stopped unused, which costs a pass a fraction of a second of CPU.
+  // Started before anything else: the frame workers load their modules (0.2–0.4 s, otherwise spent
+  // before the first frame of a download) while the channel and manifest are fetched and checked.
+  // When there is nothing to prepare they are stopped unused (such a prepare costs 0.4 s of CPU in all).
   const pool = new FramePool();
   try {
     // What booted first: a new machine adopts the image it runs, so a downgrade check and the commit
