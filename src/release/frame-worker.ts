@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readSync, write, writeSync, writevSync } from 'node:fs';
-import { promisify } from 'node:util';
+import { readSync, writeSync, writevSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort } from 'node:worker_threads';
@@ -94,16 +93,25 @@ const CHUNK = 4 << 20;
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
 /**
- * The runs of non-zero 4 KiB blocks of `parts` (consecutive pieces of the image, e.g. a frame's
- * decoded blocks) starting at `position`, each as the pieces that make it up: only these are written.
- * The file was created at its full size, so skipped blocks stay holes and read back as zeros.
+ * Write `parts` (consecutive pieces of the image, e.g. a frame's decoded blocks) at `position`,
+ * skipping 4 KiB blocks that are all zero: the file was created at its full size, so skipped blocks
+ * stay holes and read back as zeros. Each run of non-zero blocks goes out as one gathered write
+ * (writev) straight from the pieces, without joining them into one buffer first.
  */
-function nonZeroRuns(parts: Buffer[], position: number): Array<{ at: number; pieces: Buffer[] }> {
+function writeNonZero(fd: number, parts: Buffer[], position: number, directFd?: number): number {
   // The grain walk needs every piece but the last to end on a 4 KiB boundary (our 64 KiB blocks do;
   // a foreign frame's odd-sized linked blocks are joined first).
   if (parts.slice(0, -1).some((p) => p.length % HOLE_GRAIN)) parts = [Buffer.concat(parts)];
-  const runs: Array<{ at: number; pieces: Buffer[] }> = [];
-  let run: { at: number; pieces: Buffer[] } | undefined;
+  let written = 0;
+  /** The pieces of the run of non-zero blocks being gathered, and where in the file it starts. */
+  let run: Buffer[] = [];
+  let runAt = -1;
+  const flush = () => {
+    if (runAt < 0) return;
+    written += writeRun(fd, run, runAt, directFd);
+    run = [];
+    runAt = -1;
+  };
   let at = position;
   for (const part of parts) {
     let seg = -1;
@@ -113,94 +121,45 @@ function nonZeroRuns(parts: Buffer[], position: number): Array<{ at: number; pie
       // starts with a hole (core/first-block.ts). An ext4 image's superblock shares the first 4 KiB, so
       // this holds anyway; it is kept true by construction rather than by the image's layout.
       if (isZeroBlock(part, o, end) && at + o !== 0) {
-        if (seg >= 0) run!.pieces.push(part.subarray(seg, o));
+        if (seg >= 0) run.push(part.subarray(seg, o));
         seg = -1;
-        run = undefined;
+        flush();
       } else if (seg < 0) {
         seg = o;
-        if (!run) runs.push((run = { at: at + o, pieces: [] }));
+        if (runAt < 0) runAt = at + o;
       }
     }
-    if (seg >= 0) run!.pieces.push(part.subarray(seg));
+    if (seg >= 0) run.push(part.subarray(seg));
     at += part.length;
   }
-  return runs;
-}
-
-/** Write the non-zero blocks of `parts` at `position` (see nonZeroRuns), each run in one write. */
-function writeNonZero(fd: number, parts: Buffer[], position: number, directFd?: number): number {
-  let written = 0;
-  for (const run of nonZeroRuns(parts, position)) written += writeRun(fd, run.pieces, run.at, directFd);
+  flush();
   return written;
 }
 
 /** O_DIRECT wants the memory, the file offset and the length aligned to the device's logical block. */
 const DIRECT_ALIGN = 4096;
-/**
- * Page-aligned buffers for direct writes, free for the next one (WebAssembly memory starts on a page
- * boundary; a Buffer's memory need not). One per write in flight: two or three per thread.
- */
-const alignedFree: Buffer[] = [];
-const takeAligned = () => alignedFree.pop() ?? Buffer.from(new WebAssembly.Memory({ initial: MAX_BLOCK / 65536 }).buffer);
+let alignedBuffer: Buffer | undefined;
+/** WebAssembly memory starts on a page boundary (a Buffer's memory need not): the one aligned buffer of this thread. */
+const aligned = () => (alignedBuffer ??= Buffer.from(new WebAssembly.Memory({ initial: MAX_BLOCK / 65536 }).buffer));
 /** Set when the filesystem refused a direct write (EINVAL): this thread writes through the page cache from then on. */
 let directRefused = false;
-
-const canWriteDirect = (directFd: number | undefined, position: number, length: number): directFd is number =>
-  directFd !== undefined && !directRefused && position % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && length <= MAX_BLOCK;
-
-function gather(pieces: Buffer[], into: Buffer): number {
-  let at = 0;
-  for (const p of pieces) at += p.copy(into, at);
-  return at;
-}
 
 /** One run of non-zero blocks: through O_DIRECT when it can (aligned, whole blocks), else buffered. */
 function writeRun(fd: number, pieces: Buffer[], position: number, directFd: number | undefined): number {
   const length = pieces.reduce((n, p) => n + p.length, 0);
-  if (canWriteDirect(directFd, position, length)) {
-    const buf = takeAligned();
-    gather(pieces, buf);
+  if (directFd !== undefined && !directRefused && position % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && length <= MAX_BLOCK) {
+    const buf = aligned();
+    let at = 0;
+    for (const p of pieces) at += p.copy(buf, at);
     try {
       for (let done = 0; done < length; ) done += writeSync(directFd, buf, done, length - done, position + done);
       return length;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
       directRefused = true;
-    } finally {
-      alignedFree.push(buf);
     }
   }
   return writeAll(fd, pieces, position);
-}
-
-const writeAsync = promisify(write);
-
-/**
- * writeNonZero without blocking this thread for the disk: direct writes go to libuv's threads, so the
- * worker decodes its next frame while this one is written (a direct write waits for the device).
- */
-async function writeNonZeroAsync(fd: number, parts: Buffer[], position: number, directFd: number | undefined): Promise<number> {
-  let written = 0;
-  for (const run of nonZeroRuns(parts, position)) {
-    const length = run.pieces.reduce((n, p) => n + p.length, 0);
-    if (!canWriteDirect(directFd, run.at, length)) {
-      written += writeRun(fd, run.pieces, run.at, directFd);
-      continue;
-    }
-    const buf = takeAligned();
-    gather(run.pieces, buf);
-    try {
-      for (let done = 0; done < length; ) done += (await writeAsync(directFd, buf, done, length - done, run.at + done)).bytesWritten;
-      written += length;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-      directRefused = true;
-      written += writeAll(fd, run.pieces, run.at);
-    } finally {
-      alignedFree.push(buf);
-    }
-  }
-  return written;
 }
 
 /** writev until every byte is out (a write may be partial; at most IOV_MAX pieces go per call). */
@@ -225,13 +184,12 @@ function writeAll(fd: number, pieces: Buffer[], position: number): number {
 }
 
 type Verified = { ok: true; written: number; sha256: string; raw?: Buffer } | { ok: false; got: string; reason: string };
-type Decoded = { ok: true; parts: Buffer[]; sha256: string } | { ok: false; got: string; reason: string };
 
 /**
- * Decode a frame block by block and hash each block while it is in the cache. Only a frame that
- * matches its SHA-256 is written (holes for zero blocks): nothing unverified reaches the file.
+ * Decode a frame block by block, hash each block while it is in the cache, and only when the whole
+ * frame matches its SHA-256 write it (holes for zero blocks). Nothing unverified reaches the file.
  */
-function decodeVerify(frame: Buffer, rawLength: number, sha256: string): Decoded {
+function decodeVerifyWrite(frame: Buffer, rawLength: number, sha256: string, fd: number, position: number, keepRaw: boolean, directFd: number | undefined): Verified {
   const hash = createHash('sha256');
   const parts: Buffer[] = [];
   try {
@@ -244,16 +202,9 @@ function decodeVerify(frame: Buffer, rawLength: number, sha256: string): Decoded
   }
   const got = hash.digest('hex');
   if (got !== sha256) return { ok: false, got, reason: 'SHA-256 mismatch' };
-  return { ok: true, parts, sha256: got };
-}
-
-function decodeVerifyWrite(frame: Buffer, rawLength: number, sha256: string, fd: number, position: number, keepRaw: boolean, directFd: number | undefined): Verified {
-  const d = decodeVerify(frame, rawLength, sha256);
-  if (!d.ok) return d;
-  const written = writeNonZero(fd, d.parts, position, directFd);
-  if (!keepRaw) return { ok: true, written, sha256: d.sha256 };
-  const { parts } = d;
-  return { ok: true, written, sha256: d.sha256, raw: parts.length === 1 && parts[0]!.byteLength === parts[0]!.buffer.byteLength ? parts[0]! : Buffer.concat(parts, rawLength) };
+  const written = writeNonZero(fd, parts, position, directFd);
+  if (!keepRaw) return { ok: true, written, sha256: got };
+  return { ok: true, written, sha256: got, raw: parts.length === 1 && parts[0]!.byteLength === parts[0]!.buffer.byteLength ? parts[0]! : Buffer.concat(parts, rawLength) };
 }
 
 /** One source per spec in this worker: its keep-alive connections serve every frame it fetches. */
@@ -274,9 +225,7 @@ async function fetchFrame(task: Extract<FrameTask, { op: 'fetch-frame' }>): Prom
   const buffer = receiveBuffers.pop() ?? Buffer.allocUnsafeSlow(RECEIVE_SIZE);
   try {
     const bytes = await source.range(task.key, task.start, task.end, task.etag, length <= buffer.length ? buffer : undefined);
-    const d = decodeVerify(bytes, task.rawLength, task.sha256);
-    if (!d.ok) return { op: 'fetch-frame', ...d };
-    return { op: 'fetch-frame', ok: true, sha256: d.sha256, written: await writeNonZeroAsync(task.fd, d.parts, task.position, task.directFd) };
+    return { op: 'fetch-frame', ...decodeVerifyWrite(bytes, task.rawLength, task.sha256, task.fd, task.position, false, task.directFd) };
   } finally {
     // The frame is on disk (or refused) by now: nothing refers to the buffer any more.
     receiveBuffers.push(buffer);
