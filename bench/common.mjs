@@ -1,6 +1,6 @@
 // Shared by the prepare benchmarks: a published release set, a loopback server in its own process
 // that counts the bytes it sends, machine roots, and a timed prepare with its peak RSS.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -37,14 +37,49 @@ export async function serve(dir) {
   return { url: `http://127.0.0.1:${port}`, sent, close: () => server.kill() };
 }
 
+/**
+ * s3rver in its own process (bench/s3-server.mjs), bucket `releases`, holding under `prefix` the
+ * objects a full prepare of `version` reads, copied once from the file:// release set through
+ * upgradectl's own S3 target. `sourceConfig` is what a machine adds to its [source] section; the
+ * SDK finds s3rver's fixed keys in the environment.
+ */
+export async function serveS3(releases, version, prefix = 'bench') {
+  Object.assign(process.env, {
+    AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1',
+    AWS_EC2_METADATA_DISABLED: 'true', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+  });
+  const directory = path.join(work, 's3');
+  mkdirSync(directory, { recursive: true });
+  const server = spawn(process.execPath, [path.join(repo, 'bench/s3-server.mjs'), directory, 'releases'], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const port = await new Promise((resolve) => server.stdout.once('data', (d) => resolve(Number(String(d).trim()))));
+  const endpoint = `http://127.0.0.1:${port}`;
+  const url = `s3://releases/${prefix}`;
+  const marker = path.join(directory, `.uploaded-${prefix}-${version}`);
+  if (!existsSync(marker)) {
+    const { openTarget } = await import(path.join(repo, 'dist/release/sources/index.js'));
+    const target = openTarget(url, { endpoint, forcePathStyle: true, region: 'us-east-1' });
+    for (const name of ['image.lz4', 'manifest.json.sig', 'manifest.json']) {
+      await target.putFile(`releases/${version}/${name}`, path.join(releases, `releases/${version}/${name}`));
+    }
+    await target.close();
+    writeFileSync(marker, '');
+  }
+  return {
+    url,
+    payloadUrl: `${endpoint}/releases/${prefix}/releases/${version}/image.lz4`,
+    sourceConfig: `endpoint = ${endpoint}\nforce_path_style = true\nregion = us-east-1\n`,
+    close: () => server.kill(),
+  };
+}
+
 /** A machine root trusting the bench key, reading from `url`, holding `images` (version → file, copied sparse). */
-export function machine(name, url, images = {}, current) {
+export function machine(name, url, images = {}, current, sourceConfig = '') {
   const root = path.join(work, name);
   rmSync(root, { recursive: true, force: true });
   mkdirSync(path.join(root, 'etc/upgradectl/keys.d'), { recursive: true });
   mkdirSync(path.join(root, 'images/.upgradectl'), { recursive: true });
   writeFileSync(path.join(root, 'etc/upgradectl/keys.d/bench.pub'), readFileSync(path.join(work, 'key.pub')));
-  writeFileSync(path.join(root, 'etc/upgradectl/upgradectl.conf'), `[source]\nurl = ${url}\n`);
+  writeFileSync(path.join(root, 'etc/upgradectl/upgradectl.conf'), `[source]\nurl = ${url}\n${sourceConfig}`);
   for (const [v, file] of Object.entries(images)) sh('cp', ['--sparse=always', file, path.join(root, `images/${v}.img`)]);
   if (current) {
     // A machine that runs `current` (as the boot loader says) and has nothing pending.
@@ -54,6 +89,20 @@ export function machine(name, url, images = {}, current) {
   return root;
 }
 
+/**
+ * The reference pipeline `curl -s URL | lz4 -d > out && sync`, timed; `cpu` is the user + system
+ * time of curl and lz4 together (from /usr/bin/time).
+ */
+export function reference(url, out) {
+  rmSync(out, { force: true });
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync('/usr/bin/time', ['-f', '%U %S', 'sh', '-c', 'curl -s "$1" | lz4 -d > "$2" && sync', 'sh', url, out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`reference pipeline failed: ${r.stderr}`);
+  const [user, sys] = r.stderr.toString().trim().split('\n').pop().split(' ').map(Number);
+  return { seconds, cpu: user + sys };
+}
+
 /** `upgradectl prepare VERSION` as its own process (+ sync, as the reference pipeline syncs); peak RSS polled. */
 export async function prepare(root, version, { killAfterMs } = {}) {
   const t0 = process.hrtime.bigint();
@@ -61,10 +110,14 @@ export async function prepare(root, version, { killAfterMs } = {}) {
   let out = '';
   child.stdout.on('data', (d) => (out += d));
   let peak = 0;
+  let cpu = 0;
   const poll = setInterval(() => {
     try {
       const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
       if (m) peak = Math.max(peak, Number(m[1]) * 1024);
+      // utime + stime of all its threads, in clock ticks (100/s); the last 20 ms before exit are missed.
+      const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      cpu = Math.max(cpu, (Number(f[11]) + Number(f[12])) / 100);
     } catch {}
   }, 20);
   const killer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
@@ -74,5 +127,5 @@ export async function prepare(root, version, { killAfterMs } = {}) {
   if (code === 'SIGKILL') return { killed: true, peak };
   if (code !== 0) throw new Error(`prepare exited ${code}`);
   sh('sync', []);
-  return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, peak, result: JSON.parse(out) };
+  return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, peak, cpu, result: JSON.parse(out) };
 }

@@ -1,47 +1,50 @@
 // 1. Full prepare vs. `curl -s URL | lz4 -d > file && sync`, on a ~1 GiB image of real files
-// (bench/images.mjs: a.img) served from loopback HTTP, measured alternately in the same run. Prints wall
-// times, the ratio, upgradectl's peak RSS and the load average. Part of `npm run bench` (as root).
+// (bench/images.mjs: a.img) served from loopback HTTP and from s3rver, measured alternately in the
+// same run (reference, upgradectl, reference, upgradectl, …). Prints wall times, the ratio, the CPU
+// time each side used (user + system: on a machine shared with other jobs this is what decides),
+// upgradectl's peak RSS and the load average. Part of `npm run bench` (as root).
 import { createHash } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { benchImages } from './images.mjs';
-import { load, machine, median, mib, prepare, publishOnce, serve, sh, work } from './common.mjs';
+import { load, machine, median, mib, prepare, publishOnce, reference, serve, serveS3, work } from './common.mjs';
 
 const runs = Number(process.env.BENCH_RUNS ?? 3);
 const { a } = benchImages(work);
 const releases = path.join(work, 'releases');
 const manifest = publishOnce(releases, 'a', a);
 const imageSha = createHash('sha256').update(readFileSync(a)).digest('hex');
-const server = await serve(releases);
-
-const refTimes = [];
-const ourTimes = [];
-const peaks = [];
-const loads = [];
+const http = await serve(releases);
+const s3 = await serveS3(releases, 'a');
+const sources = [
+  { name: 'loopback HTTP', url: http.url, payloadUrl: `${http.url}/releases/a/image.lz4`, config: '' },
+  { name: 's3rver', url: s3.url, payloadUrl: s3.payloadUrl, config: s3.sourceConfig },
+];
+const rows = new Map(sources.map((s) => [s.name, []]));
 try {
   for (let i = 0; i < runs; i++) {
-    const out = path.join(work, 'ref.img');
-    rmSync(out, { force: true });
-    const t0 = process.hrtime.bigint();
-    sh('sh', ['-c', 'curl -s "$1" | lz4 -d > "$2" && sync', 'sh', `${server.url}/releases/a/image.lz4`, out]);
-    refTimes.push(Number(process.hrtime.bigint() - t0) / 1e9);
-    rmSync(out, { force: true });
-    const root = machine('full', server.url);
-    const r = await prepare(root, 'a');
-    ourTimes.push(r.seconds);
-    peaks.push(r.peak);
-    loads.push(load());
-    // Checked byte for byte, outside the timing.
-    if (createHash('sha256').update(readFileSync(path.join(root, 'images/a.img'))).digest('hex') !== imageSha) throw new Error('prepared image differs');
-    rmSync(root, { recursive: true, force: true });
+    for (const s of sources) {
+      const ref = reference(s.payloadUrl, path.join(work, 'ref.img'));
+      rmSync(path.join(work, 'ref.img'), { force: true });
+      const root = machine('full', s.url, {}, undefined, s.config);
+      const ours = await prepare(root, 'a');
+      rows.get(s.name).push({ ref, ours, load: load() });
+      // Checked byte for byte, outside the timing.
+      if (createHash('sha256').update(readFileSync(path.join(root, 'images/a.img'))).digest('hex') !== imageSha) throw new Error('prepared image differs');
+      rmSync(root, { recursive: true, force: true });
+    }
   }
 } finally {
-  server.close();
+  http.close();
+  s3.close();
 }
 console.log(`## 1. full prepare, image ${mib(manifest.image.size)} MiB (${mib(manifest.image.allocated)} MiB allocated), payload ${mib(manifest.payload.size)} MiB, ${manifest.payload.frames.length} frames`);
-console.log(`| run | curl \\| lz4 -d > file && sync | upgradectl prepare (+ sync) | ratio | peak RSS | load avg (1/5/15 min) |`);
-console.log(`| --- | --- | --- | --- | --- | --- |`);
-for (let i = 0; i < runs; i++) {
-  console.log(`| ${i + 1} | ${refTimes[i].toFixed(2)} s | ${ourTimes[i].toFixed(2)} s | ${(ourTimes[i] / refTimes[i]).toFixed(2)} | ${mib(peaks[i])} MiB | ${loads[i]} |`);
+for (const [name, rs] of rows) {
+  console.log(`\n### from ${name}\n`);
+  console.log(`| run | curl \\| lz4 -d > file && sync | upgradectl prepare (+ sync) | ratio | CPU: reference / upgradectl | peak RSS | load avg (1/5/15 min) |`);
+  console.log(`| --- | --- | --- | --- | --- | --- | --- |`);
+  rs.forEach((r, i) => console.log(`| ${i + 1} | ${r.ref.seconds.toFixed(2)} s | ${r.ours.seconds.toFixed(2)} s | ${(r.ours.seconds / r.ref.seconds).toFixed(2)} | ${r.ref.cpu.toFixed(2)} s / ${r.ours.cpu.toFixed(2)} s | ${mib(r.ours.peak)} MiB | ${r.load} |`));
+  const ref = median(rs.map((r) => r.ref.seconds));
+  const ours = median(rs.map((r) => r.ours.seconds));
+  console.log(`| median | ${ref.toFixed(2)} s | ${ours.toFixed(2)} s | ${(ours / ref).toFixed(2)} (target ≤ 1.0) | ${median(rs.map((r) => r.ref.cpu)).toFixed(2)} s / ${median(rs.map((r) => r.ours.cpu)).toFixed(2)} s | max ${mib(Math.max(...rs.map((r) => r.ours.peak)))} MiB (target ≤ 250 MB) | |`);
 }
-console.log(`| median | ${median(refTimes).toFixed(2)} s | ${median(ourTimes).toFixed(2)} s | ${(median(ourTimes) / median(refTimes)).toFixed(2)} (target ≤ 1.0) | max ${mib(Math.max(...peaks))} MiB (target ≤ 250 MB) | |`);

@@ -1,4 +1,5 @@
-import winston from 'winston';
+import { createRequire } from 'node:module';
+import type winston from 'winston';
 
 /**
  * Logs go to stderr only (stdout carries results and --json). Under systemd (JOURNAL_STREAM set)
@@ -8,17 +9,39 @@ const PRIORITY: Record<string, number> = { error: 3, warn: 4, info: 6, verbose: 
 
 const underJournal = () => Boolean(process.env.JOURNAL_STREAM);
 
-const lineFormat = winston.format.printf((info) => {
-  const stack = typeof info.stack === 'string' && info.level === 'debug' ? `\n${info.stack}` : '';
-  const text = `${String(info.message)}${stack}`;
-  if (underJournal()) return `<${PRIORITY[info.level] ?? 6}>${text}`;
-  return info.level === 'info' ? text : `${info.level}: ${text}`;
-});
+let logger: winston.Logger | undefined;
 
-export const log = winston.createLogger({
-  level: process.env.UPGRADECTL_LOG_LEVEL ?? 'info',
-  format: winston.format.combine(winston.format.errors({ stack: true }), winston.format.splat(), lineFormat),
-  transports: [new winston.transports.Console({ stderrLevels: Object.keys(PRIORITY) })],
+/**
+ * winston is loaded on the first log call, not on import: the frame worker threads import modules
+ * that can log (sources, retries) but rarely do, and loading winston costs each thread ~65 ms of a
+ * download that takes ~1.5 s.
+ */
+function load(): winston.Logger {
+  if (logger) return logger;
+  const w = createRequire(import.meta.url)('winston') as typeof winston;
+  const lineFormat = w.format.printf((info) => {
+    const stack = typeof info.stack === 'string' && info.level === 'debug' ? `\n${info.stack}` : '';
+    const text = `${String(info.message)}${stack}`;
+    if (underJournal()) return `<${PRIORITY[info.level] ?? 6}>${text}`;
+    return info.level === 'info' ? text : `${info.level}: ${text}`;
+  });
+  logger = w.createLogger({
+    level: process.env.UPGRADECTL_LOG_LEVEL ?? 'info',
+    format: w.format.combine(w.format.errors({ stack: true }), w.format.splat(), lineFormat),
+    transports: [new w.transports.Console({ stderrLevels: Object.keys(PRIORITY) })],
+  });
+  return logger;
+}
+
+export const log: winston.Logger = new Proxy({} as winston.Logger, {
+  get(_, key) {
+    const l = load();
+    const value = Reflect.get(l, key, l) as unknown;
+    return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(l) : value;
+  },
+  set(_, key, value) {
+    return Reflect.set(load(), key, value);
+  },
 });
 
 export function setLogLevel(level: 'error' | 'warn' | 'info' | 'debug'): void {

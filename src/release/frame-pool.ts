@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { UpgradeError, type ErrorCode } from '../core/errors.js';
 import type { FrameResult, FrameTask } from './frame-worker.js';
 
 type Pending = { resolve: (r: FrameResult) => void; reject: (e: Error) => void };
@@ -13,26 +14,30 @@ class FrameWorker {
   private nextId = 0;
   private pending = new Map<number, Pending>();
   busy = 0;
+  /** Why the thread is gone, once it is: every later task fails with it instead of waiting forever. */
+  private dead: Error | undefined;
 
   constructor() {
     // A small young generation: decoded frames are native buffers V8 barely sees, so without frequent
     // scavenges their garbage piles up (hundreds of MB) before anything collects it.
     this.worker = new Worker(WORKER_URL, { resourceLimits: { maxYoungGenerationSizeMb: 2 } });
-    this.worker.on('message', (msg: { id: number; result?: FrameResult; error?: { message: string; code?: string } }) => {
+    this.worker.on('message', (msg: { id: number; result?: FrameResult; error?: WorkerError }) => {
       const p = this.pending.get(msg.id);
       if (!p) return;
       this.pending.delete(msg.id);
       this.busy--;
-      if (msg.error) p.reject(Object.assign(new Error(msg.error.message), { code: msg.error.code }));
+      if (msg.error) p.reject(rebuild(msg.error));
       else p.resolve(msg.result!);
     });
     this.worker.on('error', (err) => this.failAll(err));
     this.worker.on('exit', (code) => {
-      if (this.pending.size) this.failAll(new Error(`frame worker exited with code ${code}`));
+      this.dead ??= new Error(`frame worker exited with code ${code}`);
+      this.failAll(this.dead);
     });
   }
 
   run(task: FrameTask, transfer: ArrayBuffer[] = []): Promise<FrameResult> {
+    if (this.dead) return Promise.reject(this.dead);
     const id = this.nextId++;
     this.busy++;
     return new Promise((resolve, reject) => {
@@ -41,11 +46,29 @@ class FrameWorker {
     });
   }
 
+  get alive(): boolean {
+    return !this.dead;
+  }
+
   private failAll(err: Error): void {
+    this.dead ??= err;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     this.busy = 0;
   }
+}
+
+interface WorkerError {
+  message: string;
+  code?: string;
+  hint?: string;
+  upgrade?: boolean;
+}
+
+/** A worker's error as the caller would have seen it had the work run here (code, message, hint). */
+function rebuild(e: WorkerError): Error {
+  if (e.upgrade && e.code) return new UpgradeError(e.code as ErrorCode, e.message, { hint: e.hint });
+  return Object.assign(new Error(e.message), { code: e.code });
 }
 
 /** Worker threads for compression, decode+verify+write and hashing; least busy worker first. */
@@ -61,7 +84,9 @@ export class FramePool {
   }
 
   run<T extends FrameResult['op']>(task: FrameTask & { op: T }, transfer: ArrayBuffer[] = []): Promise<Extract<FrameResult, { op: T }>> {
-    const w = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
+    // A thread that died failed its own tasks; the others go on (a lost thread never takes new work).
+    const live = this.workers.filter((w) => w.alive);
+    const w = (live.length ? live : this.workers).reduce((a, b) => (b.busy < a.busy ? b : a));
     return w.run(task, transfer) as Promise<Extract<FrameResult, { op: T }>>;
   }
 

@@ -197,15 +197,19 @@ function decodeBlock(buf: Buffer, pos: number, field: number, bound: number, dic
 }
 
 /**
- * Decode a buffer holding exactly one frame (our indexed payload frames) that must yield `rawLength`
- * bytes, several blocks joined in `into` when given. The frame buffer is consumed (decoded in place). Corrupt input may decode "successfully" to garbage: callers verify the SHA-256.
+ * The blocks of a buffer holding exactly one frame (our indexed payload frames) that must yield
+ * `rawLength` bytes, decoded one at a time, so that a caller can hash each block while it is still in
+ * the CPU's cache and write the blocks with one gathered write instead of joining them first. The
+ * frame buffer is consumed (decoded in place) and the blocks may be views of it. Corrupt input may
+ * decode "successfully" to garbage: callers verify the SHA-256.
  */
-export function decodeFrame(frame: Buffer, rawLength: number, into?: Buffer): Buffer {
+export function* frameBlocks(frame: Buffer, rawLength: number): Generator<Buffer> {
   if (frame.length < 4 || frame.readUInt32LE(0) !== FRAME_MAGIC) throw new Lz4FormatError('not an LZ4 frame (bad magic)');
   const header = parseHeader(frame, 0);
   if (!header) throw new Lz4FormatError('truncated LZ4 frame header');
   const { desc } = header;
   let pos = header.length;
+  // Linked blocks only: the output so far, whose last 64 KiB is the next block's dictionary.
   const parts: Buffer[] = [];
   let produced = 0;
   for (;;) {
@@ -221,19 +225,20 @@ export function decodeFrame(frame: Buffer, rawLength: number, into?: Buffer): Bu
     }
     const dict = !desc.independent && parts.length ? lastBytes(parts, DICT_WINDOW) : undefined;
     const out = decodeBlock(frame, pos, field, Math.min(desc.blockMax, Math.max(rawLength - produced, 1)), dict);
-    parts.push(out);
+    if (!desc.independent) parts.push(out);
     produced += out.length;
     if (produced > rawLength) throw new Lz4FormatError(`LZ4 frame decodes to more than ${rawLength} bytes`);
     pos += 4 + size + (desc.blockChecksum ? 4 : 0);
+    yield out;
   }
   if (pos !== frame.length) throw new Lz4FormatError('trailing bytes after the LZ4 frame');
   if (produced !== rawLength) throw new Lz4FormatError(`LZ4 frame decodes to ${produced} bytes, expected ${rawLength}`);
-  if (parts.length === 1) return parts[0]!;
-  if (!into || into.length < produced) return Buffer.concat(parts, produced);
-  // A caller's reusable buffer: no fresh 4 MiB allocation (and its page faults) per frame.
-  let at = 0;
-  for (const p of parts) at += p.copy(into, at);
-  return into.subarray(0, produced);
+}
+
+/** A whole frame decoded into one buffer (see frameBlocks; the frame buffer is consumed). */
+export function decodeFrame(frame: Buffer, rawLength: number): Buffer {
+  const parts = [...frameBlocks(frame, rawLength)];
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, rawLength);
 }
 
 function lastBytes(parts: Buffer[], n: number): Buffer {

@@ -19,6 +19,8 @@ export interface FramesContext {
   payloadUrl: string;
   etag: string | undefined;
   fd: number;
+  /** The staging file opened with O_DIRECT for the workers' writes, when the filesystem allows it. */
+  directFd?: number;
   pool: FramePool;
   /** /1 manifests only: the whole image hashed in order (a /2 manifest's frame-hash root replaces it). */
   hasher?: OrderedHasher;
@@ -151,26 +153,55 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
     stats.requests++;
     return bytes;
   };
-  /** Fetch a whole frame; the promise it returns is the frame decoded, verified and written. */
-  const fetchWhole = async (i: number): Promise<{ written: Promise<string> }> => {
+  const corrupt = (i: number, reason: string) => {
+    const f = frames[i]!;
+    return new UpgradeError('CORRUPT', `frame ${i} of ${ctx.payloadUrl} (bytes ${f.offset}–${f.offset + f.length}) is corrupt: ${reason}`, {
+      hint: 'the payload does not match its signed manifest: do not use this release; re-publish it',
+    });
+  };
+  // A frame that fails its check is fetched once more (a proxy or a flaky link may have mangled it on
+  // the way); the same failure twice is the payload itself, and the release is refused.
+  const refetching = (i: number, reason: string) => log.warn(`frame ${i} of ${ctx.payloadUrl} failed its check (${reason}); fetching it again`);
+  /** Fetch a whole frame here; the promise it returns is the frame decoded, verified and written by a worker. */
+  const fetchWhole = async (i: number, attempt = 0): Promise<{ written: Promise<string> }> => {
     const f = frames[i]!;
     const bytes = await fetchRange(f.offset, f.offset + f.length);
     const written = ctx.pool
       .run(
-        { op: 'decode-write', frame: bytes, rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, position: i * frameSize, keepRaw: Boolean(ctx.hasher) },
+        { op: 'decode-write', frame: bytes, rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize, keepRaw: Boolean(ctx.hasher) },
         // Hand the frame's memory to the worker when it owns its buffer outright (no copy).
         transferable(bytes),
       )
-      .then((r) => {
+      .then(async (r): Promise<string> => {
         if (!r.ok) {
-          throw new UpgradeError('CORRUPT', `frame ${i} of ${ctx.payloadUrl} (bytes ${f.offset}–${f.offset + f.length}) is corrupt: ${r.reason}`, {
-            hint: 'the payload does not match its signed manifest: do not use this release; re-publish it',
-          });
+          if (attempt > 0) throw corrupt(i, r.reason);
+          refetching(i, r.reason);
+          return (await fetchWhole(i, attempt + 1)).written;
         }
         if (r.raw) ctx.hasher!.add(i, { data: r.raw });
         return r.sha256;
       });
     return { written };
+  };
+  // Whole frames are fetched by the workers themselves when the source can be opened there: the bytes
+  // then never cross this thread, which only hands out frame numbers. /1 manifests need each decoded
+  // frame back here for their in-order image hash, so they keep fetching here.
+  const spec = ctx.hasher ? undefined : ctx.source.spec;
+  /** Fetch, decode, verify and write a whole frame on a worker; its SHA-256 once it is on disk. */
+  const fetchInWorker = async (i: number): Promise<string> => {
+    const f = frames[i]!;
+    for (let attempt = 0; ; attempt++) {
+      await ctx.source.admit?.(f.length);
+      const r = await ctx.pool.run({
+        op: 'fetch-frame', source: spec!, key: ctx.payloadKey, start: f.offset, end: f.offset + f.length, etag: ctx.etag,
+        rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize,
+      });
+      stats.fetched += f.length;
+      stats.requests++;
+      if (r.ok) return r.sha256;
+      if (attempt > 0) throw corrupt(i, r.reason);
+      refetching(i, r.reason);
+    }
   };
   const wholeFrame = async (i: number) => (await fetchWhole(i)).written;
   /** Local blocks plus fetched ones; blocks whose local copy is bad are fetched on a second try, then the whole frame. */
@@ -188,7 +219,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       const first = (i * frameSize) / HOLE_GRAIN;
       const expect = delta!.index.blockHashes.subarray(first * 8, (first + Math.ceil(f.rawLength / HOLE_GRAIN)) * 8);
       const r: Extract<FrameResult, { op: 'assemble' }> = await ctx.pool.run(
-        { op: 'assemble', fd: ctx.fd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: manifest.payload.chunkSize!, local: plan.local, expect: new Uint8Array(expect), chunks: parts, codec: delta!.codec },
+        { op: 'assemble', fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: manifest.payload.chunkSize!, local: plan.local, expect: new Uint8Array(expect), chunks: parts, codec: delta!.codec },
         transfer,
       );
       if (r.ok) {
@@ -223,6 +254,10 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       const plan = plans.get(i);
       if (plan) {
         finish(i)(await assembled(i, plan, delta!.offsets(i)));
+        continue;
+      }
+      if (spec) {
+        finish(i)(await fetchInWorker(i));
         continue;
       }
       const { written } = await fetchWhole(i);

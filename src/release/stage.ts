@@ -1,4 +1,5 @@
 import { promises as fs, constants as C } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { UpgradeError, errnoOf, isUpgradeError } from '../core/errors.js';
 import { PRIVATE_FILE_MODE, mkdirPrivate } from '../core/private-files.js';
@@ -42,6 +43,8 @@ export interface StageOptions {
   signal?: AbortSignal;
   /** Local images whose blocks a /2 release with an index may reuse (current, previous, …). */
   seeds?: string[];
+  /** Frame workers started by the caller (and closed by it), so that they load while the release is checked. */
+  pool?: FramePool;
 }
 
 export interface StageResult {
@@ -75,6 +78,7 @@ export function stagingPaths(layout: Layout, version: string): { image: string; 
  * Nothing reaches the bootable name before every frame and the whole image were verified and synced.
  */
 export async function stageImage(opts: StageOptions): Promise<StageResult> {
+  if (opts.pool) return stageWith(opts.pool, opts);
   // First: the worker threads load their modules (~0.3 s) while the payload is looked up.
   const pool = new FramePool();
   try {
@@ -140,9 +144,13 @@ async function stageWith(pool: FramePool, opts: StageOptions): Promise<StageResu
   };
   let result: Omit<StageResult, 'imageFile' | 'seconds'>;
   let reuseFailed = false;
+  let direct: FileHandle | undefined;
   try {
     // Full size up front: blocks never written stay holes, so zero regions cost no disk and no I/O.
     await fh.truncate(manifest.image.size);
+    // The workers write whole blocks around the page cache: no copy into it, nothing left to write
+    // back at the fsync. A filesystem without O_DIRECT (tmpfs) gets buffered writes instead.
+    if (indexed) direct = await fs.open(paths.image, C.O_WRONLY | C.O_DIRECT).catch(() => undefined);
     let digest: string;
     let want: string;
     if (indexed) {
@@ -153,6 +161,7 @@ async function stageWith(pool: FramePool, opts: StageOptions): Promise<StageResu
         payloadUrl,
         etag: info.etag,
         fd: fh.fd,
+        directFd: direct?.fd,
         pool,
         hasher,
         parallel: opts.parallel,
@@ -193,6 +202,7 @@ async function stageWith(pool: FramePool, opts: StageOptions): Promise<StageResu
     throw asStagingError(err, paths.image, manifest);
   } finally {
     await hasher?.close();
+    await direct?.close();
     await fh.close();
   }
   if (reuseFailed) {

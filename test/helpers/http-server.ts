@@ -21,13 +21,17 @@ export type FaultKind =
   /** Answer 200 with the whole file to a Range request, like some CDNs and proxies. */
   | { kind: 'ignore-range' }
   /** Serve whatever version is there whatever If-Match says, like s3rver and some caches. */
-  | { kind: 'ignore-if-match' };
+  | { kind: 'ignore-if-match' }
+  /** Flip the byte at `atByte` of the body (default: its middle), as a broken proxy or link would. */
+  | { kind: 'corrupt'; atByte?: number };
 
 export type Fault = FaultKind & {
   /** URL path it applies to, e.g. `/releases/1/image.lz4`; every path when absent. */
   path?: string;
   /** Number of requests it affects; every request when absent. */
   times?: number;
+  /** Matching requests to let through untouched before it applies (default 0). */
+  skip?: number;
 };
 
 export interface RequestRecord {
@@ -78,7 +82,11 @@ export async function startHttpServer(root: string, opts: HttpServerOptions = {}
     for (const f of faults) {
       if (f.path !== undefined && f.path !== urlPath) continue;
       // Body faults mean nothing to a HEAD request: leave them for the next GET.
-      if (method === 'HEAD' && (f.kind === 'drop' || f.kind === 'stall')) continue;
+      if (method === 'HEAD' && (f.kind === 'drop' || f.kind === 'stall' || f.kind === 'corrupt')) continue;
+      if (f.skip) {
+        f.skip -= 1;
+        continue;
+      }
       if (f.times !== undefined) {
         if (f.times <= 0) continue;
         f.times -= 1;
@@ -225,6 +233,7 @@ export async function serve(root: string, urlPath: string, req: http.IncomingMes
 
   const drop = has('drop');
   const stall = has('stall');
+  const corrupt = has('corrupt');
   const length = end - start;
   const cut = drop ? Math.min(drop.afterBytes, length) : stall ? Math.min(stall.afterBytes ?? 0, length) : length;
   // Read as it goes (not the whole file first): tests measure the client's memory in this process.
@@ -233,6 +242,8 @@ export async function serve(root: string, urlPath: string, req: http.IncomingMes
     for (let off = 0; off < cut; off += CHUNK) {
       const chunk = Buffer.alloc(Math.min(cut, off + CHUNK) - off);
       await fh.read(chunk, 0, chunk.length, start + off);
+      const flip = (corrupt?.atByte ?? Math.floor(length / 2)) - off;
+      if (corrupt && flip >= 0 && flip < chunk.length) chunk[flip] = chunk[flip]! ^ 0xff;
       if (!res.write(chunk)) await drainedOrClosed(res);
       if (res.destroyed) return;
     }

@@ -28,11 +28,20 @@ export async function* byteWindow(chunks: AsyncIterable<Buffer>, skip: number, l
 }
 
 /**
- * The whole of a body in one buffer, refused with `tooLarge()` as soon as it passes `cap` bytes: a
+ * The whole of a body in one buffer (`into`, when given), refused with `tooLarge()` as soon as it passes `cap` bytes: a
  * broken or hostile server cannot make us hold more than we meant to read (leaving the for-await
  * releases the body, so nothing more is read either).
  */
-export async function collect(chunks: AsyncIterable<Buffer>, cap: number, tooLarge: () => Error): Promise<Buffer> {
+export async function collect(chunks: AsyncIterable<Buffer>, cap: number, tooLarge: () => Error, into?: Buffer): Promise<Buffer> {
+  if (into) {
+    // Straight into the caller's buffer: one copy, no allocation.
+    let filled = 0;
+    for await (const chunk of chunks) {
+      if (filled + chunk.length > Math.min(cap, into.length)) throw tooLarge();
+      filled += chunk.copy(into, filled);
+    }
+    return into.subarray(0, filled);
+  }
   const parts: Buffer[] = [];
   let total = 0;
   for await (const chunk of chunks) {

@@ -7,7 +7,7 @@ import { UpgradeError, errnoOf, isUpgradeError } from '../../core/errors.js';
 import { fsyncDir, removeQuietly, writeFileDurable } from '../../core/durable.js';
 import { checkRange, keySegments, metadataCap, metadataTooLarge } from './keys.js';
 import { collect } from './body.js';
-import type { ObjectInfo, Source, Target } from './source.js';
+import type { ObjectInfo, Source, SourceSpec, Target } from './source.js';
 
 const CHUNK = 1024 * 1024;
 
@@ -18,6 +18,7 @@ const CHUNK = 1024 * 1024;
  */
 export class FileStore implements Source, Target {
   readonly url: string;
+  readonly spec: SourceSpec;
   private readonly dir: string;
 
   constructor(url: URL) {
@@ -30,6 +31,7 @@ export class FileStore implements Source, Target {
       });
     }
     this.url = pathToFileURL(this.dir).href;
+    this.spec = { url: this.url, opts: {} };
   }
 
   async get(key: string): Promise<Buffer> {
@@ -58,12 +60,12 @@ export class FileStore implements Source, Target {
     return { size: Number(st.size), etag: etagOf(st) };
   }
 
-  async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {
+  async range(key: string, start: number, end: number, etag?: string, into?: Buffer): Promise<Buffer> {
     const file = this.pathOf(key);
     checkRange(file, start, end);
     const fh = await openPinned(file, etag, end);
     try {
-      const out = Buffer.alloc(end - start);
+      const out = into && into.length >= end - start ? into.subarray(0, end - start) : Buffer.alloc(end - start);
       let filled = 0;
       while (filled < out.length) {
         const { bytesRead } = await fh.read(out, filled, out.length - filled, start + filled);

@@ -4,7 +4,7 @@ import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
 import { checkRange, encodeKey, metadataCap, metadataTooLarge, rangeTooLong } from './keys.js';
 import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
-import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions } from './source.js';
+import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec } from './source.js';
 
 type Response = Dispatcher.ResponseData;
 
@@ -18,6 +18,7 @@ const RETRY_HINT = 'check the network and that the server is up, then run the co
  */
 export class HttpSource implements Source {
   readonly url: string;
+  readonly spec: SourceSpec;
   private readonly base: URL;
   private readonly authorization: string | undefined;
   private readonly policy: RetryPolicy;
@@ -26,6 +27,7 @@ export class HttpSource implements Source {
 
   constructor(url: URL, opts: SourceOptions = {}) {
     refusePlainHttp(url, printable(url));
+    this.spec = { url: url.href, opts };
     this.policy = resolvePolicy(opts.retry);
     const base = new URL(url.href);
     if (base.username !== '' || base.password !== '') {
@@ -82,14 +84,14 @@ export class HttpSource implements Source {
     );
   }
 
-  async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {
+  async range(key: string, start: number, end: number, etag?: string, into?: Buffer): Promise<Buffer> {
     const url = this.urlOf(key);
     checkRange(printable(url), start, end);
     if (start === end) return Buffer.alloc(0);
     return withRetry(
       async () => {
         const opened = await this.open(url, start, end, etag);
-        const bytes = await collect(opened.chunks, end - start, () => rangeTooLong(printable(url), start, end));
+        const bytes = await collect(opened.chunks, end - start, () => rangeTooLong(printable(url), start, end), into && into.length >= end - start ? into : undefined);
         if (bytes.length < end - start) {
           // The body ended cleanly but early: only an object shorter than asked does that.
           throw shorterThan(url, start + bytes.length, end);

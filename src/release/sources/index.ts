@@ -4,7 +4,7 @@ import { HttpSource } from './http.js';
 import type { ObjectInfo, Source, SourceOptions, Target } from './source.js';
 import type { S3Store } from './s3.js';
 
-export type { ObjectInfo, RetryPolicy, Source, SourceOptions, Target } from './source.js';
+export type { ObjectInfo, RetryPolicy, Source, SourceOptions, SourceSpec, Target } from './source.js';
 export { DEFAULT_RETRY } from './source.js';
 
 const SOURCE_FORMS = 's3://BUCKET/PREFIX, https://HOST/PREFIX, http://127.0.0.1/PREFIX (loopback only) or file:///DIR';

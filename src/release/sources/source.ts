@@ -14,14 +14,35 @@ export interface ObjectInfo {
   etag: string | undefined;
 }
 
+/**
+ * What another thread needs to open the same source itself: `openSource(spec.url, spec.opts)`. The
+ * frame workers fetch their own ranges with it, so the bytes never cross the main thread. The URL
+ * may carry credentials: it stays inside this process.
+ */
+export interface SourceSpec {
+  url: string;
+  opts: SourceOptions;
+}
+
 export interface Source {
   /** Printable location of the prefix, for messages (no credentials). */
   readonly url: string;
+  /** Set when a worker thread can reach the same objects on its own (not for sources built by a caller). */
+  readonly spec?: SourceSpec;
+  /**
+   * Throttled sources: wait until `bytes` of payload may be read through `spec` by another thread, so
+   * that reads made by workers keep to the same rate as reads made here.
+   */
+  admit?(bytes: number): Promise<void>;
   /** A whole small object (channel, manifest, signature). */
   get(key: string): Promise<Buffer>;
   head(key: string): Promise<ObjectInfo>;
-  /** Bytes [start, end) of an object. With `etag`, fails with CHANGED when the object is not that version. */
-  range(key: string, start: number, end: number, etag?: string): Promise<Buffer>;
+  /**
+   * Bytes [start, end) of an object. With `etag`, fails with CHANGED when the object is not that version.
+   * With `into` (at least end - start bytes) a source may fill that buffer and return a view of it
+   * instead of allocating one: a worker that fetches frame after frame reuses its memory.
+   */
+  range(key: string, start: number, end: number, etag?: string, into?: Buffer): Promise<Buffer>;
   /** The object from `start` to its end, as a stream of chunks (sequential payloads). */
   stream(key: string, start: number, etag?: string): AsyncIterable<Buffer>;
   close(): Promise<void>;

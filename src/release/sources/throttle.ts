@@ -24,11 +24,13 @@ export class RateLimit {
 export function throttleSource(inner: Source, limit: RateLimit): Source {
   return {
     url: inner.url,
+    // A worker that reads through the inner source's spec pays here first (admit), on the same schedule.
+    ...(inner.spec ? { spec: inner.spec, admit: (bytes: number) => limit.take(bytes) } : {}),
     get: (key: string) => inner.get(key),
     head: (key: string): Promise<ObjectInfo> => inner.head(key),
-    async range(key: string, start: number, end: number, etag?: string) {
+    async range(key: string, start: number, end: number, etag?: string, into?: Buffer) {
       await limit.take(end - start);
-      return inner.range(key, start, end, etag);
+      return inner.range(key, start, end, etag, into);
     },
     async *stream(key: string, start: number, etag?: string) {
       for await (const chunk of inner.stream(key, start, etag)) {
