@@ -19,6 +19,12 @@ PAYLOAD=/ram/payload.lz4
 HOST_MNT=/host
 JOB_REL=boot/upgradectl/flasher/job
 JOB_MAGIC='upgradectl-flash-job 1'
+# Rescue mode (upgradectl.rescue=1, GRUB's fallback when no image could be loaded): put the image of
+# the rescue job's release back into /images instead of writing the partition (docs/flasher.md, "Rescue").
+RESCUE_JOB_REL=boot/upgradectl/flasher/rescue-job
+RESCUE_JOB_MAGIC='upgradectl-rescue-job 1'
+RESCUE_RETRY_SECONDS=${RESCUE_RETRY_SECONDS:-300}
+JOB_KIND=${JOB_KIND:-flash}
 WRITE_ATTEMPTS=${WRITE_ATTEMPTS:-3}
 writing=0
 
@@ -37,7 +43,14 @@ status() {
 }
 
 # Before writing: nothing was written, so the old system is intact; GRUB already cleared the one-shot.
+# In rescue mode there is no old system to go back to (GRUB could load no image): a reboot would come
+# straight back here, so the attempt ends and rescue_main waits and tries again.
 fail_before_write() {
+  if [ "$JOB_KIND" = rescue ]; then
+    status failed "$*"
+    umount "$HOST_MNT" 2>/dev/null
+    exit 1
+  fi
   status failed "$* — nothing was written; rebooting into the old system"
   umount "$HOST_MNT" 2>/dev/null
   sync
@@ -65,8 +78,10 @@ is_hex() { case "$2" in *[!0-9a-f]*) return 1;; esac; [ ${#2} -eq "$1" ]; }
 # check_job FILE NONCE HOSTUUID: the job is ours, for this boot, and well-formed; sets job_* variables
 # and writes the frame list to $FLASHER_DIR/frames. Prints why and fails otherwise.
 check_job() {
-  file=$1 nonce=$2 uuid=$3
-  [ -n "$nonce" ] || { echo "no upgradectl.flasher nonce on the command line: GRUB passes one only on the one-shot boot right after a job was written"; return 1; }
+  file=$1 nonce=$2 uuid=$3 magic=$JOB_MAGIC
+  # A rescue job has no nonce: it is valid for any boot that reaches rescue (docs/flasher.md, "Rescue").
+  [ "$JOB_KIND" = rescue ] && magic=$RESCUE_JOB_MAGIC
+  [ -n "$nonce" ] || [ "$JOB_KIND" = rescue ] || { echo "no upgradectl.flasher nonce on the command line: GRUB passes one only on the one-shot boot right after a job was written"; return 1; }
   [ -e "$file" ] || { echo "no flash job at $file"; return 1; }
   [ -L "$file" ] && { echo "$file is a symbolic link"; return 1; }
   [ -f "$file" ] || { echo "$file is not a regular file"; return 1; }
@@ -81,11 +96,12 @@ check_job() {
   first=1 n=0
   while read -r key a b c d rest; do
     if [ $first = 1 ]; then
-      [ "$key $a" = "$JOB_MAGIC" ] || { echo "$file is not a flash job ('$JOB_MAGIC' expected)"; return 1; }
+      [ "$key $a" = "$magic" ] || { echo "$file is not a $JOB_KIND job ('$magic' expected)"; return 1; }
       first=0; continue
     fi
     case "$key" in
-      nonce) is_hex 32 "$a" || { echo "bad nonce"; return 1; }; job_nonce=$a ;;
+      nonce) [ "$JOB_KIND" = flash ] || { echo "a rescue job has no nonce"; return 1; }
+             is_hex 32 "$a" || { echo "bad nonce"; return 1; }; job_nonce=$a ;;
       version) case "$a" in ''|*[!A-Za-z0-9._+~-]*) echo "bad version"; return 1;; esac; job_version=$a ;;
       url) case "$a" in http://*|https://*) ;; *) echo "url must be http(s)"; return 1;; esac
            case "$a" in *[!A-Za-z0-9._~:/?#@!\$\&\'\(\)\*+,\;=%-]*) echo "url has characters outside RFC 3986"; return 1;; esac
@@ -100,11 +116,14 @@ check_job() {
     esac
   done < "$file"
   [ $first = 0 ] || { echo "$file is empty"; return 1; }
-  for v in nonce version url payload_size payload_sha256 image_size image_sha256 target_uuid ram_reserve frames; do
+  for v in version url payload_size payload_sha256 image_size image_sha256 target_uuid ram_reserve frames; do
     eval "[ -n \"\$job_$v\" ]" || { echo "$file has no $v"; return 1; }
   done
-  # The binding: a job written for another boot (an abandoned reflash, a copied file) names another nonce.
-  [ "$job_nonce" = "$nonce" ] || { echo "the job is for another boot (nonce $job_nonce, this boot $nonce): stale, refused"; return 1; }
+  if [ "$JOB_KIND" = flash ]; then
+    [ -n "$job_nonce" ] || { echo "$file has no nonce"; return 1; }
+    # The binding: a job written for another boot (an abandoned reflash, a copied file) names another nonce.
+    [ "$job_nonce" = "$nonce" ] || { echo "the job is for another boot (nonce $job_nonce, this boot $nonce): stale, refused"; return 1; }
+  fi
   [ "$n" = "$job_frames" ] || { echo "the job lists $n frames, it says $job_frames"; return 1; }
   # The only target this flasher writes is the partition it was booted from (docs/flasher.md).
   [ "$job_target_uuid" = "$uuid" ] || { echo "the job's target $job_target_uuid is not the host partition $uuid"; return 1; }
@@ -114,7 +133,8 @@ check_job() {
 cmdline_arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}"; return;; esac; done; }
 
 setup_system() {
-  mount -t proc proc /proc
+  # /init may have mounted it already, to read the command line.
+  grep -q ' /proc proc ' /proc/mounts 2>/dev/null || mount -t proc proc /proc
   mount -t sysfs sysfs /sys
   mount -t devtmpfs devtmpfs /dev
   mount -t tmpfs -o mode=0755,size=16m tmpfs /run
@@ -138,7 +158,9 @@ read_job() {
   # Read-only and without journal replay: before `write`, the flasher writes nothing to the disk at
   # all. reflash checkpointed the journal after writing the job, so the job is in place.
   mount -t ext4 -o ro,noload "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev"
-  check_job "$HOST_MNT/$JOB_REL" "$nonce" "$host_uuid" > "$FLASHER_DIR/refused" || fail_before_write "flash job refused: $(cat "$FLASHER_DIR/refused")"
+  job_rel=$JOB_REL
+  [ "$JOB_KIND" = rescue ] && job_rel=$RESCUE_JOB_REL
+  check_job "$HOST_MNT/$job_rel" "$nonce" "$host_uuid" > "$FLASHER_DIR/refused" || fail_before_write "$JOB_KIND job refused: $(cat "$FLASHER_DIR/refused")"
   umount "$HOST_MNT"
   target_dev=$host_dev
   # For `flasher.sh retry` from the console of a stuck flasher.
@@ -259,6 +281,86 @@ flasher_main() {
   sleep 1
   reboot -f
   sleep 30
+}
+
+# Rescue: GRUB could load no image, so there is nothing to go back to. The rescue job names the
+# current release (written by upgradectl whenever it writes the boot files, from the manifest it verified
+# at prepare): fetch and verify it as a flash, then put it back as /images/<version>.img, make it GRUB's
+# default and reboot. A failed attempt never reboots (it would come straight back here): the flasher stays
+# up, says why on the console, and tries again every RESCUE_RETRY_SECONDS. A rescue that succeeded but
+# whose image GRUB still cannot load would bring the machine back here: after RESCUE_MAX rescues that no
+# upgradectl run has acknowledged (it removes the count when it writes the boot files) it stays up too.
+RESCUE_COUNT_REL=boot/upgradectl/flasher/rescue-count
+RESCUE_MAX=${RESCUE_MAX:-2}
+
+# grubenv is a 1024-byte block GRUB reads without the journal: rewritten in place (never truncated),
+# with the restored image as the default and no trial or count pending.
+set_default_entry() {
+  env=$HOST_MNT/boot/grub/grubenv new=$FLASHER_DIR/grubenv
+  [ "$(stat -c %s "$env" 2>/dev/null)" = 1024 ] || { say "warning: $env is not a 1024-byte block; left as it is"; return 0; }
+  { echo '# GRUB Environment Block'
+    grep -v -e '^#' -e '^saved_entry=' -e '^next_entry=' -e '^upgradectl_default_tries=' -e '^upgradectl_trial=' -e '^upgradectl_tries=' "$env"
+    echo "saved_entry=$1"; } > "$new"
+  n=$(wc -c < "$new")
+  [ "$n" -le 1024 ] || { say "warning: the new grubenv would exceed 1024 bytes; left as it is"; return 0; }
+  head -c $((1024 - n)) /dev/zero | tr '\0' '#' >> "$new"
+  dd if="$new" of="$env" bs=1024 count=1 conv=notrunc,fsync 2>> "$LOG"
+}
+
+rescue_count() { cat "$HOST_MNT/$RESCUE_COUNT_REL" 2>/dev/null | grep -E '^[0-9]+$' || echo 0; }
+
+# The verified payload into /images on the host partition (mounted read-write now: the only writes of a
+# rescue), read back, renamed into place.
+restore_image() {
+  mount -t ext4 "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev read-write"
+  done_before=$(rescue_count)
+  [ "$done_before" -lt "$RESCUE_MAX" ] || fail_before_write "$done_before rescues since upgradectl last ran and GRUB still loads no image: not trying again (see $RESCUE_COUNT_REL)"
+  img=$HOST_MNT/images/$job_version.img tmp=$HOST_MNT/images/.staging/$job_version.rescue
+  mkdir -p "$HOST_MNT/images/.staging"
+  # The image GRUB could not load goes first: a host partition sized for three images may not hold it twice.
+  rm -f "$tmp" "$img"
+  status restore "writing /images/$job_version.img from the verified payload"
+  lz4 -d -f --sparse "$PAYLOAD" "$tmp" >> "$LOG" 2>&1 || fail_before_write "writing $tmp failed (host partition full?)"
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  set -- $(sha256sum "$tmp")
+  [ "$1" = "$job_image_sha256" ] || fail_before_write "read back /images/.staging/$job_version.rescue: SHA-256 $1, expected $job_image_sha256"
+  chmod 600 "$tmp"
+  mv "$tmp" "$img" || fail_before_write "cannot rename $tmp to $img"
+  echo $((done_before + 1)) > "$HOST_MNT/$RESCUE_COUNT_REL"
+  set_default_entry "upgradectl-$job_version"
+  cp "$STATUS" "$HOST_MNT/boot/upgradectl/flasher/status" && cp "$LOG" "$HOST_MNT/boot/upgradectl/flasher/log"
+  sync
+  umount "$HOST_MNT" || fail_before_write "cannot unmount the host partition"
+}
+
+rescue_attempt() {
+  umount /ram 2>/dev/null
+  read_job
+  network_up
+  check_memory
+  fetch_payload
+  verify_payload
+  restore_image
+}
+
+rescue_main() {
+  JOB_KIND=rescue
+  setup_system
+  status start "rescue: GRUB could load no image; $(cat /proc/cmdline)"
+  n=0
+  while :; do
+    n=$((n + 1))
+    if ( rescue_attempt ); then
+      status done "release $(sed -n 's/^version=//p' "$STATUS") is back in /images and GRUB's default: rebooting into it"
+      sleep 1
+      reboot -f
+      sleep 30
+    fi
+    [ $n = 1 ] && setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
+    say "RESCUE FAILED (attempt $n): $(sed -n 's/^message=//p' "$STATUS"). No image can boot; this machine stays up and tries again in $RESCUE_RETRY_SECONDS s (a shell is on the console)"
+    sleep "$RESCUE_RETRY_SECONDS"
+  done
 }
 
 # `sh /lib/upgradectl/flasher.sh retry` on the console of a stuck flasher: the same verified payload

@@ -84,7 +84,7 @@ export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Pro
     trialDeadline: settings.trialDeadline,
     flasher:
       existsSync(flasherKernel) && existsSync(flasherInitrd)
-        ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: '' }
+        ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: '', rescue: existsSync(layout.rescueJobFile) }
         : undefined,
   };
 }

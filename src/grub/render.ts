@@ -65,8 +65,11 @@ export interface GrubConfigInput
   entries: GrubEntry[];
   /** The image GRUB falls back to when the default entry fails to load (the previous image). */
   fallbackVersion?: string;
-  /** The RAM flasher entry, when its files are installed (paths on the host partition). */
-  flasher?: { kernel: string; initrd: string; cmdline: string };
+  /**
+   * The RAM flasher entry, when its files are installed (paths on the host partition). `rescue`: a
+   * rescue job is installed too, so the flasher is also the last-but-one fallback, in rescue mode.
+   */
+  flasher?: { kernel: string; initrd: string; cmdline: string; rescue?: boolean };
 }
 
 export const ENTRY_PREFIX = 'upgradectl-';
@@ -79,6 +82,10 @@ export const FLASHER_ENTRY_ID = 'upgradectl-flasher';
 export const FLASHER_NONCE_VAR = 'upgradectl_flasher_nonce';
 /** The kernel argument that carries the nonce to the flasher's /init. */
 export const FLASHER_ARG = 'upgradectl.flasher';
+/** The flasher in rescue mode: GRUB's fallback when no image could be loaded (docs/flasher.md, "Rescue"). */
+export const RESCUE_ENTRY_ID = 'upgradectl-rescue';
+/** The kernel argument that starts the flasher in rescue mode. */
+export const RESCUE_ARG = 'upgradectl.rescue=1';
 /** The last entry of a full grub.cfg: reached only when no image could be loaded (see renderRebootEntry). */
 export const REBOOT_ENTRY_ID = 'upgradectl-reboot';
 
@@ -125,7 +132,7 @@ export function entryId(version: string): string {
 
 /** The version an entry id names, or undefined for ids that are not ours. */
 export function versionOfEntry(id: string | undefined): string | undefined {
-  if (!id || !id.startsWith(ENTRY_PREFIX) || id === FLASHER_ENTRY_ID || id === REBOOT_ENTRY_ID) return undefined;
+  if (!id || !id.startsWith(ENTRY_PREFIX) || id === FLASHER_ENTRY_ID || id === RESCUE_ENTRY_ID || id === REBOOT_ENTRY_ID) return undefined;
   return id.slice(ENTRY_PREFIX.length);
 }
 
@@ -146,6 +153,7 @@ export function renderGrubConfig(input: GrubConfigInput): string {
     '',
     ...input.entries.flatMap((e, i) => renderEntry(input, e, i)),
     ...renderFlasher(input),
+    ...renderRescueEntry(input),
     ...renderRebootEntry(input),
   ].join('\n');
 }
@@ -239,7 +247,8 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   // entries". So the saved default's id is mapped to its position, which this config fixes.
   // A full config ends the list with the reboot entry: GRUB tries each number in turn, and without it
   // a machine whose default and fallback both fail to load waits at GRUB's menu for a key, forever.
-  const reboot = full ? ` ${rebootEntryNumber(input)}` : '';
+  // With a rescue job the flasher in rescue mode comes first: it puts a good image back.
+  const reboot = full ? `${hasRescue(input) ? ` ${rescueEntryNumber(input)}` : ''} ${rebootEntryNumber(input)}` : '';
   const fallback = (n: number) => (reboot ? `set fallback="${n}${reboot}"` : `set fallback=${n}`);
   lines.push('if [ "${upgradectl_not_default}" ]; then');
   input.entries.forEach((e, i) => {
@@ -247,7 +256,7 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   });
   lines.push('  else', `    ${fallback(0)}`, '  fi');
   if (previous !== undefined) lines.push('else', `  ${fallback(previous)}`);
-  else if (reboot) lines.push('else', `  set fallback=${reboot.trim()}`);
+  else if (reboot) lines.push('else', `  set fallback="${reboot.trim()}"`);
   lines.push('fi');
   return lines;
 }
@@ -382,9 +391,46 @@ function renderFlasher(input: GrubConfigInput): string[] {
   ];
 }
 
-/** The reboot entry comes after the images and the flasher. */
+const hasRescue = (input: GrubConfigInput) => Boolean(input.flasher?.rescue);
+
+/** The rescue entry comes right after the flasher's. */
+function rescueEntryNumber(input: GrubConfigInput): number {
+  return input.entries.length + 1;
+}
+
+/** The reboot entry comes after the images, the flasher and the rescue entry. */
 function rebootEntryNumber(input: GrubConfigInput): number {
-  return input.entries.length + (input.flasher ? 1 : 0);
+  return input.entries.length + (input.flasher ? 1 : 0) + (hasRescue(input) ? 1 : 0);
+}
+
+/**
+ * The flasher in rescue mode (docs/flasher.md, "Rescue"): reached only through `fallback`, when neither
+ * the default nor the previous image could be loaded. It fetches the release named by the rescue job
+ * (the current image's, verified when it was prepared) into /images and reboots into it; when it
+ * cannot, it stays up and retries, so it never becomes a reboot loop. No nonce: the rescue job is valid
+ * for any boot that gets here, and it only puts back the image GRUB already has an entry for.
+ */
+function renderRescueEntry(input: GrubConfigInput): string[] {
+  const f = input.flasher;
+  if (!f?.rescue || input.entries.length === 0) return [];
+  const serial = parseSerial(input.serialConsole);
+  const words = [
+    `panic=${input.panicTimeout}`,
+    `upgradectl.host=${input.hostUuid}`,
+    RESCUE_ARG,
+    ...splitArgs(f.cmdline),
+    ...splitArgs(input.kernelArgs),
+    ...(serial ? ['console=tty0', `console=${input.serialConsole}`] : []),
+  ].map(grubQuote);
+  return [
+    `menuentry 'upgradectl rescue: no image could be loaded, re-download the current release' --id ${RESCUE_ENTRY_ID} {`,
+    `  echo 'upgradectl: no image could be loaded; starting the rescue flasher'`,
+    `  search --no-floppy --fs-uuid --set=root ${input.hostUuid}`,
+    `  linux ${imagePath(f.kernel)} ${words.join(' ')}`,
+    `  initrd ${imagePath(f.initrd)}`,
+    '}',
+    '',
+  ];
 }
 
 /**

@@ -251,3 +251,25 @@ t.test('when no image can be loaded, the last entry says so, waits and reboots',
   t.equal(versionOfEntry('upgradectl-reboot'), undefined, 'not an image');
   t.notMatch(renderGrubConfig({ ...base, entries: [], fallbackVersion: undefined }), /upgradectl-reboot/, 'no images, no entry');
 });
+
+t.test('with a rescue job, the flasher in rescue mode comes before the reboot entry in every fallback list', { skip }, async (t) => {
+  const flasher = { kernel: '/f/vmlinuz', initrd: '/f/initrd.img', cmdline: '', rescue: true };
+  const cases: Array<[string, GrubConfigInput]> = [
+    ['three images', { ...base, flasher }],
+    ['a single image, no previous', { ...base, flasher, entries: [base.entries[0]!], fallbackVersion: undefined }],
+  ];
+  for (const [name, input] of cases) {
+    const cfg = renderGrubConfig(input);
+    await checkGrubScript(cfg);
+    const ids = [...cfg.matchAll(/^menuentry .*--id ([^\s{]+)/gm)].map((m) => m[1]);
+    const n = input.entries.length;
+    t.same(ids.slice(n), ['upgradectl-flasher', 'upgradectl-rescue', 'upgradectl-reboot'], `${name}: flasher, rescue, reboot`);
+    const fallbacks = [...cfg.matchAll(/set fallback=("?)([\d ]+)\1\n/g)].map((m) => m[2]!);
+    t.ok(fallbacks.length > 0 && fallbacks.every((f) => ` ${f}`.endsWith(` ${n + 1} ${n + 2}`)), `${name}: every list ends rescue, reboot (${fallbacks.join(' | ')})`);
+    const entry = cfg.slice(cfg.indexOf('--id upgradectl-rescue {'));
+    t.match(entry, /\n  linux \/f\/vmlinuz panic=10 upgradectl\.host=\S+ upgradectl\.rescue=1[^\n]*\n  initrd \/f\/initrd\.img\n\}/, `${name}: the flasher kernel in rescue mode`);
+    t.notMatch(entry.slice(0, entry.indexOf('}')), /upgradectl\.flasher=/, `${name}: never the flash job's nonce`);
+  }
+  t.equal(versionOfEntry('upgradectl-rescue'), undefined, 'not an image');
+  t.notMatch(renderGrubConfig({ ...base, flasher: { ...flasher, rescue: false } }), /upgradectl-rescue/, 'no rescue job, no entry');
+});
