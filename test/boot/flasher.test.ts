@@ -9,7 +9,7 @@ import { parseConfig, type Config } from '../../src/operations/config.js';
 import { writeBootFiles } from '../../src/operations/boot.js';
 import { installFlasher } from '../../src/operations/flasher-install.js';
 import { reflash, type ReflashResult } from '../../src/operations/reflash.js';
-import { initialState, type State } from '../../src/operations/state.js';
+import { initialState, saveState, type State } from '../../src/operations/state.js';
 import { buildImage } from '../../src/release/image-build.js';
 import { publishRelease } from '../../src/release/publish.js';
 import { generateKeyPair, loadPrivateKey } from '../../src/release/signing.js';
@@ -44,18 +44,23 @@ interface World {
   keysDir: string;
   www: string;
   newHost: string;
+  /** Image 1, built once, published as release 1 (what rescue fetches) and copied into each machine. */
+  image1: string;
 }
 
-async function hostTree(dir: string, name: string, kernel: BootKernel, version: string, config: Config, keysDir?: string): Promise<Layout> {
+async function hostTree(dir: string, name: string, kernel: BootKernel, version: string, config: Config, keysDir?: string, image?: string): Promise<Layout> {
   const root = path.join(dir, name);
   const host = path.join(root, 'host');
   await fs.mkdir(path.join(host, 'images'), { recursive: true });
   if (keysDir) await fs.cp(keysDir, path.join(root, 'etc/upgradectl/keys.d'), { recursive: true });
   const layout = new Layout(root);
-  const tree = path.join(dir, `${name}-rootfs`);
-  await buildBusyboxTree(tree, { version, action: 'poweroff', kernel });
-  await buildImage({ rootfs: tree, out: layout.imageFile(version) });
-  await fs.rm(tree, { recursive: true, force: true });
+  if (image) await fs.copyFile(image, layout.imageFile(version));
+  else {
+    const tree = path.join(dir, `${name}-rootfs`);
+    await buildBusyboxTree(tree, { version, action: 'poweroff', kernel });
+    await buildImage({ rootfs: tree, out: layout.imageFile(version) });
+    await fs.rm(tree, { recursive: true, force: true });
+  }
   const state: State = { ...initialState(), current: version };
   await writeBootFiles(layout, config, state);
   await installGrubModules(host);
@@ -78,22 +83,49 @@ async function makeWorld(dir: string): Promise<World> {
   // Same UUID: GRUB's core.img in the MBR gap finds the host partition by it, before and after.
   await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'host', '-U', HOST_UUID, '-d', v2.host, newHost, `${NEW_HOST_MIB}M`]);
   const www = path.join(dir, 'www');
-  await publishRelease({
-    image: newHost, version: '2', to: `file://${www}`, key: await loadPrivateKey(path.join(keys, 'release')), rollout: 100,
-    boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, reflash: true, expiresInDays: 30, frameSize: 4 << 20,
-  });
-  return { dir, kernel, config, keysDir, www, newHost };
+  const key = await loadPrivateKey(path.join(keys, 'release'));
+  const common = { to: `file://${www}`, key, rollout: 100, boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, expiresInDays: 30, frameSize: 4 << 20 };
+  await publishRelease({ ...common, image: newHost, version: '2', reflash: true });
+  const tree = path.join(dir, 'image-1-rootfs');
+  const image1 = path.join(dir, 'image-1.img');
+  await buildBusyboxTree(tree, { version: '1', action: 'poweroff', kernel });
+  await buildImage({ rootfs: tree, out: image1 });
+  await fs.rm(tree, { recursive: true, force: true });
+  // Release 1 is an ordinary image release: what the machines run, and what rescue puts back.
+  await publishRelease({ ...common, image: image1, version: '1', reflash: false });
+  return { dir, kernel, config, keysDir, www, newHost, image1 };
 }
+
+const flasherFiles = (w: World) => ({ kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
 
 /** Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. */
 async function armedMachine(w: World, name: string): Promise<{ disk: HostDisk; job: ReflashResult }> {
-  const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir);
-  await installFlasher(layout, w.config, { kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
+  const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
+  await installFlasher(layout, w.config, flasherFiles(w));
   const config = parseConfig(CONFIG.replace('file:///unused', `file://${w.www}`), 'test config');
   const job = await reflash(layout, config, { version: '2', reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
   const disk = await buildHostDisk({ hostTree: layout.host, hostUuid: HOST_UUID, out: path.join(w.dir, `${name}.disk`), sizeMiB: DISK_MIB });
   await fs.rm(path.join(w.dir, name), { recursive: true, force: true });
   return { disk, job };
+}
+
+/**
+ * Machine 1 as prepare and confirm leave it (release 1's verified manifest beside its image, previous
+ * image 0), the flasher installed, which writes the rescue job for release 1; then both images deleted.
+ */
+async function machineWithoutImages(w: World, name: string): Promise<{ disk: HostDisk; rescueJob: string }> {
+  const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
+  await fs.copyFile(w.image1, layout.imageFile('0'));
+  await fs.mkdir(layout.manifestsDir, { recursive: true });
+  await fs.copyFile(path.join(w.www, 'releases/1/manifest.json'), layout.manifestFile('1'));
+  await saveState(layout, { ...initialState(), current: '1', previous: '0' });
+  await installFlasher(layout, w.config, flasherFiles(w));
+  const rescueJob = await fs.readFile(layout.rescueJobFile, 'utf8');
+  await fs.rm(layout.imageFile('1'));
+  await fs.rm(layout.imageFile('0'));
+  const disk = await buildHostDisk({ hostTree: layout.host, hostUuid: HOST_UUID, out: path.join(w.dir, `${name}.disk`), sizeMiB: DISK_MIB });
+  await fs.rm(path.join(w.dir, name), { recursive: true, force: true });
+  return { disk, rescueJob };
 }
 
 /** SHA-256 of the host partition with grubenv's 1024 bytes masked: GRUB itself rewrites them (the one-shot and nonce). */
@@ -190,5 +222,31 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
       await vm.waitForExit(60_000);
     });
     t.comment(`b: refusal and image 1 back in ${secs(performance.now() - started)} s`);
+  });
+
+  t.test('c: both images gone: GRUB falls back to the flasher in rescue mode, which puts release 1 back and boots it', async (t) => {
+    const { disk, rescueJob } = await machineWithoutImages(w, 'c');
+    t.match(rescueJob, /^upgradectl-rescue-job 1\nversion 1\nurl http:\/\/10\.0\.2\.100\/releases\/1\/image\.lz4\n/, 'the rescue job names release 1, fetched over http');
+    const started = performance.now();
+    await withServer(w.www, async (server) => {
+      const vm = await startVm(t, 'flasher-c', disk, server, { allowReboot: true, maxBoots: 3 });
+      await vm.waitForLine(/upgradectl-flasher: \[done\]/, 240_000, 'the rescue flasher restored an image');
+      const restored = performance.now();
+      await vm.waitForLine(/UPGRADECTL-MARKER booted version=1 /, 120_000, 'image 1 booted again');
+      await vm.waitForExit(60_000);
+      const lines = flasherLines(vm);
+      t.comment(lines.join('\n'));
+      t.ok(lines.some((l) => /\[verify\] image SHA-256 matches/.test(l)), 'verified before writing');
+      t.ok(server.requests.some((r) => r.path === '/releases/1/image.lz4' && r.status === 200), 'release 1 fetched from the server');
+      const boots = vm.boots();
+      t.match(boots[0]!.cmdline, /upgradectl\.rescue=1/, 'GRUB fell back to the rescue entry');
+      t.notMatch(boots[0]!.cmdline, /upgradectl\.flasher=\w/, 'with no flash nonce');
+      t.equal(boots.length, 2, 'rescue, then image 1');
+      t.comment(`c: power-on to image restored ${secs(restored - started)} s; total with image 1 booted ${secs(performance.now() - started)} s`);
+    });
+    t.ok(await readHostFile(disk, '/images/1.img'), 'image 1 is back in /images');
+    t.equal((await readHostFile(disk, '/boot/upgradectl/flasher/rescue-count'))?.toString().trim(), '1', 'the rescue is counted (a second one without upgradectl running stays up)');
+    const env = await envOnDisk({ disk });
+    t.equal(env.saved_entry, 'upgradectl-1', 'the restored image is the default');
   });
 });
