@@ -49,8 +49,8 @@ export function newNonce(): string {
   return randomBytes(16).toString('hex');
 }
 
-/** The job for a verified manifest; the payload is fetched from `url`. */
-export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined = newNonce()): FlashJob {
+/** The job for a verified manifest; the payload is fetched from `url`. No nonce: a rescue job. */
+export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined): FlashJob {
   const p = manifest.payload;
   if (p.compression !== 'lz4-frames' || !p.frames?.length) {
     throw new UpgradeError('UNSUPPORTED', `release ${manifest.version}: the flasher verifies every frame, but its payload is '${p.compression}' without a frame index`, {
@@ -58,7 +58,7 @@ export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonc
     });
   }
   return {
-    nonce,
+    ...(nonce === undefined ? {} : { nonce }),
     version: manifest.version,
     url,
     payloadSize: p.size,

@@ -1,12 +1,14 @@
 import { existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { writeFileDurable } from '../core/durable.js';
-import { UpgradeError } from '../core/errors.js';
+import { readJsonIfExists, writeFileDurable } from '../core/durable.js';
+import { UpgradeError, messageOf } from '../core/errors.js';
 import type { Layout } from '../core/layout.js';
 import { acquireLock } from '../core/lock.js';
 import { buildFlasherInitrd } from '../flasher/initrd.js';
-import { writeBootFiles } from './boot.js';
+import { log } from '../core/log.js';
+import { bootedVersion, writeBootFiles } from './boot.js';
+import { flasherInstalled } from './rescue-job.js';
 import type { Config } from './config.js';
 import { loadState } from './state.js';
 
@@ -31,6 +33,25 @@ export interface FlasherInstallResult {
   initrd: string;
   initrdBytes: number;
   modules: string[];
+  /** The image whose kernel, busybox and lz4 the flasher was built from. */
+  builtFrom?: string;
+}
+
+/**
+ * HOST/boot/upgradectl/flasher/built-from: which image built the flasher, and with which options, so
+ * that doctor can tell a flasher built by an image that is no longer current, and confirm can rebuild
+ * it from the new image the same way.
+ */
+export interface FlasherProvenance {
+  image?: string;
+  options: FlasherInstallOptions;
+  at: string;
+}
+
+const provenanceFile = (layout: Layout) => path.join(layout.flasherDir, 'built-from');
+
+export async function flasherProvenance(layout: Layout): Promise<FlasherProvenance | undefined> {
+  return readJsonIfExists<FlasherProvenance>(provenanceFile(layout));
 }
 
 function firstExisting(what: string, candidates: string[], hint: string): string {
@@ -45,13 +66,14 @@ export async function installFlasher(layout: Layout, config: Config, opts: Flash
   if (opts.kernel && !opts.modulesDir) {
     throw new UpgradeError('USAGE', '--kernel needs --modules-dir: the flasher loads modules of the kernel it boots', { hint: 'add --modules-dir /lib/modules/<that kernel release>' });
   }
-  const kernel = opts.kernel ?? firstExisting('kernel of the running image', [r(`boot/vmlinuz-${release}`), r('vmlinuz')], 'pass --kernel FILE --modules-dir DIR');
+  const kernel = firstExisting('kernel of the running image', opts.kernel ? [opts.kernel] : [r(`boot/vmlinuz-${release}`), r('vmlinuz')], 'pass --kernel FILE --modules-dir DIR');
   const modulesDir = opts.modulesDir ?? r(`lib/modules/${release}`);
   if (!existsSync(path.join(modulesDir, 'modules.dep'))) {
     throw new UpgradeError('NOT_FOUND', `no modules.dep in ${modulesDir}`, { hint: 'pass --modules-dir /lib/modules/<release of the flasher kernel>, or run depmod' });
   }
-  const busybox = opts.busybox ?? firstExisting('busybox', [r('bin/busybox'), r('usr/bin/busybox')], 'apt-get install busybox-static');
-  const lz4 = opts.lz4 ?? firstExisting('lz4', [r('usr/bin/lz4'), r('bin/lz4')], 'apt-get install lz4');
+  // Given paths are checked too: confirm rebuilds with the options of the last install (built-from).
+  const busybox = firstExisting('busybox', opts.busybox ? [opts.busybox] : [r('bin/busybox'), r('usr/bin/busybox')], 'apt-get install busybox-static, or upgradectl flasher install --busybox FILE');
+  const lz4 = firstExisting('lz4', opts.lz4 ? [opts.lz4] : [r('usr/bin/lz4'), r('bin/lz4')], 'apt-get install lz4');
   // Built before the lock: it only reads, and takes a few seconds.
   const built = await buildFlasherInitrd({ busybox, lz4, modulesDir });
 
@@ -62,10 +84,36 @@ export async function installFlasher(layout: Layout, config: Config, opts: Flash
     const initrdOut = path.join(layout.flasherDir, 'initrd.img');
     await writeFileDurable(kernelOut, await fs.readFile(kernel), 0o644);
     await writeFileDurable(initrdOut, built.data, 0o644);
-    // Both files exist now, so grub.cfg gets the flasher entry.
-    await writeBootFiles(layout, config, await loadState(layout));
-    return { kernel: kernelOut, initrd: initrdOut, initrdBytes: built.data.length, modules: built.modules };
+    const state = await loadState(layout);
+    const builtFrom = (await bootedVersion(layout)) ?? state.current;
+    const provenance: FlasherProvenance = { image: builtFrom, options: opts, at: new Date().toISOString() };
+    await writeFileDurable(provenanceFile(layout), `${JSON.stringify(provenance, null, 2)}\n`, 0o644);
+    // Both files exist now, so grub.cfg gets the flasher entry (and the rescue entry, with its job).
+    await writeBootFiles(layout, config, state);
+    return { kernel: kernelOut, initrd: initrdOut, initrdBytes: built.data.length, modules: built.modules, builtFrom };
   } finally {
     await lock.release();
+  }
+}
+
+/**
+ * After a confirm made `version` the current image: rebuild an installed flasher from it. This is the
+ * safe moment: the new image runs and passed its health checks, and its kernel is the running one, so
+ * the modules the initrd takes match the kernel it boots. At commit the new image has never booted (a
+ * flasher built from it could fail exactly when needed); left alone, the flasher keeps the old image's
+ * kernel and busybox, which the next upgrade may delete with the old image's release. Never fails the
+ * confirm: the upgrade is done, a flasher that could not be rebuilt is logged and doctor reports it.
+ */
+export async function refreshFlasherAfterConfirm(layout: Layout, config: Config, version: string): Promise<string | undefined> {
+  if (!flasherInstalled(layout)) return undefined;
+  const from = await flasherProvenance(layout).catch(() => undefined);
+  if (from?.image === version) return undefined;
+  try {
+    const r = await installFlasher(layout, config, from?.options ?? {});
+    log.info(`the RAM flasher was rebuilt from ${version} (it was built from ${from?.image ?? 'an unknown image'})`);
+    return `rebuilt from ${r.builtFrom ?? version}`;
+  } catch (err) {
+    log.warn(`the RAM flasher could not be rebuilt from ${version}: ${messageOf(err)}; it still runs the kernel of ${from?.image ?? 'an older image'} (upgradectl doctor)`);
+    return `not rebuilt: ${messageOf(err)}`;
   }
 }

@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -99,11 +99,13 @@ async function makeWorld(dir: string): Promise<World> {
 const flasherFiles = (w: World) => ({ kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
 
 /** Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. */
-async function armedMachine(w: World, name: string): Promise<{ disk: HostDisk; job: ReflashResult }> {
+async function armedMachine(w: World, name: string, editJob?: (text: string) => string): Promise<{ disk: HostDisk; job: ReflashResult }> {
   const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
   await installFlasher(layout, w.config, flasherFiles(w));
   const config = parseConfig(CONFIG.replace('file:///unused', `file://${w.www}`), 'test config');
   const job = await reflash(layout, config, { version: '2', reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
+  // As root could edit it (the flasher trusts only root's files): e.g. a reserve no VM has.
+  if (editJob) await fs.writeFile(job.job, editJob(await fs.readFile(job.job, 'utf8')));
   const disk = await buildHostDisk({ hostTree: layout.host, hostUuid: HOST_UUID, out: path.join(w.dir, `${name}.disk`), sizeMiB: DISK_MIB });
   await fs.rm(path.join(w.dir, name), { recursive: true, force: true });
   return { disk, job };
@@ -148,13 +150,36 @@ async function withServer<T>(root: string, fn: (s: TestHttpServer) => Promise<T>
   }
 }
 
-async function startVm(t: { teardown(fn: () => unknown): void }, name: string, disk: HostDisk, server: TestHttpServer, opts: { allowReboot: boolean; maxBoots: number; memoryMiB?: number }): Promise<Vm> {
+async function startVm(t: { teardown(fn: () => unknown): void }, name: string, disk: HostDisk, server: TestHttpServer, opts: { allowReboot: boolean; maxBoots: number; memoryMiB?: number; blkdebug?: string }): Promise<Vm> {
   const vm = Vm.start({
     disk: disk.file, logFile: await serialLogPath(cacheDir(), name), ...opts,
     guestfwd: [{ ...SERVER, hostPort: server.port }],
   });
   t.teardown(() => vm.kill('test teardown'));
   return vm;
+}
+
+/**
+ * A flash that must be refused before writing: QEMU stops at the flasher's reboot (-no-reboot), and every
+ * byte of the partition but grubenv is compared. Returns the flasher's console lines and the server.
+ */
+async function refusedBeforeWriting(t: Test, name: string, disk: HostDisk, www: string, why: RegExp): Promise<{ lines: string[]; server: TestHttpServer }> {
+  const before = await partitionHash(disk);
+  const started = performance.now();
+  const result = await withServer(www, async (server) => {
+    const vm = await startVm(t, `flasher-${name}`, disk, server, { allowReboot: false, maxBoots: 1 });
+    await vm.waitForLine(/upgradectl-flasher: \[failed\]/, 240_000, 'the flasher refused');
+    await vm.waitForExit(60_000);
+    const lines = flasherLines(vm);
+    t.comment(lines.join('\n'));
+    t.ok(lines.some((l) => why.test(l) && /nothing was written; rebooting into the old system/.test(l)), `refused: ${why}`);
+    t.notOk(lines.some((l) => /\[write\]/.test(l)), 'never started writing');
+    return { lines, server };
+  });
+  t.equal(await partitionHash(disk), before, 'every byte of the partition but grubenv is unchanged');
+  t.equal((await envOnDisk({ disk })).saved_entry, 'upgradectl-1', 'the old system stays the default');
+  t.comment(`${name}: power-on to refusal ${secs(performance.now() - started)} s`);
+  return result;
 }
 
 const flasherLines = (vm: Vm) => vm.serial.split('\n').filter((l) => l.includes('upgradectl-flasher:'));
@@ -248,5 +273,43 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
     t.equal((await readHostFile(disk, '/boot/upgradectl/flasher/rescue-count'))?.toString().trim(), '1', 'the rescue is counted (a second one without upgradectl running stays up)');
     const env = await envOnDisk({ disk });
     t.equal(env.saved_entry, 'upgradectl-1', 'the restored image is the default');
+  });
+
+  t.test('d: the payload is missing on the server (404): refused before writing, the partition is untouched', async (t) => {
+    const { disk } = await armedMachine(w, 'd');
+    const www = path.join(w.dir, 'www-d');
+    await fs.cp(w.www, www, { recursive: true });
+    await fs.rm(path.join(www, 'releases/2/image.lz4'));
+    const { server } = await refusedBeforeWriting(t, 'd', disk, www, /\[failed\] download of http:\/\/10\.0\.2\.100\/releases\/2\/image\.lz4 failed 3 times/);
+    t.equal(server.requests.filter((r) => r.path === '/releases/2/image.lz4' && r.status === 404).length, 3, 'three attempts, each a 404');
+  });
+
+  t.test('e: not enough RAM for payload and reserve: refused before anything is downloaded or written', async (t) => {
+    // A reserve of 64 GiB: no VM here has it, so the check fails whatever the payload.
+    const { disk } = await armedMachine(w, 'e', (job) => job.replace(/^ram_reserve \d+$/m, `ram_reserve ${64 * 2 ** 30}`));
+    const { server, lines } = await refusedBeforeWriting(t, 'e', disk, w.www, /\[failed\] not enough memory: \d+ MiB available, \d+ MiB needed/);
+    t.notOk(lines.some((l) => /\[fetch\]/.test(l)), 'nothing fetched');
+    t.same(server.requests, [], 'no request reached the server');
+  });
+
+  t.test('f: an I/O error in the middle of the write: retried from RAM, the machine ends on the new system', async (t) => {
+    const { disk } = await armedMachine(w, 'f');
+    // One EIO on the first write that covers a sector 48 MiB into the partition: only the flasher's dd
+    // writes there (GRUB writes grubenv, near the start), so it hits the first attempt, mid-write.
+    const rules = path.join(w.dir, 'f-blkdebug.conf');
+    const sector = (PARTITION_OFFSET + 48 * 1048576) / 512;
+    await fs.writeFile(rules, `[inject-error]\nevent = "write_aio"\nerrno = "5"\nonce = "on"\nsector = "${sector}"\n`);
+    const started = performance.now();
+    await withServer(w.www, async (server) => {
+      const vm = await startVm(t, 'flasher-f', disk, server, { allowReboot: true, maxBoots: 3, blkdebug: rules });
+      await vm.waitForLine(/UPGRADECTL-MARKER booted version=2 /, 360_000, 'image 2 booted from the rewritten partition');
+      await vm.waitForExit(60_000);
+      const lines = flasherLines(vm);
+      t.comment(lines.join('\n'));
+      t.ok(lines.some((l) => /write attempt 1 failed/.test(l)), 'the first attempt failed');
+      t.ok(lines.some((l) => /\[written\] .* read back and verified/.test(l)), 'the retry wrote and verified');
+      t.match(vm.serial, /I\/O error/, 'a real I/O error, reported by the kernel');
+    });
+    t.comment(`f: power-on to image 2 with one retried write ${secs(performance.now() - started)} s`);
   });
 });
