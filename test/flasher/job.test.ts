@@ -1,5 +1,5 @@
 import t from 'tap';
-import { chmodSync, chownSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/core/exec.js';
 import { FLASHER_SCRIPTS } from '../../src/flasher/initrd.js';
@@ -97,4 +97,20 @@ t.test('a rescue job has no nonce and is valid at any boot that reaches rescue; 
   const r = await checkJob(dir, file, '', 'rescue');
   t.notOk(r.ok, 'root-only like the flash job');
   t.throws(() => renderJob(job(newNonce()), 'rescue'), /no nonce/);
+});
+
+t.test('rescue rewrites grubenv in place: the restored image is the default, no trial or count left, other variables kept', { skip: skipUnless({ root: true, commands: ['busybox', 'grub-editenv'] }) }, async (t) => {
+  const dir = t.testdir();
+  const env = path.join(dir, 'boot/grub/grubenv');
+  mkdirSync(path.dirname(env), { recursive: true });
+  mkdirSync(path.join(dir, 'run'));
+  await run('grub-editenv', [env, 'create']);
+  await run('grub-editenv', [env, 'set', 'saved_entry=upgradectl-0', 'next_entry=upgradectl-3', 'upgradectl_default_tries=2', 'other_tool=keep']);
+  const inode = statSync(env).ino;
+  const script = `. ${path.join(FLASHER_SCRIPTS, 'flasher.sh')}; HOST_MNT=$1 FLASHER_DIR=$1/run LOG=$1/run/log; set_default_entry upgradectl-1`;
+  await run('busybox', ['sh', '-c', script, 'sh', dir]);
+  t.equal(statSync(env).size, 1024, 'still a 1024-byte block');
+  t.equal(statSync(env).ino, inode, 'the same file, overwritten in place (GRUB does not replay the journal)');
+  const { stdout } = await run('grub-editenv', [env, 'list']);
+  t.same(stdout.trim().split('\n').sort(), ['other_tool=keep', 'saved_entry=upgradectl-1']);
 });
