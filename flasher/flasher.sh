@@ -208,24 +208,35 @@ fetch_payload() {
   status fetch "$(stat -c %s "$PAYLOAD") bytes in $(( $(cut -d. -f1 /proc/uptime) - t0 )) s"
 }
 
+# The frame whose decoded bytes differ from the manifest: named when the whole image does not match.
+first_bad_frame() {
+  i=0
+  while read -r off len raw sha; do
+    i=$((i + 1))
+    set -- $(dd if="$PAYLOAD" bs=65536 iflag=skip_bytes,count_bytes skip="$off" count="$len" 2>/dev/null | lz4 -dc | sha256sum)
+    [ "$1" = "$sha" ] || { echo "frame $i of $job_frames (offset $off) decodes to SHA-256 $1, not the manifest's $sha"; return; }
+  done < "$FLASHER_DIR/frames"
+  echo "every frame matches: the frames are not the whole payload"
+}
+
 verify_payload() {
   got=$(stat -c %s "$PAYLOAD")
   [ "$got" = "$job_payload_size" ] || fail_before_write "payload is $got bytes, the manifest says $job_payload_size"
   set -- $(sha256sum "$PAYLOAD")
   [ "$1" = "$job_payload_sha256" ] || fail_before_write "payload SHA-256 $1 is not the manifest's $job_payload_sha256"
-  i=0
-  while read -r off len raw sha; do
-    i=$((i + 1))
-    set -- $(dd if="$PAYLOAD" bs=65536 iflag=skip_bytes,count_bytes skip="$off" count="$len" 2>/dev/null | lz4 -dc | sha256sum)
-    [ "$1" = "$sha" ] || fail_before_write "frame $i of $job_frames (offset $off) decodes to SHA-256 $1, not the manifest's $sha"
-  done < "$FLASHER_DIR/frames"
-  status verify "payload size, SHA-256 and $job_frames frames match the manifest"
-  # The whole image, as it will be written: the frames in order and nothing else.
-  set -- $(lz4 -dc "$PAYLOAD" | sha256sum)
-  [ "$1" = "$job_image_sha256" ] || fail_before_write "the decoded image's SHA-256 $1 is not the manifest's $job_image_sha256"
-  got=$(lz4 -dc "$PAYLOAD" | wc -c)
-  [ "$got" = "$job_image_size" ] || fail_before_write "the decoded image is $got bytes, the manifest says $job_image_size"
-  status verify "image SHA-256 matches the manifest: ready to write"
+  # The whole image as it will be written, decoded once: its SHA-256 and its size (wc reads a copy
+  # through a FIFO). It covers every frame; the frames are decoded one by one only to name a bad one.
+  fifo=$FLASHER_DIR/decoded.fifo
+  rm -f "$fifo"; mkfifo "$fifo"
+  wc -c < "$fifo" > "$FLASHER_DIR/decoded.size" &
+  set -- $(lz4 -dc "$PAYLOAD" | tee "$fifo" | sha256sum)
+  wait
+  rm -f "$fifo"
+  got=$(tr -d ' ' < "$FLASHER_DIR/decoded.size")
+  if [ "$1" != "$job_image_sha256" ] || [ "$got" != "$job_image_size" ]; then
+    fail_before_write "the decoded image (SHA-256 $1, $got bytes) is not the manifest's ($job_image_sha256, $job_image_size bytes): $(first_bad_frame)"
+  fi
+  status verify "image SHA-256 matches the manifest, and its size, and the payload's SHA-256 and size ($job_frames frames): ready to write"
 }
 
 # One attempt: decode from RAM onto the target, flush, drop the cache, read back and hash.
