@@ -24,6 +24,9 @@ JOB_MAGIC='upgradectl-flash-job 1'
 RESCUE_JOB_REL=boot/upgradectl/flasher/rescue-job
 RESCUE_JOB_MAGIC='upgradectl-rescue-job 1'
 RESCUE_RETRY_SECONDS=${RESCUE_RETRY_SECONDS:-300}
+# SSH into the flasher (`upgradectl flasher add-key`): the operator's keys, root-written like the job.
+KEYS_REL=boot/upgradectl/flasher/authorized_keys
+SSH_PORT=${SSH_PORT:-22}
 JOB_KIND=${JOB_KIND:-flash}
 WRITE_ATTEMPTS=${WRITE_ATTEMPTS:-3}
 writing=0
@@ -130,6 +133,28 @@ check_job() {
   return 0
 }
 
+# The operator's keys from the host partition (read-only mounted) into root's account of this RAM OS.
+# Taken only when root wrote them and nobody else can: they open a root shell on a machine mid-flash.
+copy_ssh_keys() {
+  keys=$HOST_MNT/$KEYS_REL
+  [ -f "$keys" ] && [ ! -L "$keys" ] || return 0
+  set -- $(stat -c '%u %a' "$keys")
+  { [ "$1" = 0 ] && [ $(( 0$2 & 022 )) -eq 0 ]; } || { say "warning: $keys is owned by uid $1 with mode $2, not root-only: SSH stays off"; return 0; }
+  mkdir -p /root/.ssh && chmod 700 /root /root/.ssh && cp "$keys" /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys
+}
+
+# dropbear once the network is up: password logins off (-s), host key made at first connection (-R:
+# a RAM OS keeps nothing; its fingerprint changes at every flasher boot), log to the flasher's log.
+start_ssh() {
+  [ -s /root/.ssh/authorized_keys ] && [ -x /sbin/dropbear ] || return 0
+  [ -f /run/dropbear.pid ] && return 0
+  if /sbin/dropbear -R -s -E -P /run/dropbear.pid -p "$SSH_PORT" >> "$LOG" 2>&1; then
+    status ssh "dropbear listens on port $SSH_PORT for the keys in $KEYS_REL (root, no passwords); the status is in $STATUS"
+  else
+    say "warning: dropbear did not start (see $LOG)"
+  fi
+}
+
 cmdline_arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}"; return;; esac; done; }
 
 setup_system() {
@@ -138,6 +163,7 @@ setup_system() {
   mount -t sysfs sysfs /sys
   mount -t devtmpfs devtmpfs /dev
   mount -t tmpfs -o mode=0755,size=16m tmpfs /run
+  mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
   mkdir -p "$FLASHER_DIR"
   # Modules in dependency order (written when the initrd was built from the kernel's modules.dep).
   while read -r ko; do
@@ -158,6 +184,7 @@ read_job() {
   # Read-only and without journal replay: before `write`, the flasher writes nothing to the disk at
   # all. reflash checkpointed the journal after writing the job, so the job is in place.
   mount -t ext4 -o ro,noload "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev"
+  copy_ssh_keys
   job_rel=$JOB_REL
   [ "$JOB_KIND" = rescue ] && job_rel=$RESCUE_JOB_REL
   check_job "$HOST_MNT/$job_rel" "$nonce" "$host_uuid" > "$FLASHER_DIR/refused" || fail_before_write "$JOB_KIND job refused: $(cat "$FLASHER_DIR/refused")"
@@ -178,6 +205,7 @@ network_up() {
     ip link set "$ifc" up
     if udhcpc -i "$ifc" -n -q -t 5 -T 2 -s /lib/upgradectl/udhcpc.script >> "$LOG" 2>&1; then
       status network "$ifc: $(ip -4 addr show dev "$ifc" | awk '/inet /{print $2}')"
+      start_ssh
       return 0
     fi
   done

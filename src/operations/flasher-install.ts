@@ -6,6 +6,7 @@ import { UpgradeError, messageOf } from '../core/errors.js';
 import type { Layout } from '../core/layout.js';
 import { acquireLock } from '../core/lock.js';
 import { buildFlasherInitrd } from '../flasher/initrd.js';
+import { checkpointHost } from '../grub/host-fs.js';
 import { log } from '../core/log.js';
 import { bootedVersion, writeBootFiles } from './boot.js';
 import { flasherInstalled } from './rescue-job.js';
@@ -26,6 +27,8 @@ export interface FlasherInstallOptions {
   modulesDir?: string;
   busybox?: string;
   lz4?: string;
+  /** Debian's dropbear for SSH into the flasher; default <root>/usr/sbin/dropbear when installed, else no SSH. */
+  dropbear?: string;
 }
 
 export interface FlasherInstallResult {
@@ -33,6 +36,8 @@ export interface FlasherInstallResult {
   initrd: string;
   initrdBytes: number;
   modules: string[];
+  /** Whether the initrd has dropbear (SSH with the keys of flasher add-key). */
+  ssh: boolean;
   /** The image whose kernel, busybox and lz4 the flasher was built from. */
   builtFrom?: string;
 }
@@ -74,8 +79,12 @@ export async function installFlasher(layout: Layout, config: Config, opts: Flash
   // Given paths are checked too: confirm rebuilds with the options of the last install (built-from).
   const busybox = firstExisting('busybox', opts.busybox ? [opts.busybox] : [r('bin/busybox'), r('usr/bin/busybox')], 'apt-get install busybox-static, or upgradectl flasher install --busybox FILE');
   const lz4 = firstExisting('lz4', opts.lz4 ? [opts.lz4] : [r('usr/bin/lz4'), r('bin/lz4')], 'apt-get install lz4');
+  const dropbear = opts.dropbear
+    ? firstExisting('dropbear', [opts.dropbear], 'apt-get install dropbear-bin')
+    : [r('usr/sbin/dropbear')].find((c) => existsSync(c));
+  if (!dropbear) log.warn('no dropbear in this image (apt-get install dropbear-bin): the flasher will have no SSH');
   // Built before the lock: it only reads, and takes a few seconds.
-  const built = await buildFlasherInitrd({ busybox, lz4, modulesDir });
+  const built = await buildFlasherInitrd({ busybox, lz4, modulesDir, dropbear });
 
   const lock = await acquireLock(layout, 'flasher install');
   try {
@@ -90,7 +99,7 @@ export async function installFlasher(layout: Layout, config: Config, opts: Flash
     await writeFileDurable(provenanceFile(layout), `${JSON.stringify(provenance, null, 2)}\n`, 0o644);
     // Both files exist now, so grub.cfg gets the flasher entry (and the rescue entry, with its job).
     await writeBootFiles(layout, config, state);
-    return { kernel: kernelOut, initrd: initrdOut, initrdBytes: built.data.length, modules: built.modules, builtFrom };
+    return { kernel: kernelOut, initrd: initrdOut, initrdBytes: built.data.length, modules: built.modules, ssh: Boolean(dropbear), builtFrom };
   } finally {
     await lock.release();
   }
@@ -115,5 +124,36 @@ export async function refreshFlasherAfterConfirm(layout: Layout, config: Config,
   } catch (err) {
     log.warn(`the RAM flasher could not be rebuilt from ${version}: ${messageOf(err)}; it still runs the kernel of ${from?.image ?? 'an older image'} (upgradectl doctor)`);
     return `not rebuilt: ${messageOf(err)}`;
+  }
+}
+
+/** Key types an OpenSSH authorized_keys line may start with that dropbear 2022 accepts. */
+const KEY_LINE = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\n]*)?$/;
+
+/**
+ * `upgradectl flasher add-key FILE`: an operator's SSH public key for root in the flasher (docs/flasher.md,
+ * "SSH"). Kept on the host partition, root-only, and read by the flasher at each of its boots, so adding
+ * a key needs no rebuild of the initrd; the flasher refuses the file unless root wrote it.
+ */
+export async function addFlasherKey(layout: Layout, publicKey: string): Promise<{ file: string; added: boolean; keys: number }> {
+  const line = publicKey.trim();
+  if (line.includes('\n') || !KEY_LINE.test(line)) {
+    throw new UpgradeError('USAGE', 'not one SSH public key line (ssh-ed25519, ssh-rsa or ecdsa-sha2-…, as in id_ed25519.pub)', { hint: 'pass the .pub file: upgradectl flasher add-key ~/.ssh/id_ed25519.pub' });
+  }
+  const file = path.join(layout.flasherDir, 'authorized_keys');
+  const lock = await acquireLock(layout, 'flasher add-key');
+  try {
+    const old = await fs.readFile(file, 'utf8').catch(() => '');
+    const lines = old.split('\n').filter(Boolean);
+    const key = line.split(' ').slice(0, 2).join(' ');
+    const added = !lines.some((l) => l.split(' ').slice(0, 2).join(' ') === key);
+    if (added) lines.push(line);
+    await fs.mkdir(layout.flasherDir, { recursive: true, mode: 0o755 });
+    // Root-only and durable: the flasher reads it from the host partition without replaying the journal.
+    await writeFileDurable(file, `${lines.join('\n')}\n`, 0o600);
+    await checkpointHost(layout.host);
+    return { file, added, keys: lines.length };
+  } finally {
+    await lock.release();
   }
 }
