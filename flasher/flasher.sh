@@ -19,6 +19,15 @@ PAYLOAD=/ram/payload.lz4
 HOST_MNT=/host
 JOB_REL=boot/upgradectl/flasher/job
 JOB_MAGIC='upgradectl-flash-job 1'
+# Rescue mode (upgradectl.rescue=1, GRUB's fallback when no image could be loaded): put the image of
+# the rescue job's release back into /images instead of writing the partition (docs/flasher.md, "Rescue").
+RESCUE_JOB_REL=boot/upgradectl/flasher/rescue-job
+RESCUE_JOB_MAGIC='upgradectl-rescue-job 1'
+RESCUE_RETRY_SECONDS=${RESCUE_RETRY_SECONDS:-300}
+# SSH into the flasher (`upgradectl flasher add-key`): the operator's keys, root-written like the job.
+KEYS_REL=boot/upgradectl/flasher/authorized_keys
+SSH_PORT=${SSH_PORT:-22}
+JOB_KIND=${JOB_KIND:-flash}
 WRITE_ATTEMPTS=${WRITE_ATTEMPTS:-3}
 writing=0
 
@@ -37,7 +46,14 @@ status() {
 }
 
 # Before writing: nothing was written, so the old system is intact; GRUB already cleared the one-shot.
+# In rescue mode there is no old system to go back to (GRUB could load no image): a reboot would come
+# straight back here, so the attempt ends and rescue_main waits and tries again.
 fail_before_write() {
+  if [ "$JOB_KIND" = rescue ]; then
+    status failed "$*"
+    umount "$HOST_MNT" 2>/dev/null
+    exit 1
+  fi
   status failed "$* — nothing was written; rebooting into the old system"
   umount "$HOST_MNT" 2>/dev/null
   sync
@@ -65,8 +81,10 @@ is_hex() { case "$2" in *[!0-9a-f]*) return 1;; esac; [ ${#2} -eq "$1" ]; }
 # check_job FILE NONCE HOSTUUID: the job is ours, for this boot, and well-formed; sets job_* variables
 # and writes the frame list to $FLASHER_DIR/frames. Prints why and fails otherwise.
 check_job() {
-  file=$1 nonce=$2 uuid=$3
-  [ -n "$nonce" ] || { echo "no upgradectl.flasher nonce on the command line: GRUB passes one only on the one-shot boot right after a job was written"; return 1; }
+  file=$1 nonce=$2 uuid=$3 magic=$JOB_MAGIC
+  # A rescue job has no nonce: it is valid for any boot that reaches rescue (docs/flasher.md, "Rescue").
+  [ "$JOB_KIND" = rescue ] && magic=$RESCUE_JOB_MAGIC
+  [ -n "$nonce" ] || [ "$JOB_KIND" = rescue ] || { echo "no upgradectl.flasher nonce on the command line: GRUB passes one only on the one-shot boot right after a job was written"; return 1; }
   [ -e "$file" ] || { echo "no flash job at $file"; return 1; }
   [ -L "$file" ] && { echo "$file is a symbolic link"; return 1; }
   [ -f "$file" ] || { echo "$file is not a regular file"; return 1; }
@@ -81,11 +99,12 @@ check_job() {
   first=1 n=0
   while read -r key a b c d rest; do
     if [ $first = 1 ]; then
-      [ "$key $a" = "$JOB_MAGIC" ] || { echo "$file is not a flash job ('$JOB_MAGIC' expected)"; return 1; }
+      [ "$key $a" = "$magic" ] || { echo "$file is not a $JOB_KIND job ('$magic' expected)"; return 1; }
       first=0; continue
     fi
     case "$key" in
-      nonce) is_hex 32 "$a" || { echo "bad nonce"; return 1; }; job_nonce=$a ;;
+      nonce) [ "$JOB_KIND" = flash ] || { echo "a rescue job has no nonce"; return 1; }
+             is_hex 32 "$a" || { echo "bad nonce"; return 1; }; job_nonce=$a ;;
       version) case "$a" in ''|*[!A-Za-z0-9._+~-]*) echo "bad version"; return 1;; esac; job_version=$a ;;
       url) case "$a" in http://*|https://*) ;; *) echo "url must be http(s)"; return 1;; esac
            case "$a" in *[!A-Za-z0-9._~:/?#@!\$\&\'\(\)\*+,\;=%-]*) echo "url has characters outside RFC 3986"; return 1;; esac
@@ -100,24 +119,51 @@ check_job() {
     esac
   done < "$file"
   [ $first = 0 ] || { echo "$file is empty"; return 1; }
-  for v in nonce version url payload_size payload_sha256 image_size image_sha256 target_uuid ram_reserve frames; do
+  for v in version url payload_size payload_sha256 image_size image_sha256 target_uuid ram_reserve frames; do
     eval "[ -n \"\$job_$v\" ]" || { echo "$file has no $v"; return 1; }
   done
-  # The binding: a job written for another boot (an abandoned reflash, a copied file) names another nonce.
-  [ "$job_nonce" = "$nonce" ] || { echo "the job is for another boot (nonce $job_nonce, this boot $nonce): stale, refused"; return 1; }
+  if [ "$JOB_KIND" = flash ]; then
+    [ -n "$job_nonce" ] || { echo "$file has no nonce"; return 1; }
+    # The binding: a job written for another boot (an abandoned reflash, a copied file) names another nonce.
+    [ "$job_nonce" = "$nonce" ] || { echo "the job is for another boot (nonce $job_nonce, this boot $nonce): stale, refused"; return 1; }
+  fi
   [ "$n" = "$job_frames" ] || { echo "the job lists $n frames, it says $job_frames"; return 1; }
   # The only target this flasher writes is the partition it was booted from (docs/flasher.md).
   [ "$job_target_uuid" = "$uuid" ] || { echo "the job's target $job_target_uuid is not the host partition $uuid"; return 1; }
   return 0
 }
 
+# The operator's keys from the host partition (read-only mounted) into root's account of this RAM OS.
+# Taken only when root wrote them and nobody else can: they open a root shell on a machine mid-flash.
+copy_ssh_keys() {
+  keys=$HOST_MNT/$KEYS_REL
+  [ -f "$keys" ] && [ ! -L "$keys" ] || return 0
+  set -- $(stat -c '%u %a' "$keys")
+  { [ "$1" = 0 ] && [ $(( 0$2 & 022 )) -eq 0 ]; } || { say "warning: $keys is owned by uid $1 with mode $2, not root-only: SSH stays off"; return 0; }
+  mkdir -p /root/.ssh && chmod 700 /root /root/.ssh && cp "$keys" /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys
+}
+
+# dropbear once the network is up: password logins off (-s), host key made at first connection (-R:
+# a RAM OS keeps nothing; its fingerprint changes at every flasher boot), log to the flasher's log.
+start_ssh() {
+  [ -s /root/.ssh/authorized_keys ] && [ -x /sbin/dropbear ] || return 0
+  [ -f /run/dropbear.pid ] && return 0
+  if /sbin/dropbear -R -s -E -P /run/dropbear.pid -p "$SSH_PORT" >> "$LOG" 2>&1; then
+    status ssh "dropbear listens on port $SSH_PORT for the keys in $KEYS_REL (root, no passwords); the status is in $STATUS"
+  else
+    say "warning: dropbear did not start (see $LOG)"
+  fi
+}
+
 cmdline_arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}"; return;; esac; done; }
 
 setup_system() {
-  mount -t proc proc /proc
+  # /init may have mounted it already, to read the command line.
+  grep -q ' /proc proc ' /proc/mounts 2>/dev/null || mount -t proc proc /proc
   mount -t sysfs sysfs /sys
   mount -t devtmpfs devtmpfs /dev
   mount -t tmpfs -o mode=0755,size=16m tmpfs /run
+  mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
   mkdir -p "$FLASHER_DIR"
   # Modules in dependency order (written when the initrd was built from the kernel's modules.dep).
   while read -r ko; do
@@ -138,7 +184,10 @@ read_job() {
   # Read-only and without journal replay: before `write`, the flasher writes nothing to the disk at
   # all. reflash checkpointed the journal after writing the job, so the job is in place.
   mount -t ext4 -o ro,noload "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev"
-  check_job "$HOST_MNT/$JOB_REL" "$nonce" "$host_uuid" > "$FLASHER_DIR/refused" || fail_before_write "flash job refused: $(cat "$FLASHER_DIR/refused")"
+  copy_ssh_keys
+  job_rel=$JOB_REL
+  [ "$JOB_KIND" = rescue ] && job_rel=$RESCUE_JOB_REL
+  check_job "$HOST_MNT/$job_rel" "$nonce" "$host_uuid" > "$FLASHER_DIR/refused" || fail_before_write "$JOB_KIND job refused: $(cat "$FLASHER_DIR/refused")"
   umount "$HOST_MNT"
   target_dev=$host_dev
   # For `flasher.sh retry` from the console of a stuck flasher.
@@ -156,6 +205,7 @@ network_up() {
     ip link set "$ifc" up
     if udhcpc -i "$ifc" -n -q -t 5 -T 2 -s /lib/upgradectl/udhcpc.script >> "$LOG" 2>&1; then
       status network "$ifc: $(ip -4 addr show dev "$ifc" | awk '/inet /{print $2}')"
+      start_ssh
       return 0
     fi
   done
@@ -186,24 +236,31 @@ fetch_payload() {
   status fetch "$(stat -c %s "$PAYLOAD") bytes in $(( $(cut -d. -f1 /proc/uptime) - t0 )) s"
 }
 
+# The frame whose decoded bytes differ from the manifest: named when the whole image does not match.
+first_bad_frame() {
+  i=0
+  while read -r off len raw sha; do
+    i=$((i + 1))
+    set -- $(dd if="$PAYLOAD" bs=65536 iflag=skip_bytes,count_bytes skip="$off" count="$len" 2>/dev/null | lz4 -dc | sha256sum)
+    [ "$1" = "$sha" ] || { echo "frame $i of $job_frames (offset $off) decodes to SHA-256 $1, not the manifest's $sha"; return; }
+  done < "$FLASHER_DIR/frames"
+  echo "every frame matches: the frames are not the whole payload"
+}
+
 verify_payload() {
   got=$(stat -c %s "$PAYLOAD")
   [ "$got" = "$job_payload_size" ] || fail_before_write "payload is $got bytes, the manifest says $job_payload_size"
   set -- $(sha256sum "$PAYLOAD")
   [ "$1" = "$job_payload_sha256" ] || fail_before_write "payload SHA-256 $1 is not the manifest's $job_payload_sha256"
-  i=0
-  while read -r off len raw sha; do
-    i=$((i + 1))
-    set -- $(dd if="$PAYLOAD" bs=65536 iflag=skip_bytes,count_bytes skip="$off" count="$len" 2>/dev/null | lz4 -dc | sha256sum)
-    [ "$1" = "$sha" ] || fail_before_write "frame $i of $job_frames (offset $off) decodes to SHA-256 $1, not the manifest's $sha"
-  done < "$FLASHER_DIR/frames"
-  status verify "payload size, SHA-256 and $job_frames frames match the manifest"
-  # The whole image, as it will be written: the frames in order and nothing else.
+  # The whole image as it will be written, decoded once. Its SHA-256 matching the manifest's also
+  # settles its size and every frame; only on a mismatch are the size and the frames looked at, to say
+  # what differs. (Counting the bytes on the way through a FIFO and wc -c cost ~23 s for 96 MiB in QEMU.)
   set -- $(lz4 -dc "$PAYLOAD" | sha256sum)
-  [ "$1" = "$job_image_sha256" ] || fail_before_write "the decoded image's SHA-256 $1 is not the manifest's $job_image_sha256"
-  got=$(lz4 -dc "$PAYLOAD" | wc -c)
-  [ "$got" = "$job_image_size" ] || fail_before_write "the decoded image is $got bytes, the manifest says $job_image_size"
-  status verify "image SHA-256 matches the manifest: ready to write"
+  if [ "$1" != "$job_image_sha256" ]; then
+    got=$(lz4 -dc "$PAYLOAD" | wc -c)
+    fail_before_write "the decoded image (SHA-256 $1, $got bytes) is not the manifest's ($job_image_sha256, $job_image_size bytes): $(first_bad_frame)"
+  fi
+  status verify "image SHA-256 matches the manifest (and so its $job_image_size bytes and $job_frames frames), as do the payload's size and SHA-256: ready to write"
 }
 
 # One attempt: decode from RAM onto the target, flush, drop the cache, read back and hash.
@@ -259,6 +316,86 @@ flasher_main() {
   sleep 1
   reboot -f
   sleep 30
+}
+
+# Rescue: GRUB could load no image, so there is nothing to go back to. The rescue job names the
+# current release (written by upgradectl whenever it writes the boot files, from the manifest it verified
+# at prepare): fetch and verify it as a flash, then put it back as /images/<version>.img, make it GRUB's
+# default and reboot. A failed attempt never reboots (it would come straight back here): the flasher stays
+# up, says why on the console, and tries again every RESCUE_RETRY_SECONDS. A rescue that succeeded but
+# whose image GRUB still cannot load would bring the machine back here: after RESCUE_MAX rescues that no
+# upgradectl run has acknowledged (it removes the count when it writes the boot files) it stays up too.
+RESCUE_COUNT_REL=boot/upgradectl/flasher/rescue-count
+RESCUE_MAX=${RESCUE_MAX:-2}
+
+# grubenv is a 1024-byte block GRUB reads without the journal: rewritten in place (never truncated),
+# with the restored image as the default and no trial or count pending.
+set_default_entry() {
+  env=$HOST_MNT/boot/grub/grubenv new=$FLASHER_DIR/grubenv
+  [ "$(stat -c %s "$env" 2>/dev/null)" = 1024 ] || { say "warning: $env is not a 1024-byte block; left as it is"; return 0; }
+  { echo '# GRUB Environment Block'
+    grep -v -e '^#' -e '^saved_entry=' -e '^next_entry=' -e '^upgradectl_default_tries=' -e '^upgradectl_trial=' -e '^upgradectl_tries=' "$env"
+    echo "saved_entry=$1"; } > "$new"
+  n=$(wc -c < "$new")
+  [ "$n" -le 1024 ] || { say "warning: the new grubenv would exceed 1024 bytes; left as it is"; return 0; }
+  head -c $((1024 - n)) /dev/zero | tr '\0' '#' >> "$new"
+  dd if="$new" of="$env" bs=1024 count=1 conv=notrunc,fsync 2>> "$LOG"
+}
+
+rescue_count() { cat "$HOST_MNT/$RESCUE_COUNT_REL" 2>/dev/null | grep -E '^[0-9]+$' || echo 0; }
+
+# The verified payload into /images on the host partition (mounted read-write now: the only writes of a
+# rescue), read back, renamed into place.
+restore_image() {
+  mount -t ext4 "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev read-write"
+  done_before=$(rescue_count)
+  [ "$done_before" -lt "$RESCUE_MAX" ] || fail_before_write "$done_before rescues since upgradectl last ran and GRUB still loads no image: not trying again (see $RESCUE_COUNT_REL)"
+  img=$HOST_MNT/images/$job_version.img tmp=$HOST_MNT/images/.staging/$job_version.rescue
+  mkdir -p "$HOST_MNT/images/.staging"
+  # The image GRUB could not load goes first: a host partition sized for three images may not hold it twice.
+  rm -f "$tmp" "$img"
+  status restore "writing /images/$job_version.img from the verified payload"
+  lz4 -d -f --sparse "$PAYLOAD" "$tmp" >> "$LOG" 2>&1 || fail_before_write "writing $tmp failed (host partition full?)"
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  set -- $(sha256sum "$tmp")
+  [ "$1" = "$job_image_sha256" ] || fail_before_write "read back /images/.staging/$job_version.rescue: SHA-256 $1, expected $job_image_sha256"
+  chmod 600 "$tmp"
+  mv "$tmp" "$img" || fail_before_write "cannot rename $tmp to $img"
+  echo $((done_before + 1)) > "$HOST_MNT/$RESCUE_COUNT_REL"
+  set_default_entry "upgradectl-$job_version"
+  cp "$STATUS" "$HOST_MNT/boot/upgradectl/flasher/status" && cp "$LOG" "$HOST_MNT/boot/upgradectl/flasher/log"
+  sync
+  umount "$HOST_MNT" || fail_before_write "cannot unmount the host partition"
+}
+
+rescue_attempt() {
+  umount /ram 2>/dev/null
+  read_job
+  network_up
+  check_memory
+  fetch_payload
+  verify_payload
+  restore_image
+}
+
+rescue_main() {
+  JOB_KIND=rescue
+  setup_system
+  status start "rescue: GRUB could load no image; $(cat /proc/cmdline)"
+  n=0
+  while :; do
+    n=$((n + 1))
+    if ( rescue_attempt ); then
+      status done "release $(sed -n 's/^version=//p' "$STATUS") is back in /images and GRUB's default: rebooting into it"
+      sleep 1
+      reboot -f
+      sleep 30
+    fi
+    [ $n = 1 ] && setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
+    say "RESCUE FAILED (attempt $n): $(sed -n 's/^message=//p' "$STATUS"). No image can boot; this machine stays up and tries again in $RESCUE_RETRY_SECONDS s (a shell is on the console)"
+    sleep "$RESCUE_RETRY_SECONDS"
+  done
 }
 
 # `sh /lib/upgradectl/flasher.sh retry` on the console of a stuck flasher: the same verified payload

@@ -11,6 +11,7 @@ PACKAGES=(
   mtools dosfstools               # the ESP's FAT filesystem, made in a file (mkfs.vfat, mmd, mcopy)
   zstd                            # initramfs compression; image build from .tar.zst
   linux-image-amd64 initramfs-tools busybox-static kmod cpio   # the kernel and initramfs booted in QEMU
+  dropbear-bin openssh-client     # SSH into the RAM flasher (test/flasher/initrd.test.ts logs in with ssh)
   debootstrap                     # a realistic Debian tree for migration and boot tests
   acl attr                        # ACLs and xattrs carried by migration
   openssl                         # the boot tests' HTTPS release server certificate

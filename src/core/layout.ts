@@ -38,6 +38,8 @@ export class Layout {
   get grubCfg(): string { return path.join(this.grubDir, 'grub.cfg'); }
   get grubEnv(): string { return path.join(this.grubDir, 'grubenv'); }
   get flasherDir(): string { return path.join(this.host, 'boot/upgradectl/flasher'); }
+  /** What the flasher in rescue mode restores when no image can be loaded (docs/flasher.md, "Rescue"). */
+  get rescueJobFile(): string { return path.join(this.flasherDir, 'rescue-job'); }
 
   imageFile(version: string): string { return path.join(this.imagesDir, `${version}.img`); }
   manifestFile(version: string): string { return path.join(this.manifestsDir, `${version}.json`); }

@@ -159,6 +159,7 @@ async function prefetch(layout: Layout, config: Config, signal: AbortSignal, rep
 function describe(r: PrepareResult): string {
   if (r.action === 'prepared') return `prepared ${r.version} (${r.stage.fetched} bytes fetched)`;
   if (r.action === 'already-prepared') return `${r.version} is already prepared`;
+  if (r.action === 'needs-reflash') return `${r.version} needs a full reflash, which the daemon never starts on its own: ${r.hint}`;
   return `nothing to do: ${r.reason}`;
 }
 

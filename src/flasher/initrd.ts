@@ -31,6 +31,8 @@ export interface InitrdInputs {
   lz4: string;
   /** /lib/modules/<release> of the kernel the flasher boots. */
   modulesDir: string;
+  /** Debian's dropbear (dropbear-bin), for SSH into the flasher; none: the flasher has no SSH. */
+  dropbear?: string;
 }
 
 export interface BuiltInitrd {
@@ -131,7 +133,17 @@ export async function buildFlasherInitrd(inputs: InitrdInputs): Promise<BuiltIni
 
   // Copied at the same absolute paths, so the loader named in lz4's ELF header finds them.
   await file('bin/lz4', inputs.lz4, 0o755);
-  const libs = await sharedLibraries(inputs.lz4);
+  const libs = new Set(await sharedLibraries(inputs.lz4));
+  if (inputs.dropbear) {
+    // SSH into the flasher with the operator's keys (flasher add-key): root's account, no password.
+    await file('sbin/dropbear', inputs.dropbear, 0o755);
+    for (const lib of await sharedLibraries(inputs.dropbear)) libs.add(lib);
+    const text = (p: string, data: string) => entries.push({ path: p, kind: 'file', mode: 0o644, data: Buffer.from(data) });
+    text('etc/passwd', 'root:x:0:0:root:/root:/bin/sh\n');
+    text('etc/group', 'root:x:0:\n');
+    text('etc/shells', '/bin/sh\n');
+    dir('etc/dropbear');
+  }
   for (const lib of libs) await file(lib.replace(/^\//, ''), lib, 0o755);
 
   const modules = await moduleClosure(inputs.modulesDir, FLASHER_MODULES);

@@ -19,10 +19,15 @@ import type { Manifest } from '../release/manifest.js';
  */
 
 export const JOB_MAGIC = 'upgradectl-flash-job 1';
+/**
+ * The rescue job (docs/flasher.md, "Rescue"): the same lines without a nonce, for the flasher in rescue
+ * mode, which puts the image of `version` back into /images instead of writing the partition.
+ */
+export const RESCUE_JOB_MAGIC = 'upgradectl-rescue-job 1';
 
 export interface FlashJob {
-  /** 32 hex digits, fresh per job; GRUB passes it as upgradectl.flasher=<nonce> (render.ts). */
-  nonce: string;
+  /** 32 hex digits, fresh per job; GRUB passes it as upgradectl.flasher=<nonce> (render.ts). Absent in a rescue job. */
+  nonce?: string;
   version: string;
   /** http(s) URL of the payload (LZ4 frames). */
   url: string;
@@ -44,8 +49,8 @@ export function newNonce(): string {
   return randomBytes(16).toString('hex');
 }
 
-/** The job for a verified manifest; the payload is fetched from `url`. */
-export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce = newNonce()): FlashJob {
+/** The job for a verified manifest; the payload is fetched from `url`. No nonce: a rescue job. */
+export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined): FlashJob {
   const p = manifest.payload;
   if (p.compression !== 'lz4-frames' || !p.frames?.length) {
     throw new UpgradeError('UNSUPPORTED', `release ${manifest.version}: the flasher verifies every frame, but its payload is '${p.compression}' without a frame index`, {
@@ -53,7 +58,7 @@ export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonc
     });
   }
   return {
-    nonce,
+    ...(nonce === undefined ? {} : { nonce }),
     version: manifest.version,
     url,
     payloadSize: p.size,
@@ -76,12 +81,13 @@ const HEX = (n: number) => new RegExp(`^[0-9a-f]{${n}}$`);
 const URL_RE = /^https?:\/\/[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+$/;
 const UUID_RE = /^[0-9A-Fa-f-]+$/;
 
-export function renderJob(job: FlashJob): string {
+export function renderJob(job: FlashJob, kind: 'flash' | 'rescue' = 'flash'): string {
   const bad = (what: string) => {
-    throw new UpgradeError('USAGE', `flash job: ${what}`);
+    throw new UpgradeError('USAGE', `${kind} job: ${what}`);
   };
   const uint = (n: number) => Number.isSafeInteger(n) && n >= 0 && String(n).length <= 15;
-  if (!HEX(32).test(job.nonce)) bad('the nonce must be 32 hex digits');
+  if (kind === 'flash' && !HEX(32).test(job.nonce ?? '')) bad('the nonce must be 32 hex digits');
+  if (kind === 'rescue' && job.nonce !== undefined) bad('a rescue job has no nonce: it is valid for any boot that reaches rescue');
   if (!isVersion(job.version)) bad(`'${job.version}' is not a version`);
   if (!URL_RE.test(job.url) || job.url.includes("'")) bad(`the URL '${job.url}' must be http(s) with plain characters`);
   if (!UUID_RE.test(job.targetUuid)) bad(`'${job.targetUuid}' is not a filesystem UUID`);
@@ -91,8 +97,8 @@ export function renderJob(job: FlashJob): string {
     if (![f.offset, f.length, f.rawLength].every(uint) || !HEX(64).test(f.sha256)) bad(`frame at ${f.offset} is malformed`);
   }
   return [
-    JOB_MAGIC,
-    `nonce ${job.nonce}`,
+    kind === 'flash' ? JOB_MAGIC : RESCUE_JOB_MAGIC,
+    ...(kind === 'flash' ? [`nonce ${job.nonce}`] : []),
     `version ${job.version}`,
     `url ${job.url}`,
     `payload_size ${job.payloadSize}`,
@@ -116,11 +122,10 @@ export function jobFile(flasherDir: string): string {
  * Root-only (0600) and durable: the flasher refuses a job anyone but root could have written. The
  * directory is made root-only-writable too, since whoever can write it can replace the file.
  */
-export async function writeJob(flasherDir: string, job: FlashJob): Promise<string> {
-  const text = renderJob(job);
+export async function writeJob(flasherDir: string, job: FlashJob, file = jobFile(flasherDir), kind: 'flash' | 'rescue' = 'flash'): Promise<string> {
+  const text = renderJob(job, kind);
   await fs.mkdir(flasherDir, { recursive: true, mode: 0o755 });
   await fs.chmod(flasherDir, 0o755);
-  const file = jobFile(flasherDir);
   await writeFileDurable(file, text, 0o600);
   return file;
 }

@@ -89,7 +89,7 @@ export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Pro
     trialDeadline: settings.trialDeadline,
     flasher:
       existsSync(flasherKernel) && existsSync(flasherInitrd)
-        ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: '' }
+        ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: '', rescue: existsSync(layout.rescueJobFile) }
         : undefined,
     distro: distroKept ? { isDefault: !roles.current } : undefined,
   };

@@ -65,12 +65,16 @@ export interface GrubConfigInput
   entries: GrubEntry[];
   /** The image GRUB falls back to when the default entry fails to load (the previous image). */
   fallbackVersion?: string;
-  /** The RAM flasher entry, when its files are installed (paths on the host partition). */
-  flasher?: { kernel: string; initrd: string; cmdline: string };
   /**
-   * An adopted machine: the distribution's own menu, kept as `$prefix/distro.cfg`, is the last entry
-   * before the reboot entry and ends every fallback list. `isDefault`: no image is the default yet
-   * (none confirmed), so the distribution is what GRUB boots when grubenv names nothing.
+   * The RAM flasher entry, when its files are installed (paths on the host partition). `rescue`: a
+   * rescue job is installed too, so the flasher is also a fallback, in rescue mode.
+   */
+  flasher?: { kernel: string; initrd: string; cmdline: string; rescue?: boolean };
+  /**
+   * An adopted machine: the distribution's own menu, kept as `$prefix/distro.cfg`, comes after the
+   * images, the flasher and rescue, and is the first of the fallbacks when no image loads. `isDefault`:
+   * no image is the default yet (none confirmed), so the distribution is what GRUB boots when grubenv
+   * names nothing.
    */
   distro?: { isDefault: boolean };
 }
@@ -87,6 +91,10 @@ export const FLASHER_NONCE_VAR = 'upgradectl_flasher_nonce';
 export const FLASHER_ARG = 'upgradectl.flasher';
 /** An adopted machine's entry that loads the distribution's kept menu (grub/distro-config.ts). */
 export const DISTRO_ENTRY_ID = 'upgradectl-distro';
+/** The flasher in rescue mode: GRUB's fallback when no image could be loaded (docs/flasher.md, "Rescue"). */
+export const RESCUE_ENTRY_ID = 'upgradectl-rescue';
+/** The kernel argument that starts the flasher in rescue mode. */
+export const RESCUE_ARG = 'upgradectl.rescue=1';
 /** The last entry of a full grub.cfg: reached only when no image could be loaded (see renderRebootEntry). */
 export const REBOOT_ENTRY_ID = 'upgradectl-reboot';
 
@@ -133,7 +141,7 @@ export function entryId(version: string): string {
 
 /** The version an entry id names, or undefined for ids that are not ours. */
 export function versionOfEntry(id: string | undefined): string | undefined {
-  if (!id || !id.startsWith(ENTRY_PREFIX) || [FLASHER_ENTRY_ID, REBOOT_ENTRY_ID, DISTRO_ENTRY_ID].includes(id)) return undefined;
+  if (!id || !id.startsWith(ENTRY_PREFIX) || [FLASHER_ENTRY_ID, RESCUE_ENTRY_ID, REBOOT_ENTRY_ID, DISTRO_ENTRY_ID].includes(id)) return undefined;
   return id.slice(ENTRY_PREFIX.length);
 }
 
@@ -154,6 +162,7 @@ export function renderGrubConfig(input: GrubConfigInput): string {
     '',
     ...input.entries.flatMap((e, i) => renderEntry(input, e, i)),
     ...renderFlasher(input),
+    ...renderRescueEntry(input),
     ...renderDistroEntry(input),
     ...renderRebootEntry(input),
   ].join('\n');
@@ -248,10 +257,12 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   // entries". So the saved default's id is mapped to its position, which this config fixes.
   // A full config ends the list with the reboot entry: GRUB tries each number in turn, and without it
   // a machine whose default and fallback both fail to load waits at GRUB's menu for a key, forever.
-  // On an adopted machine the distribution's kept menu comes just before it: the old system boots
-  // whenever no image can.
+  // Before it, in this order: an adopted machine's distribution (a whole local system, no network
+  // needed), then the flasher in rescue mode when a rescue job exists (it puts a good image back).
   const distro = full ? distroEntryNumber(input) : undefined;
-  const tail = full ? [...(distro !== undefined ? [distro] : []), rebootEntryNumber(input)] : [];
+  const tail = full
+    ? [...(distro !== undefined ? [distro] : []), ...(hasRescue(input) ? [rescueEntryNumber(input)] : []), rebootEntryNumber(input)]
+    : [];
   const fallback = (n: number) => {
     const list = [...new Set([n, ...tail])];
     return list.length > 1 ? `set fallback="${list.join(' ')}"` : `set fallback=${n}`;
@@ -399,21 +410,58 @@ function renderFlasher(input: GrubConfigInput): string[] {
   ];
 }
 
-/** The distribution's kept menu comes after the images and the flasher (adopted machines only). */
-function distroEntryNumber(input: GrubConfigInput): number | undefined {
-  return input.distro ? input.entries.length + (input.flasher ? 1 : 0) : undefined;
+const hasRescue = (input: GrubConfigInput) => Boolean(input.flasher?.rescue);
+
+/** The rescue entry comes right after the flasher's. */
+function rescueEntryNumber(input: GrubConfigInput): number {
+  return input.entries.length + 1;
 }
 
-/** The reboot entry comes after the images, the flasher and the distribution's menu. */
+/** The distribution's kept menu comes after the images, the flasher and rescue (adopted machines only). */
+function distroEntryNumber(input: GrubConfigInput): number | undefined {
+  return input.distro ? input.entries.length + (input.flasher ? 1 : 0) + (hasRescue(input) ? 1 : 0) : undefined;
+}
+
+/** The reboot entry comes after the images, the flasher, rescue and the distribution's menu. */
 function rebootEntryNumber(input: GrubConfigInput): number {
-  return input.entries.length + (input.flasher ? 1 : 0) + (input.distro ? 1 : 0);
+  return input.entries.length + (input.flasher ? 1 : 0) + (hasRescue(input) ? 1 : 0) + (input.distro ? 1 : 0);
+}
+
+/**
+ * The flasher in rescue mode (docs/flasher.md, "Rescue"): reached only through `fallback`, when neither
+ * the default nor the previous image could be loaded. It fetches the release named by the rescue job
+ * (the current image's, verified when it was prepared) into /images and reboots into it; when it
+ * cannot, it stays up and retries, so it never becomes a reboot loop. No nonce: the rescue job is valid
+ * for any boot that gets here, and it only puts back the image GRUB already has an entry for.
+ */
+function renderRescueEntry(input: GrubConfigInput): string[] {
+  const f = input.flasher;
+  if (!f?.rescue || input.entries.length === 0) return [];
+  const serial = parseSerial(input.serialConsole);
+  const words = [
+    `panic=${input.panicTimeout}`,
+    `upgradectl.host=${input.hostUuid}`,
+    RESCUE_ARG,
+    ...splitArgs(f.cmdline),
+    ...splitArgs(input.kernelArgs),
+    ...(serial ? ['console=tty0', `console=${input.serialConsole}`] : []),
+  ].map(grubQuote);
+  return [
+    `menuentry 'upgradectl rescue: no image could be loaded, re-download the current release' --id ${RESCUE_ENTRY_ID} {`,
+    `  echo 'upgradectl: no image could be loaded; starting the rescue flasher'`,
+    `  search --no-floppy --fs-uuid --set=root ${input.hostUuid}`,
+    `  linux ${imagePath(f.kernel)} ${words.join(' ')}`,
+    `  initrd ${imagePath(f.initrd)}`,
+    '}',
+    '',
+  ];
 }
 
 /**
  * The old system of an adopted machine: its own menu, as update-grub last wrote it, loaded from where
  * upgradectl kept it. `$prefix` is GRUB's own directory, where grub.cfg and grubenv are. The kept menu
  * runs its own selection (its GRUB_DEFAULT, its timeout); a missing file fails the entry, and GRUB
- * goes on to the reboot entry.
+ * goes on to the next fallback.
  */
 function renderDistroEntry(input: GrubConfigInput): string[] {
   if (!input.distro || input.entries.length === 0) return [];

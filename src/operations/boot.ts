@@ -8,6 +8,7 @@ import { installGrubConfig, renderBootConfig, writeBootFiles as writeGrubFiles, 
 import type { GrubEnv } from '../grub/env.js';
 import type { Manifest } from '../release/manifest.js';
 import type { Config } from './config.js';
+import { refreshRescueJob } from './rescue-job.js';
 import type { State } from './state.js';
 
 /**
@@ -57,6 +58,9 @@ export async function renderForState(layout: Layout, config: Config, state: Stat
 
 /** grub.cfg and grubenv for `state`, checkpointed for GRUB; `makeDefault` switches the default image. */
 export async function writeBootFiles(layout: Layout, config: Config, state: State, opts: { makeDefault?: string } = {}): Promise<BootFilesResult> {
+  // Before grub.cfg: whether the rescue entry is rendered depends on the job being there. After a
+  // confirm (makeDefault) it follows the new current image.
+  await refreshRescueJob(layout, config, opts.makeDefault ? { ...state, current: opts.makeDefault } : state);
   return writeGrubFiles(bootContext(layout, config, state), await bootImages(layout), opts);
 }
 

@@ -6,6 +6,7 @@ import { bootedVersion, disarmTrial, writeBootFiles } from './boot.js';
 import type { Config } from './config.js';
 import { runHooks, type HookRun } from './hooks.js';
 import { MAX_REENTRIES, crashPoint, runEvent } from './lifecycle.js';
+import { refreshFlasherAfterConfirm } from './flasher-install.js';
 import { rebootMachine } from './reboot.js';
 import { endTrialDeadline } from './trial-deadline.js';
 import { endFailedTrial, reconcile } from './reconcile/index.js';
@@ -87,6 +88,8 @@ export async function confirm(layout: Layout, config: Config, opts: { reboot: bo
     detail.trialDeadline = await endTrialDeadline(layout);
     // After the state is saved: a failing post-confirm hook is reported, it does not undo the upgrade.
     detail.postConfirm = await runHooks(layout, 'post-confirm', ctx, config.hooks.timeout);
+    const flasher = outcome.version ? await refreshFlasherAfterConfirm(layout, config, outcome.version) : undefined;
+    if (flasher) detail.flasher = flasher;
   } else {
     detail.preRollback = await runHooks(layout, 'pre-rollback', { event: 'rollback', from: outcome.version, to: from }, config.hooks.timeout);
     if (opts.reboot) rebooted = (await rebootMachine(config, `${outcome.version} failed its health checks`), true);

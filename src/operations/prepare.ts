@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import type { Config } from './config.js';
+import { flasherInstalled } from './rescue-job.js';
 import { UpgradeError } from '../core/errors.js';
 import { runEvent } from './lifecycle.js';
 import { log } from '../core/log.js';
@@ -34,7 +35,16 @@ export interface PrepareOptions {
 export type PrepareResult =
   | { action: 'prepared'; version: string; image: string; stage: StageResult; removed: string[]; signedBy?: string }
   | { action: 'already-prepared'; version: string; image: string }
-  | { action: 'nothing-to-do'; version: string; reason: string };
+  | { action: 'nothing-to-do'; version: string; reason: string }
+  /** A release whose payload is a whole host partition: never staged as an image (it would not boot as one). */
+  | { action: 'needs-reflash'; version: string; flasherInstalled: boolean; hint: string };
+
+/** What to run for a release that needs the RAM flasher. */
+export function reflashHint(version: string, installed: boolean): string {
+  return installed
+    ? `release ${version} rewrites the whole host partition: run upgradectl commit (it boots the RAM flasher, as commit --reflash ${version})`
+    : `release ${version} rewrites the whole host partition with the RAM flasher, which is not installed: run upgradectl flasher install, then upgradectl commit`;
+}
 
 export function openConfiguredSource(layout: Layout, config: Config): Source {
   if (!config.source.url) {
@@ -84,6 +94,12 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
       release = offer.release;
     }
     const version = release.manifest.version;
+    if (release.manifest.reflash) {
+      // Its payload is a host filesystem (boot/grub, images/), not an OS: as /images/<v>.img GRUB would
+      // find no kernel in it. Nothing is downloaded; commit routes it to the flasher (docs/flasher.md).
+      const installed = flasherInstalled(layout);
+      return { action: 'needs-reflash', version, flasherInstalled: installed, hint: reflashHint(version, installed) };
+    }
     if (before.phase === 'prepared' && before.next === version && (await sameManifest(layout, version, release))) {
       return { action: 'already-prepared', version, image: layout.imageFile(version) };
     }

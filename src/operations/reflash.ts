@@ -1,20 +1,21 @@
-import { existsSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { UpgradeError, errnoOf } from '../core/errors.js';
+import { UpgradeError, errnoOf, messageOf } from '../core/errors.js';
 import type { Layout } from '../core/layout.js';
 import { acquireLock } from '../core/lock.js';
 import { log } from '../core/log.js';
-import { jobFor, ramNeeded, writeJob, type FlashJob } from '../flasher/job.js';
+import { jobFor, newNonce, ramNeeded, writeJob, type FlashJob } from '../flasher/job.js';
 import { checkpointHost, detectHostUuid } from '../grub/host-fs.js';
 import { FLASHER_ENTRY_ID, FLASHER_NONCE_VAR } from '../grub/render.js';
-import { releaseKeys } from '../release/layout.js';
 import type { ResolvedRelease } from '../release/resolve.js';
 import type { Source } from '../release/sources/source.js';
 import { armOneShot, writeBootFiles } from './boot.js';
 import type { Config } from './config.js';
 import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
 import { openConfiguredSource } from './prepare.js';
+import { payloadUrl } from './flasher-url.js';
 import { rebootMachine } from './reboot.js';
+import { flasherInstalled } from './rescue-job.js';
 import { reconcile } from './reconcile/index.js';
 import { loadState } from './state.js';
 
@@ -44,17 +45,36 @@ export interface ReflashResult {
   rebooted: boolean;
 }
 
-/** Where the flasher fetches the payload: [flasher] url, else [source] url when it is http(s). */
-export function payloadUrl(config: Config, release: ResolvedRelease): string {
-  const base = config.flasher.url ?? (/^https?:\/\//.test(config.source.url ?? '') ? config.source.url : undefined);
-  if (!base) {
-    throw new UpgradeError('CONFIG', `the flasher downloads over http(s) with busybox wget, and [source] url is ${config.source.url ?? 'unset'}`, {
-      hint: 'set [flasher] url = https://… to an http(s) address of the same releases (e.g. the bucket\'s website or a CDN)',
+/**
+ * `commit` with nothing prepared (a reflash release is never prepared, see prepare.ts): the version to
+ * reflash when the channel's newest release for this machine is marked `reflash`, so that commit runs
+ * it as `commit --reflash VERSION`. Refuses with the fix when the flasher is not installed. Undefined
+ * when something is prepared or committed (commit proceeds as usual) or the channel offers no reflash.
+ */
+export async function reflashToRoute(layout: Layout, config: Config, policy: OfferPolicy, source?: Source): Promise<string | undefined> {
+  const state = await reconcile(layout);
+  if (state.phase === 'prepared' || state.phase === 'committed') return undefined;
+  let offer;
+  try {
+    const src = source ?? openConfiguredSource(layout, config);
+    try {
+      offer = await checkChannel(src, config, layout, state, policy);
+    } finally {
+      if (!source) await src.close();
+    }
+  } catch (err) {
+    // Only a hint for a commit that has nothing prepared: commit then says so itself.
+    log.debug(`commit: no channel answer to look for a reflash release (${messageOf(err)})`);
+    return undefined;
+  }
+  if (offer.kind === 'up-to-date' || !offer.release.manifest.reflash) return undefined;
+  const version = offer.release.manifest.version;
+  if (!flasherInstalled(layout)) {
+    throw new UpgradeError('NOT_FOUND', `release ${version} rewrites the whole host partition and needs the RAM flasher, which is not installed in ${layout.flasherDir}`, {
+      hint: 'run upgradectl flasher install, then upgradectl commit again',
     });
   }
-  const name = release.manifest.payload.path;
-  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new UpgradeError('MANIFEST', `payload path '${name}' is not a plain file name`);
-  return `${base.replace(/\/+$/, '')}/${releaseKeys(release.manifest.version).dir}/${name}`;
+  return version;
 }
 
 /** MemTotal of the running machine in bytes, undefined where <root>/proc/meminfo does not exist (a temp root). */
@@ -69,7 +89,7 @@ async function memTotal(layout: Layout): Promise<number | undefined> {
 }
 
 export async function reflash(layout: Layout, config: Config, opts: ReflashOptions): Promise<ReflashResult> {
-  if (!existsSync(path.join(layout.flasherDir, 'vmlinuz')) || !existsSync(path.join(layout.flasherDir, 'initrd.img'))) {
+  if (!flasherInstalled(layout)) {
     throw new UpgradeError('NOT_FOUND', `the RAM flasher is not installed in ${layout.flasherDir}`, { hint: 'run upgradectl flasher install first' });
   }
   if (!config.boot.saveEnv) {
@@ -94,7 +114,8 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
       hint: 'publish the release with --key; allow_unsigned does not apply to reflash',
     });
   }
-  const job: FlashJob = jobFor(release.manifest, payloadUrl(config, release), await detectHostUuid(layout.host, config.boot.hostUuid));
+  const nonce = newNonce();
+  const job: FlashJob = jobFor(release.manifest, payloadUrl(config, release.manifest), await detectHostUuid(layout.host, config.boot.hostUuid), nonce);
   const total = await memTotal(layout);
   if (total !== undefined && total < ramNeeded(job)) {
     throw new UpgradeError('NO_SPACE', `the flasher would need ${mib(ramNeeded(job))} MiB of RAM (payload ${mib(job.payloadSize)} MiB + ${mib(job.ramReserve)} MiB), this machine has ${mib(total)} MiB`, {
@@ -110,7 +131,7 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
     // grub.cfg with the flasher entry and its nonce selection, then the one-shot with the nonce:
     // after this write GRUB boots the flasher once; nothing before it may fail silently.
     await writeBootFiles(layout, config, state);
-    await armOneShot(layout, config, state, FLASHER_ENTRY_ID, { [FLASHER_NONCE_VAR]: job.nonce });
+    await armOneShot(layout, config, state, FLASHER_ENTRY_ID, { [FLASHER_NONCE_VAR]: nonce });
     // The flasher reads the host partition without replaying its journal: the job must be in place.
     await checkpointHost(layout.host);
   } finally {
@@ -118,7 +139,7 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
   }
   log.info(`flash job for ${job.version} written to ${file}; the flasher boots once at the next reboot`);
   const result: ReflashResult = {
-    version: job.version, job: file, nonce: job.nonce, url: job.url, ramNeeded: ramNeeded(job),
+    version: job.version, job: file, nonce, url: job.url, ramNeeded: ramNeeded(job),
     payloadSize: job.payloadSize, imageSize: job.imageSize, signedBy: release.signedBy, rebooted: false,
   };
   if (opts.reboot) {

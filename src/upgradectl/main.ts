@@ -21,6 +21,7 @@ export const COMMANDS: CommandTable = {
   'channel set': async () => (await import('./commands/channel.js')).channelSetCommand,
   publish: async () => (await import('./commands/publish.js')).publishCommand,
   'flasher install': async () => (await import('./commands/flasher.js')).flasherInstallCommand,
+  'flasher add-key': async () => (await import('./commands/flasher.js')).flasherAddKeyCommand,
   'image build': async () => (await import('./commands/image-build.js')).imageBuildCommand,
 };
 

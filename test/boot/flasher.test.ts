@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -9,7 +9,7 @@ import { parseConfig, type Config } from '../../src/operations/config.js';
 import { writeBootFiles } from '../../src/operations/boot.js';
 import { installFlasher } from '../../src/operations/flasher-install.js';
 import { reflash, type ReflashResult } from '../../src/operations/reflash.js';
-import { initialState, type State } from '../../src/operations/state.js';
+import { initialState, saveState, type State } from '../../src/operations/state.js';
 import { buildImage } from '../../src/release/image-build.js';
 import { publishRelease } from '../../src/release/publish.js';
 import { generateKeyPair, loadPrivateKey } from '../../src/release/signing.js';
@@ -44,18 +44,23 @@ interface World {
   keysDir: string;
   www: string;
   newHost: string;
+  /** Image 1, built once, published as release 1 (what rescue fetches) and copied into each machine. */
+  image1: string;
 }
 
-async function hostTree(dir: string, name: string, kernel: BootKernel, version: string, config: Config, keysDir?: string): Promise<Layout> {
+async function hostTree(dir: string, name: string, kernel: BootKernel, version: string, config: Config, keysDir?: string, image?: string): Promise<Layout> {
   const root = path.join(dir, name);
   const host = path.join(root, 'host');
   await fs.mkdir(path.join(host, 'images'), { recursive: true });
   if (keysDir) await fs.cp(keysDir, path.join(root, 'etc/upgradectl/keys.d'), { recursive: true });
   const layout = new Layout(root);
-  const tree = path.join(dir, `${name}-rootfs`);
-  await buildBusyboxTree(tree, { version, action: 'poweroff', kernel });
-  await buildImage({ rootfs: tree, out: layout.imageFile(version) });
-  await fs.rm(tree, { recursive: true, force: true });
+  if (image) await fs.copyFile(image, layout.imageFile(version));
+  else {
+    const tree = path.join(dir, `${name}-rootfs`);
+    await buildBusyboxTree(tree, { version, action: 'poweroff', kernel });
+    await buildImage({ rootfs: tree, out: layout.imageFile(version) });
+    await fs.rm(tree, { recursive: true, force: true });
+  }
   const state: State = { ...initialState(), current: version };
   await writeBootFiles(layout, config, state);
   await installGrubModules(host);
@@ -78,22 +83,51 @@ async function makeWorld(dir: string): Promise<World> {
   // Same UUID: GRUB's core.img in the MBR gap finds the host partition by it, before and after.
   await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'host', '-U', HOST_UUID, '-d', v2.host, newHost, `${NEW_HOST_MIB}M`]);
   const www = path.join(dir, 'www');
-  await publishRelease({
-    image: newHost, version: '2', to: `file://${www}`, key: await loadPrivateKey(path.join(keys, 'release')), rollout: 100,
-    boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, reflash: true, expiresInDays: 30, frameSize: 4 << 20,
-  });
-  return { dir, kernel, config, keysDir, www, newHost };
+  const key = await loadPrivateKey(path.join(keys, 'release'));
+  const common = { to: `file://${www}`, key, rollout: 100, boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, expiresInDays: 30, frameSize: 4 << 20 };
+  await publishRelease({ ...common, image: newHost, version: '2', reflash: true });
+  const tree = path.join(dir, 'image-1-rootfs');
+  const image1 = path.join(dir, 'image-1.img');
+  await buildBusyboxTree(tree, { version: '1', action: 'poweroff', kernel });
+  await buildImage({ rootfs: tree, out: image1 });
+  await fs.rm(tree, { recursive: true, force: true });
+  // Release 1 is an ordinary image release: what the machines run, and what rescue puts back.
+  await publishRelease({ ...common, image: image1, version: '1', reflash: false });
+  return { dir, kernel, config, keysDir, www, newHost, image1 };
 }
 
+const flasherFiles = (w: World) => ({ kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
+
 /** Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. */
-async function armedMachine(w: World, name: string): Promise<{ disk: HostDisk; job: ReflashResult }> {
-  const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir);
-  await installFlasher(layout, w.config, { kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
+async function armedMachine(w: World, name: string, editJob?: (text: string) => string): Promise<{ disk: HostDisk; job: ReflashResult }> {
+  const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
+  await installFlasher(layout, w.config, flasherFiles(w));
   const config = parseConfig(CONFIG.replace('file:///unused', `file://${w.www}`), 'test config');
   const job = await reflash(layout, config, { version: '2', reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
+  // As root could edit it (the flasher trusts only root's files): e.g. a reserve no VM has.
+  if (editJob) await fs.writeFile(job.job, editJob(await fs.readFile(job.job, 'utf8')));
   const disk = await buildHostDisk({ hostTree: layout.host, hostUuid: HOST_UUID, out: path.join(w.dir, `${name}.disk`), sizeMiB: DISK_MIB });
   await fs.rm(path.join(w.dir, name), { recursive: true, force: true });
   return { disk, job };
+}
+
+/**
+ * Machine 1 as prepare and confirm leave it (release 1's verified manifest beside its image, previous
+ * image 0), the flasher installed, which writes the rescue job for release 1; then both images deleted.
+ */
+async function machineWithoutImages(w: World, name: string): Promise<{ disk: HostDisk; rescueJob: string }> {
+  const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
+  await fs.copyFile(w.image1, layout.imageFile('0'));
+  await fs.mkdir(layout.manifestsDir, { recursive: true });
+  await fs.copyFile(path.join(w.www, 'releases/1/manifest.json'), layout.manifestFile('1'));
+  await saveState(layout, { ...initialState(), current: '1', previous: '0' });
+  await installFlasher(layout, w.config, flasherFiles(w));
+  const rescueJob = await fs.readFile(layout.rescueJobFile, 'utf8');
+  await fs.rm(layout.imageFile('1'));
+  await fs.rm(layout.imageFile('0'));
+  const disk = await buildHostDisk({ hostTree: layout.host, hostUuid: HOST_UUID, out: path.join(w.dir, `${name}.disk`), sizeMiB: DISK_MIB });
+  await fs.rm(path.join(w.dir, name), { recursive: true, force: true });
+  return { disk, rescueJob };
 }
 
 /** SHA-256 of the host partition with grubenv's 1024 bytes masked: GRUB itself rewrites them (the one-shot and nonce). */
@@ -116,7 +150,7 @@ async function withServer<T>(root: string, fn: (s: TestHttpServer) => Promise<T>
   }
 }
 
-async function startVm(t: { teardown(fn: () => unknown): void }, name: string, disk: HostDisk, server: TestHttpServer, opts: { allowReboot: boolean; maxBoots: number; memoryMiB?: number }): Promise<Vm> {
+async function startVm(t: { teardown(fn: () => unknown): void }, name: string, disk: HostDisk, server: TestHttpServer, opts: { allowReboot: boolean; maxBoots: number; memoryMiB?: number; blkdebug?: string }): Promise<Vm> {
   const vm = Vm.start({
     disk: disk.file, logFile: await serialLogPath(cacheDir(), name), ...opts,
     guestfwd: [{ ...SERVER, hostPort: server.port }],
@@ -125,17 +159,46 @@ async function startVm(t: { teardown(fn: () => unknown): void }, name: string, d
   return vm;
 }
 
+/**
+ * A flash that must be refused before writing: QEMU stops at the flasher's reboot (-no-reboot), and every
+ * byte of the partition but grubenv is compared. Returns the flasher's console lines and the server.
+ */
+async function refusedBeforeWriting(t: Test, name: string, disk: HostDisk, www: string, why: RegExp): Promise<{ lines: string[]; server: TestHttpServer }> {
+  const before = await partitionHash(disk);
+  const started = performance.now();
+  const result = await withServer(www, async (server) => {
+    const vm = await startVm(t, `flasher-${name}`, disk, server, { allowReboot: false, maxBoots: 1 });
+    await vm.waitForLine(/upgradectl-flasher: \[failed\]/, 240_000, 'the flasher refused');
+    await vm.waitForExit(60_000);
+    const lines = flasherLines(vm);
+    t.comment(lines.join('\n'));
+    t.ok(lines.some((l) => why.test(l) && /nothing was written; rebooting into the old system/.test(l)), `refused: ${why}`);
+    t.notOk(lines.some((l) => /\[write\]/.test(l)), 'never started writing');
+    return { lines, server };
+  });
+  t.equal(await partitionHash(disk), before, 'every byte of the partition but grubenv is unchanged');
+  t.equal((await envOnDisk({ disk })).saved_entry, 'upgradectl-1', 'the old system stays the default');
+  t.comment(`${name}: power-on to refusal ${secs(performance.now() - started)} s`);
+  return result;
+}
+
 const flasherLines = (vm: Vm) => vm.serial.split('\n').filter((l) => l.includes('upgradectl-flasher:'));
 
 t.test('RAM flasher in QEMU', { skip }, async (t) => {
   const w = await makeWorld(t.testdir());
 
-  t.test('a: the machine reflashes its own host partition from a release on loopback and boots the result', async (t) => {
+  t.test('a: the machine reflashes its own host partition from a release on loopback, through an I/O error mid-write (retried from RAM), and boots the result', async (t) => {
     const { disk, job } = await armedMachine(w, 'a');
     t.comment(`flash job: ${job.url}, payload ${(job.payloadSize / 1048576).toFixed(1)} MiB, image ${job.imageSize / 1048576} MiB, RAM needed ${(job.ramNeeded / 1048576).toFixed(0)} MiB`);
+    // A real I/O error (QEMU blkdebug): one EIO on the first write that covers a sector 48 MiB into the
+    // partition. Only the flasher's dd writes there (GRUB writes grubenv, near the start), so it hits
+    // the first write attempt in its middle.
+    const rules = path.join(w.dir, 'a-blkdebug.conf');
+    const sector = (PARTITION_OFFSET + 48 * 1048576) / 512;
+    await fs.writeFile(rules, `[inject-error]\nevent = "write_aio"\nerrno = "5"\nonce = "on"\nsector = "${sector}"\n`);
     const started = performance.now();
     await withServer(w.www, async (server) => {
-      const vm = await startVm(t, 'flasher-a', disk, server, { allowReboot: true, maxBoots: 3 });
+      const vm = await startVm(t, 'flasher-a', disk, server, { allowReboot: true, maxBoots: 3, blkdebug: rules });
       await vm.waitForLine(/upgradectl-flasher: \[written\]/, 240_000, 'the flasher wrote and verified the target');
       const written = performance.now();
       await vm.waitForLine(/UPGRADECTL-MARKER booted version=2 /, 120_000, 'image 2 booted from the new host partition');
@@ -143,14 +206,20 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
       const lines = flasherLines(vm);
       t.comment(lines.join('\n'));
       t.ok(lines.some((l) => /\[verify\] image SHA-256 matches/.test(l)), 'verified before writing');
+      t.match(vm.serial, /I\/O error, dev vda/, 'a real I/O error, reported by the kernel');
+      t.ok(lines.some((l) => /write attempt 1 failed/.test(l)), 'the first write attempt failed');
+      t.ok(lines.some((l) => /\[write\] attempt 2 of 3/.test(l)) && lines.some((l) => /\[written\] .* read back and verified/.test(l)), 'the retry from RAM wrote and verified');
       t.ok(server.requests.some((r) => r.path === '/releases/2/image.lz4' && r.status === 200), 'fetched from the server');
+      t.equal(server.requests.filter((r) => r.path === '/releases/2/image.lz4').length, 1, 'fetched once: the retry comes from RAM');
       const boots = vm.boots();
       t.match(boots[0]!.cmdline, new RegExp(`upgradectl.flasher=${job.nonce}`), 'GRUB passed the job nonce to the flasher');
       t.equal(boots.length, 2, 'the flasher, then image 2');
-      t.comment(`a: power-on to written ${secs(written - started)} s; total with v2 boot ${secs(performance.now() - started)} s`);
+      t.comment(`a: power-on to written (with one failed attempt) ${secs(written - started)} s; total with v2 boot ${secs(performance.now() - started)} s`);
     });
     const status = (await readHostFile(disk, '/boot/upgradectl/flasher/status'))?.toString();
     t.match(status, /phase=written\n/, 'the status file is on the new host partition');
+    // The flasher's own log (seconds since its kernel started): the phase times docs/flasher.md quotes.
+    t.comment(`a: flasher log\n${(await readHostFile(disk, '/boot/upgradectl/flasher/log'))?.toString().split('\n').filter((l) => /\] /.test(l)).join('\n')}`);
     t.ok(await readHostFile(disk, '/images/2.img'), 'image 2 on the host partition');
     t.notOk(await readHostFile(disk, '/images/1.img'), 'image 1 is gone: the whole partition was rewritten');
   });
@@ -191,4 +260,48 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
     });
     t.comment(`b: refusal and image 1 back in ${secs(performance.now() - started)} s`);
   });
+
+  t.test('c: both images gone: GRUB falls back to the flasher in rescue mode, which puts release 1 back and boots it', async (t) => {
+    const { disk, rescueJob } = await machineWithoutImages(w, 'c');
+    t.match(rescueJob, /^upgradectl-rescue-job 1\nversion 1\nurl http:\/\/10\.0\.2\.100\/releases\/1\/image\.lz4\n/, 'the rescue job names release 1, fetched over http');
+    const started = performance.now();
+    await withServer(w.www, async (server) => {
+      const vm = await startVm(t, 'flasher-c', disk, server, { allowReboot: true, maxBoots: 3 });
+      await vm.waitForLine(/upgradectl-flasher: \[done\]/, 240_000, 'the rescue flasher restored an image');
+      const restored = performance.now();
+      await vm.waitForLine(/UPGRADECTL-MARKER booted version=1 /, 120_000, 'image 1 booted again');
+      await vm.waitForExit(60_000);
+      const lines = flasherLines(vm);
+      t.comment(lines.join('\n'));
+      t.ok(lines.some((l) => /\[verify\] image SHA-256 matches/.test(l)), 'verified before writing');
+      t.ok(server.requests.some((r) => r.path === '/releases/1/image.lz4' && r.status === 200), 'release 1 fetched from the server');
+      const boots = vm.boots();
+      t.match(boots[0]!.cmdline, /upgradectl\.rescue=1/, 'GRUB fell back to the rescue entry');
+      t.notMatch(boots[0]!.cmdline, /upgradectl\.flasher=\w/, 'with no flash nonce');
+      t.equal(boots.length, 2, 'rescue, then image 1');
+      t.comment(`c: power-on to image restored ${secs(restored - started)} s; total with image 1 booted ${secs(performance.now() - started)} s`);
+    });
+    t.ok(await readHostFile(disk, '/images/1.img'), 'image 1 is back in /images');
+    t.equal((await readHostFile(disk, '/boot/upgradectl/flasher/rescue-count'))?.toString().trim(), '1', 'the rescue is counted (a second one without upgradectl running stays up)');
+    const env = await envOnDisk({ disk });
+    t.equal(env.saved_entry, 'upgradectl-1', 'the restored image is the default');
+  });
+
+  t.test('d: the payload is missing on the server (404): refused before writing, the partition is untouched', async (t) => {
+    const { disk } = await armedMachine(w, 'd');
+    const www = path.join(w.dir, 'www-d');
+    await fs.cp(w.www, www, { recursive: true });
+    await fs.rm(path.join(www, 'releases/2/image.lz4'));
+    const { server } = await refusedBeforeWriting(t, 'd', disk, www, /\[failed\] download of http:\/\/10\.0\.2\.100\/releases\/2\/image\.lz4 failed 3 times/);
+    t.equal(server.requests.filter((r) => r.path === '/releases/2/image.lz4' && r.status === 404).length, 3, 'three attempts, each a 404');
+  });
+
+  t.test('e: not enough RAM for payload and reserve: refused before anything is downloaded or written', async (t) => {
+    // A reserve of 64 GiB: no VM here has it, so the check fails whatever the payload.
+    const { disk } = await armedMachine(w, 'e', (job) => job.replace(/^ram_reserve \d+$/m, `ram_reserve ${64 * 2 ** 30}`));
+    const { server, lines } = await refusedBeforeWriting(t, 'e', disk, w.www, /\[failed\] not enough memory: \d+ MiB available, \d+ MiB needed/);
+    t.notOk(lines.some((l) => /\[fetch\]/.test(l)), 'nothing fetched');
+    t.same(server.requests, [], 'no request reached the server');
+  });
+
 });

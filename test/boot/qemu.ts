@@ -47,6 +47,11 @@ export interface VmOptions {
   efi?: { code: string; vars: string; secureBoot: boolean };
   /** Also copy each serial console line here as it arrives (the demo streams the console to a terminal). */
   echo?: (line: string) => void;
+  /**
+   * A QEMU blkdebug rules file for the disk (real I/O errors the guest sees, e.g. one EIO on a write
+   * to a given sector): the disk is opened through the blkdebug driver.
+   */
+  blkdebug?: string;
 }
 
 /** Guest connections to guestAddr:guestPort are carried to 127.0.0.1:hostPort on the host. */
@@ -141,7 +146,7 @@ export class Vm {
       '-serial', `file:${opts.logFile}`,
       // GRUB has no virtio driver but reads the disk through BIOS int13 (or OVMF's virtio block I/O
       // under UEFI); Linux uses virtio_blk.
-      '-drive', `file=${opts.disk},format=raw,if=virtio,cache=writeback`,
+      '-drive', `file=${opts.blkdebug ? `blkdebug:${opts.blkdebug}:` : ''}${opts.disk},format=raw,if=virtio,cache=writeback`,
       ...networkArgs(opts.guestfwd),
       ...(opts.efi
         ? ['-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${opts.efi.code}`, '-drive', `if=pflash,format=raw,unit=1,file=${opts.efi.vars}`]

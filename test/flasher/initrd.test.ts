@@ -4,20 +4,28 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { run } from '../../src/core/exec.js';
 import { buildFlasherInitrd } from '../../src/flasher/initrd.js';
+import { Layout } from '../../src/core/layout.js';
+import { addFlasherKey } from '../../src/operations/flasher-install.js';
 import { newestKernel } from '../boot/kernel.js';
 import { skipUnless } from '../helpers/requirements.js';
 
 const skip = skipUnless({ root: true, commands: ['busybox', 'lz4', 'cpio'] });
 
-t.test('the flasher initrd unpacks into a tree that runs: init, busybox, lz4 with its libraries, modules in order', { skip }, async (t) => {
+/** The flasher initrd built from this machine's kernel, busybox and lz4 (and dropbear), unpacked into DIR/tree. */
+async function unpackedInitrd(dir: string, dropbear?: string): Promise<{ built: Awaited<ReturnType<typeof buildFlasherInitrd>>; tree: string }> {
   const { release } = await newestKernel();
-  const built = await buildFlasherInitrd({ busybox: '/bin/busybox', lz4: '/usr/bin/lz4', modulesDir: `/lib/modules/${release}` });
-  const dir = t.testdir();
+  const built = await buildFlasherInitrd({ busybox: '/bin/busybox', lz4: '/usr/bin/lz4', modulesDir: `/lib/modules/${release}`, dropbear });
   const archive = path.join(dir, 'initrd.cpio');
   await fs.writeFile(archive, gunzipSync(built.data));
   const tree = path.join(dir, 'tree');
   await fs.mkdir(tree);
   await run('sh', ['-c', `cd ${tree} && cpio -idm --quiet < ${archive}`]);
+  return { built, tree };
+}
+
+t.test('the flasher initrd unpacks into a tree that runs: init, busybox, lz4 with its libraries, modules in order', { skip }, async (t) => {
+  const dir = t.testdir();
+  const { built, tree } = await unpackedInitrd(dir);
   t.equal(statSync(path.join(tree, 'init')).mode & 0o777, 0o755, '/init is executable');
   t.equal(statSync(path.join(tree, 'bin/busybox')).uid, 0, 'owned by root');
   // Inside the tree alone (chroot): proves lz4's loader and libc came along.
@@ -29,4 +37,42 @@ t.test('the flasher initrd unpacks into a tree that runs: init, busybox, lz4 wit
   t.ok(at('virtio') < at('virtio_net') && at('jbd2') < at('ext4'), 'dependencies load first');
   t.ok(built.data.length < 16 * 1048576, `small: ${(built.data.length / 1048576).toFixed(1)} MiB`);
   t.comment(`initrd ${(built.data.length / 1048576).toFixed(1)} MiB, ${order.length} modules`);
+});
+
+t.test('SSH into the flasher: its dropbear lets in the keys of flasher add-key, only when root-only, without passwords', { skip: skipUnless({ root: true, commands: ['busybox', 'lz4', 'cpio', 'ssh', 'ssh-keygen', 'chroot', 'mknod'], files: ['/usr/sbin/dropbear'] }) }, async (t) => {
+  const dir = t.testdir();
+  const { tree } = await unpackedInitrd(dir, '/usr/sbin/dropbear');
+  // What the kernel's devtmpfs gives the flasher: the two devices dropbear opens.
+  await run('mknod', ['-m', '666', path.join(tree, 'dev/null'), 'c', '1', '3']);
+  await run('mknod', ['-m', '444', path.join(tree, 'dev/urandom'), 'c', '1', '9']);
+  // The host partition as the flasher mounts it, with the key file flasher add-key wrote.
+  const layout = new Layout(path.join(tree, 'host'));
+  const key = path.join(dir, 'operator');
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key]);
+  await addFlasherKey(layout, await fs.readFile(`${key}.pub`, 'utf8'));
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const pidFile = path.join(tree, 'run/dropbear.pid');
+  let dropbearPid = 0;
+  // The daemon this test started, by its PID (read when it started: the tree is gone by teardown).
+  t.teardown(() => {
+    if (dropbearPid > 0) process.kill(dropbearPid, 'SIGTERM');
+  });
+  const flasher = (body: string) => run('chroot', [tree, '/bin/sh', '-c', `export PATH=/bin:/sbin; . /lib/upgradectl/flasher.sh; HOST_MNT=/host SSH_PORT=127.0.0.1:${port}; mkdir -p $FLASHER_DIR; ${body}`]);
+  const ssh = (cmd: string) => run('ssh', ['-i', key, '-p', String(port), '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', 'root@127.0.0.1', cmd]);
+
+  // A key file others could have written is refused: no keys, so no SSH at all.
+  await fs.chmod(path.join(layout.flasherDir, 'authorized_keys'), 0o666);
+  const refused = await flasher('copy_ssh_keys; start_ssh; ls /root/.ssh/authorized_keys 2>&1; cat $FLASHER_DIR/log');
+  t.match(refused.stdout, /not root-only: SSH stays off/);
+  t.match(refused.stdout, /No such file/);
+  await fs.chmod(path.join(layout.flasherDir, 'authorized_keys'), 0o600);
+
+  await flasher('copy_ssh_keys; status fetch "attempt 1: http://10.0.2.100/releases/2/image.lz4"; start_ssh');
+  dropbearPid = Number((await fs.readFile(pidFile, 'utf8')).trim());
+  const { stdout } = await ssh('cat /run/upgradectl-flasher/status; id -u');
+  t.match(stdout, /^phase=ssh\nmessage=dropbear listens on port 127\.0\.0\.1:\d+ .*\n/, 'logged in as root with the key; the status file is there to read');
+  t.match(stdout, /\n0\n$/);
+  const other = path.join(dir, 'stranger');
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other]);
+  await t.rejects(run('ssh', ['-i', other, '-p', String(port), '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', 'root@127.0.0.1', 'true']), 'another key is refused');
 });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { chmodSync, chownSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/core/exec.js';
 import { FLASHER_SCRIPTS } from '../../src/flasher/initrd.js';
@@ -19,10 +19,10 @@ function job(nonce: string): FlashJob {
   };
 }
 
-async function checkJob(dir: string, file: string, nonce: string): Promise<{ ok: boolean; out: string }> {
+async function checkJob(dir: string, file: string, nonce: string, kind: 'flash' | 'rescue' = 'flash'): Promise<{ ok: boolean; out: string }> {
   const script = `. ${path.join(FLASHER_SCRIPTS, 'flasher.sh')}; check_job "$1" "$2" "$3" && echo "OK $job_version $job_frames $(cat $FLASHER_DIR/frames)"`;
   try {
-    const { stdout } = await run('busybox', ['sh', '-c', script, 'sh', file, nonce, UUID], { env: { ...process.env, FLASHER_DIR: path.join(dir, 'run') } });
+    const { stdout } = await run('busybox', ['sh', '-c', script, 'sh', file, nonce, UUID], { env: { ...process.env, FLASHER_DIR: path.join(dir, 'run'), JOB_KIND: kind } });
     return { ok: stdout.startsWith('OK '), out: stdout.trim() };
   } catch (err) {
     return { ok: false, out: String((err as { stdout?: string }).stdout ?? err).trim() };
@@ -75,4 +75,42 @@ t.test('the job writer refuses values the flasher could misread', async (t) => {
   t.throws(() => renderJob({ ...job('xyz') }), /nonce/);
   t.throws(() => renderJob({ ...job(newNonce()), version: '../2' }), /version/);
   t.throws(() => renderJob({ ...job(newNonce()), imageSize: -1 }), /sizes/);
+});
+
+t.test('a rescue job has no nonce and is valid at any boot that reaches rescue; the two kinds never stand in for each other', { skip }, async (t) => {
+  const dir = t.testdir();
+  const flasherDir = path.join(dir, 'boot/upgradectl/flasher');
+  const { nonce: _unused, ...rest } = job(newNonce());
+  const rescue: FlashJob = rest;
+  const file = await writeJob(flasherDir, rescue, path.join(flasherDir, 'rescue-job'), 'rescue');
+  const ok = await checkJob(dir, file, '', 'rescue');
+  t.ok(ok.ok, ok.out);
+  t.match(ok.out, `OK 2 1 0 100 4096 ${'c'.repeat(64)}`);
+  const asFlash = await checkJob(dir, file, newNonce(), 'flash');
+  t.notOk(asFlash.ok, 'a rescue job is not a flash job: it could otherwise write the partition');
+  t.match(asFlash.out, /not a flash job/);
+  const flash = await writeJob(flasherDir, job(newNonce()));
+  const asRescue = await checkJob(dir, flash, '', 'rescue');
+  t.notOk(asRescue.ok, 'a flash job is not a rescue job');
+  t.match(asRescue.out, /not a rescue job/);
+  chmodSync(file, 0o644 | 0o002);
+  const r = await checkJob(dir, file, '', 'rescue');
+  t.notOk(r.ok, 'root-only like the flash job');
+  t.throws(() => renderJob(job(newNonce()), 'rescue'), /no nonce/);
+});
+
+t.test('rescue rewrites grubenv in place: the restored image is the default, no trial or count left, other variables kept', { skip: skipUnless({ root: true, commands: ['busybox', 'grub-editenv'] }) }, async (t) => {
+  const dir = t.testdir();
+  const env = path.join(dir, 'boot/grub/grubenv');
+  mkdirSync(path.dirname(env), { recursive: true });
+  mkdirSync(path.join(dir, 'run'));
+  await run('grub-editenv', [env, 'create']);
+  await run('grub-editenv', [env, 'set', 'saved_entry=upgradectl-0', 'next_entry=upgradectl-3', 'upgradectl_default_tries=2', 'other_tool=keep']);
+  const inode = statSync(env).ino;
+  const script = `. ${path.join(FLASHER_SCRIPTS, 'flasher.sh')}; HOST_MNT=$1 FLASHER_DIR=$1/run LOG=$1/run/log; set_default_entry upgradectl-1`;
+  await run('busybox', ['sh', '-c', script, 'sh', dir]);
+  t.equal(statSync(env).size, 1024, 'still a 1024-byte block');
+  t.equal(statSync(env).ino, inode, 'the same file, overwritten in place (GRUB does not replay the journal)');
+  const { stdout } = await run('grub-editenv', [env, 'list']);
+  t.same(stdout.trim().split('\n').sort(), ['other_tool=keep', 'saved_entry=upgradectl-1']);
 });

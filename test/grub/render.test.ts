@@ -40,6 +40,7 @@ const cases: Array<[string, GrubConfigInput]> = [
   ['trial deadline, save_env off', { ...base, trialDeadline: 900, saveEnv: false }],
   ['with the flasher', { ...base, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '' } }],
   ['adopted, no image confirmed yet', { ...base, entries: [base.entries[0]!], fallbackVersion: undefined, distro: { isDefault: true } }],
+  ['adopted, with the flasher, a rescue job and a previous image', { ...base, distro: { isDefault: false }, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '', rescue: true } }],
   ['adopted, with the flasher and a previous image', { ...base, distro: { isDefault: false }, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '' } }],
 ];
 
@@ -82,6 +83,11 @@ t.test('adopted machine: the distribution menu ends every fallback list, before 
   t.same(ids(later).slice(3), ['upgradectl-flasher', 'upgradectl-distro', 'upgradectl-reboot']);
   t.match(later, /\nelse\n  set fallback="2 4 5"\nfi/, 'previous image, then the distribution, then reboot');
   t.match(later, /\nelse\n  set default="upgradectl-2026.11.1"\nfi/, 'with an image confirmed, the first image is the last resort');
+  // With a rescue job too: the distribution (local, no network) first, then rescue, then reboot.
+  const rescued = renderGrubConfig({ ...base, distro: { isDefault: false }, flasher: { kernel: '/f/vmlinuz', initrd: '/f/initrd.img', cmdline: '', rescue: true } });
+  t.same(ids(rescued).slice(3), ['upgradectl-flasher', 'upgradectl-rescue', 'upgradectl-distro', 'upgradectl-reboot']);
+  t.match(rescued, /\nelse\n  set fallback="2 5 4 6"\nfi/, 'previous image, the distribution, rescue, reboot');
+  await checkGrubScript(rescued);
   t.equal(versionOfEntry('upgradectl-distro'), undefined, 'never a version');
   t.notMatch(renderGrubFragment({ ...base, distro: { isDefault: true } }), /distro/, 'the update-grub fragment has no such entry');
 });
@@ -270,4 +276,26 @@ t.test('when no image can be loaded, the last entry says so, waits and reboots',
   t.notMatch(renderGrubFragment(base), /upgradectl-reboot|set fallback="/, "update-grub: Debian's own entries follow ours, no reboot entry");
   t.equal(versionOfEntry('upgradectl-reboot'), undefined, 'not an image');
   t.notMatch(renderGrubConfig({ ...base, entries: [], fallbackVersion: undefined }), /upgradectl-reboot/, 'no images, no entry');
+});
+
+t.test('with a rescue job, the flasher in rescue mode comes before the reboot entry in every fallback list', { skip }, async (t) => {
+  const flasher = { kernel: '/f/vmlinuz', initrd: '/f/initrd.img', cmdline: '', rescue: true };
+  const cases: Array<[string, GrubConfigInput]> = [
+    ['three images', { ...base, flasher }],
+    ['a single image, no previous', { ...base, flasher, entries: [base.entries[0]!], fallbackVersion: undefined }],
+  ];
+  for (const [name, input] of cases) {
+    const cfg = renderGrubConfig(input);
+    await checkGrubScript(cfg);
+    const ids = [...cfg.matchAll(/^menuentry .*--id ([^\s{]+)/gm)].map((m) => m[1]);
+    const n = input.entries.length;
+    t.same(ids.slice(n), ['upgradectl-flasher', 'upgradectl-rescue', 'upgradectl-reboot'], `${name}: flasher, rescue, reboot`);
+    const fallbacks = [...cfg.matchAll(/set fallback=("?)([\d ]+)\1\n/g)].map((m) => m[2]!);
+    t.ok(fallbacks.length > 0 && fallbacks.every((f) => ` ${f}`.endsWith(` ${n + 1} ${n + 2}`)), `${name}: every list ends rescue, reboot (${fallbacks.join(' | ')})`);
+    const entry = cfg.slice(cfg.indexOf('--id upgradectl-rescue {'));
+    t.match(entry, /\n  linux \/f\/vmlinuz panic=10 upgradectl\.host=\S+ upgradectl\.rescue=1[^\n]*\n  initrd \/f\/initrd\.img\n\}/, `${name}: the flasher kernel in rescue mode`);
+    t.notMatch(entry.slice(0, entry.indexOf('}')), /upgradectl\.flasher=/, `${name}: never the flash job's nonce`);
+  }
+  t.equal(versionOfEntry('upgradectl-rescue'), undefined, 'not an image');
+  t.notMatch(renderGrubConfig({ ...base, flasher: { ...flasher, rescue: false } }), /upgradectl-rescue/, 'no rescue job, no entry');
 });

@@ -1,6 +1,7 @@
 import type { Command } from '../cli.js';
 import { loadConfig } from '../../operations/config.js';
 import { commit, planCommit } from '../../operations/commit.js';
+import { reflash, reflashToRoute } from '../../operations/reflash.js';
 import { trustPolicy, TRUST_OPTIONS } from './trust.js';
 
 export const commitCommand: Command = {
@@ -14,15 +15,16 @@ export const commitCommand: Command = {
   },
   async run({ layout, options, positionals }) {
     const config = await loadConfig(layout);
-    if (options.reflash) {
-      // Loaded only here: a normal commit does not need the flasher's modules.
-      const { reflash } = await import('../../operations/reflash.js');
-      const r = await reflash(layout, config, { version: positionals[0], reboot: !options['no-reboot'], policy: trustPolicy(options, config) });
+    // A release marked reflash is never prepared: with nothing prepared, commit asks the channel and
+    // boots the flasher for it, as commit --reflash VERSION (docs/flasher.md).
+    const routed = options.reflash || options['dry-run'] ? undefined : await reflashToRoute(layout, config, trustPolicy(options, config));
+    if (options.reflash || routed) {
+      const r = await reflash(layout, config, { version: routed ?? positionals[0], reboot: !options['no-reboot'], policy: trustPolicy(options, config) });
       const mib = (n: number) => `${(n / 1048576).toFixed(0)} MiB`;
       return {
         data: r,
         text: [
-          `flash job for ${r.version} written (${r.job}); signed by ${r.signedBy}`,
+          `${routed ? `release ${r.version} rewrites the whole host partition: ` : ''}flash job for ${r.version} written (${r.job}); signed by ${r.signedBy}`,
           `  the flasher fetches ${mib(r.payloadSize)} from ${r.url} into RAM (needs ${mib(r.ramNeeded)}), verifies it, and writes ${mib(r.imageSize)}`,
           r.rebooted ? '  rebooting into the flasher' : '  the flasher boots once at the next reboot',
         ].join('\n'),

@@ -17,6 +17,8 @@ import { run } from '../../core/exec.js';
 import type { Layout } from '../../core/layout.js';
 import { modeText, repairPrivateModes } from '../../core/private-files.js';
 import { initialState, loadState, type State } from '../../operations/state.js';
+import { flasherProvenance } from '../../operations/flasher-install.js';
+import { flasherInstalled } from '../../operations/rescue-job.js';
 
 export interface Finding {
   check: string;
@@ -73,6 +75,32 @@ export async function diagnose(layout: Layout): Promise<Finding[]> {
   if (firmware.secureBoot) await step('signed kernels', async () => checkKernelSignatures(layout));
   await step('private files', async () => checkPrivateModes(layout));
   await step('space', async () => checkSpace(layout));
+  await step('flasher', async () => checkFlasher(layout, state ?? initialState()));
+  return out;
+}
+
+/**
+ * The RAM flasher (docs/flasher.md): needed for reflash releases and for GRUB's rescue fallback. Built
+ * from an image that is no longer current, it boots a kernel and busybox the machine no longer runs,
+ * which the next cleanup may delete the modules' source of: confirm rebuilds it, this says when it did not.
+ */
+async function checkFlasher(layout: Layout, state: State): Promise<Array<Omit<Finding, 'check'>>> {
+  if (!flasherInstalled(layout)) {
+    return [{ level: 'warn', message: `the RAM flasher is not installed in ${layout.flasherDir}: a release marked reflash cannot be committed, and GRUB has no rescue entry when no image can be loaded`, fix: 'upgradectl flasher install' }];
+  }
+  const out: Array<Omit<Finding, 'check'>> = [];
+  const from = await flasherProvenance(layout);
+  if (!from?.image) {
+    out.push({ level: 'warn', message: 'the RAM flasher was built from an unknown image (no built-from record)', fix: 'upgradectl flasher install' });
+  } else if (state.current && from.image !== state.current) {
+    out.push({ level: 'warn', message: `the RAM flasher is stale: built from image ${from.image} on ${from.at.slice(0, 10)}, the current image is ${state.current}`, fix: 'upgradectl flasher install (confirm rebuilds it; see the log of the last confirm for why it did not)' });
+  } else {
+    out.push({ level: 'ok', message: `the RAM flasher is built from the current image ${from.image}` });
+  }
+  const rescue = await fs.readFile(layout.rescueJobFile, 'utf8').catch(() => undefined);
+  const version = rescue && /^version (\S+)$/m.exec(rescue)?.[1];
+  if (version) out.push({ level: version === state.current ? 'ok' : 'warn', message: `rescue: when no image can be loaded, the flasher re-downloads release ${version}`, ...(version === state.current ? {} : { fix: 'upgradectl grub-config --write rewrites the rescue job for the current image' }) });
+  else out.push({ level: 'warn', message: 'rescue is off: no rescue job (the current image has no verified manifest with an http(s) payload, see the log of the last commit/confirm)', fix: 'set [flasher] url; an image installed by upgradectl prepare gets a rescue job at the next boot-file write (upgradectl grub-config --write)' });
   return out;
 }
 

@@ -30,6 +30,8 @@ export const prepareCommand: Command = {
         text = `prepared ${r.version}: ${r.image}\n  fetched ${fmtBytes(s.fetched)} in ${s.seconds.toFixed(1)} s (${fmtBytes(s.localBytes)} reused from local images, ${s.reusedFrames} frames resumed, ${s.holeFrames} zero frames skipped)${r.signedBy ? `\n  signed by ${r.signedBy}` : ''}\n  next: upgradectl commit`;
       } else if (r.action === 'already-prepared') {
         text = `${r.version} is already prepared at ${r.image}`;
+      } else if (r.action === 'needs-reflash') {
+        text = `nothing prepared: ${r.version} is a whole host partition, not an image (nothing downloaded)\n  next: ${r.hint}`;
       } else {
         text = `nothing to prepare: ${r.reason}`;
       }
