@@ -12,7 +12,7 @@ import { makeTestCertificate } from '../helpers/tls.js';
 import { buildBusyboxTree } from './busybox-image.js';
 import { FW_CFG_RUN, FW_CFG_SCRIPT, buildDebianImage } from './debian-image.js';
 import { readHostFile, type HostDisk } from './disk.js';
-import { RELEASE_ADDR } from './fleet.js';
+import { BOOT_CONFIG, RELEASE_ADDR } from './fleet.js';
 import { bootKernel } from './kernel.js';
 import { HOST_UUID, envOnDisk, secs } from './machine.js';
 import { buildPlainInstallTree, plainInstallDisk } from './plain-install.js';
@@ -44,20 +44,6 @@ const skip = skipUnless({
 
 const RUN_TIMEOUT_MS = 10 * 60_000;
 
-const CONFIG = `[source]
-url = https://${RELEASE_ADDR}/fleet/
-channel = stable
-
-[boot]
-host_uuid = ${HOST_UUID}
-serial_console = ttyS0,115200
-panic_timeout = 1
-menu_timeout = 0
-trial_attempts = 1
-
-[health]
-timeout = 120
-`;
 
 /** Boot 1 on the plain install: the distribution's update-grub, then what an operator types. */
 const ADOPT_STEPS = `grub-mkconfig -o /boot/grub/grub.cfg &&
@@ -107,7 +93,7 @@ t.test('adopt a plain Debian 12 install: BIOS (trial confirmed) and UEFI (failed
   await fs.mkdir(path.join(www, 'fleet'), { recursive: true });
   const server = await startHttpServer(www, { tls });
   t.teardown(() => server.close());
-  const base = { kernel, config: CONFIG, trustedKey: await fs.readFile(`${key}.pub`, 'utf8'), caCert: tls.cert };
+  const base = { kernel, config: BOOT_CONFIG, trustedKey: await fs.readFile(`${key}.pub`, 'utf8'), caCert: tls.cert };
 
   // npm run package's .deb of this checkout (cached by content, the same file the image installs).
   const { deb, buildSeconds } = await packagedDeb();

@@ -51,7 +51,8 @@ export const IDENTITY = {
   passwordHash: '$6$rounds=5000$upgradectltest$Hj2yXbWvQkqM2eYcF0m8Rr6pYsbZ9NYX.ZbCNUbb7CqB3v0sRgC3Cq7QPlF0Hq2pDg5V8nJ4QYyT7U2iB9dKq/',
 };
 
-const BOOT_CONFIG = `[source]
+/** upgradectl.conf of the boot tests' Debian images: the HTTPS release server through QEMU's network. */
+export const BOOT_CONFIG = `[source]
 url = https://${RELEASE_ADDR}/fleet/
 channel = stable
 
