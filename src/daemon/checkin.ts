@@ -182,3 +182,33 @@ export async function handleCancel(ctx: CheckinContext, href: URL): Promise<Canc
   await ctx.outbox.flush(ctx.client);
   return { ...decision, stopId };
 }
+
+export interface ConfirmationAnswer {
+  actionId: string;
+  confirmed: boolean;
+  summary: string;
+}
+
+/**
+ * Answer a poll's confirmationBase link (hawkBit's confirmation flow: the action waits for this
+ * machine's consent before it is offered as a deployment). With `[hawkbit] confirm = auto` it is
+ * confirmed; a deployment that then turns out not to be one upgradectl release is closed as failed
+ * with the reason by readDeployment, as without the flow (a denial would leave it pending, and asked
+ * again at every poll). With `server` nothing is sent: the action waits until it is confirmed on the
+ * server's side. Consent is not trust: the signed manifest and keys.d still decide what is installed.
+ */
+export async function answerConfirmation(ctx: CheckinContext, href: URL): Promise<ConfirmationAnswer> {
+  const base = await ctx.client.confirmation(href);
+  const version = base.deployment.chunks.map((c) => c.version).join(', ');
+  if (ctx.config.hawkbit.confirm === 'server') {
+    const summary = `action ${base.id} (${version}) waits for confirmation; [hawkbit] confirm = server leaves it to the server (Management API: confirm it, or turn on the target's auto-confirm)`;
+    log.info(`hawkBit: ${summary}`);
+    return { actionId: base.id, confirmed: false, summary };
+  }
+  await ctx.client.sendConfirmation(base.id, {
+    confirmation: 'confirmed',
+    details: [`upgradectl on ${ctx.client.controllerId} confirms action ${base.id} ([hawkbit] confirm = auto); the signed manifest decides what is installed`],
+  });
+  log.info(`hawkBit: confirmed action ${base.id} (${version})`);
+  return { actionId: base.id, confirmed: true, summary: `action ${base.id} (${version}) confirmed` };
+}

@@ -7,6 +7,7 @@ import { loadState } from '../operations/state.js';
 import {
   FeedbackOutbox,
   afterBoot,
+  answerConfirmation,
   beforeCommit,
   commitFailed,
   handleCancel,
@@ -39,11 +40,18 @@ export async function checkIn(layout: Layout, config: Config, opts: { signal: Ab
     // First what the server is owed from before the reboot: the trial's outcome.
     const settled = await afterBoot(ctx);
     if (settled) log.info(`hawkBit: reported the end of action ${ctx.outbox.action?.id ?? ''}: ${JSON.stringify(settled)}`);
-    const answer = await client.poll();
+    let answer = await client.poll();
     if (answer.configData) await client.putConfigData(await machineAttributes(layout));
     if (answer.cancelAction) {
       const d = await handleCancel(ctx, answer.cancelAction);
       return { pollAgainMs: answer.sleepMs, summary: `cancel of action ${d.stopId} ${d.accept ? 'accepted' : 'rejected'}: ${d.why}` };
+    }
+    if (answer.confirmationBase) {
+      const c = await answerConfirmation(ctx, answer.confirmationBase);
+      if (!c.confirmed) return { pollAgainMs: answer.sleepMs, summary: c.summary };
+      // Confirmed: the server now offers the action as a deployment. Ask at once rather than after a
+      // whole polling sleep (minutes, on a fleet's server).
+      answer = await client.poll();
     }
     if (!answer.deploymentBase) return { pollAgainMs: answer.sleepMs, summary: 'the server has nothing for this machine' };
     const order = await readDeployment(ctx, answer.deploymentBase, new Date(), opts.window);

@@ -81,6 +81,12 @@ export interface Config {
     caFile: string | undefined;
     certFile: string | undefined;
     keyFile: string | undefined;
+    /**
+     * An action that waits for this machine's consent (hawkBit's confirmation flow): `auto` confirms
+     * it (what is installed is still decided by the signed manifest and keys.d); `server` leaves it
+     * waiting until it is confirmed on the server's side (Management API auto-confirm).
+     */
+    confirm: 'auto' | 'server';
   };
 }
 
@@ -95,7 +101,7 @@ export const CONFIG_SCHEMA: IniSchema = {
   health: ['timeout'],
   hooks: ['timeout'],
   flasher: ['url'],
-  hawkbit: ['url', 'tenant', 'controller_id', 'token_file', 'token_kind', 'ca_file', 'cert_file', 'key_file'],
+  hawkbit: ['url', 'tenant', 'controller_id', 'token_file', 'token_kind', 'ca_file', 'cert_file', 'key_file', 'confirm'],
 };
 
 export async function loadConfig(layout: Layout): Promise<Config> {
@@ -227,6 +233,7 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       caFile: str('hawkbit', 'ca_file'),
       certFile: str('hawkbit', 'cert_file'),
       keyFile: str('hawkbit', 'key_file'),
+      confirm: checked('hawkbit', 'confirm', (v) => v === 'auto' || v === 'server', 'auto or server') === 'server' ? 'server' : 'auto',
     },
   };
 }

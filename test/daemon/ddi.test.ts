@@ -9,6 +9,7 @@ import { parseConfig, type Config } from '../../src/operations/config.js';
 import { loadState, saveState } from '../../src/operations/state.js';
 import type { OfferPolicy } from '../../src/operations/offer.js';
 import { afterBoot, beforeCommit, handleCancel, prepareDeployment, readDeployment, type CheckinContext } from '../../src/daemon/checkin.js';
+import { checkIn } from '../../src/daemon/hawkbit-pass.js';
 import { openDdiClient } from '../../src/daemon/ddi/connect.js';
 import { machineAttributes } from '../../src/daemon/ddi/config-data.js';
 import { isDdiError } from '../../src/daemon/ddi/errors.js';
@@ -136,6 +137,8 @@ t.test('against a DDI server with real releases', { skip: skipUnless({ commands:
     server.cancel = undefined;
     server.switches = { gone: new Set() };
     server.feedback.splice(0);
+    server.awaitingConfirmation.clear();
+    server.confirmations.splice(0);
   };
   /** A fresh machine and its check-in context against the server, closed at the end of the subtest. */
   const fresh = async (t: { teardown: (fn: () => unknown) => void }, name: string, token = TOKEN) => {
@@ -355,6 +358,31 @@ t.test('against a DDI server with real releases', { skip: skipUnless({ commands:
     server.cancel = { id: '20', stopId: '18' };
     t.match(await handleCancel(ctx, (await ctx.client.poll()).cancelAction!), { accept: false });
     t.equal(executions(server, 'cancelAction').at(-1), 'rejected/none', 'a second cancel of a finished action is rejected');
+  });
+
+  await t.test('confirmation flow: confirm = auto consents and prepares in the same check-in; confirm = server waits', async (t) => {
+    const auto = await fresh(t, 'confirm-auto');
+    server.action = { id: '31', version: '2.0', releases: pub.releases, download: 'forced', update: 'skip' };
+    server.awaitingConfirmation.add('31');
+    t.equal(auto.config.hawkbit.confirm, 'auto', 'auto is the default');
+    const result = await checkIn(auto.layout, auto.config, { signal: new AbortController().signal, activity: async () => undefined });
+    t.match(server.confirmations, [{ actionId: '31', body: { confirmation: 'confirmed', details: [/upgradectl on machine-0001 confirms action 31/] } }], 'one confirmation, in hawkBit\'s DdiConfirmationFeedback shape');
+    t.ok(server.requests.some((r) => r.method === 'GET' && r.path.endsWith('/deploymentBase/31')), 'polled again at once and read the deployment');
+    t.match(result.summary, /action 31: prepared 2\.0/);
+    t.equal(sha256File(path.join(auto.root, 'images/2.0.img')), sha256File(image), 'the release was prepared in the same check-in');
+
+    const waiting = await fresh(t, 'confirm-server');
+    waiting.config.hawkbit.confirm = 'server';
+    server.action = { id: '32', version: '2.0', releases: pub.releases };
+    server.awaitingConfirmation.add('32');
+    const artifactGets = server.count('/artifacts/');
+    const requestsBefore = server.requests.length;
+    const held = await checkIn(waiting.layout, waiting.config, { signal: new AbortController().signal, activity: async () => undefined });
+    t.match(held.summary, /action 32 \(2\.0\) waits for confirmation; \[hawkbit\] confirm = server/);
+    t.same(server.confirmations, [], 'nothing sent');
+    t.equal(server.count('/artifacts/'), artifactGets, 'nothing fetched');
+    t.same(server.requests.slice(requestsBefore).map((r) => `${r.method} ${r.path.replace(/^.*\/machine-0001/, '')}`), ['GET ', 'GET /confirmationBase/32'], 'one poll and the confirmation resource: no deployment read');
+    t.same(readdirImages(waiting.root), []);
   });
 
   await t.test('a hostile server answering 50 MB of JSON is refused quickly', async (t) => {

@@ -11,7 +11,7 @@ import { serve, type FaultKind } from './http-server.js';
  * A hawkBit DDI server on 127.0.0.1 that follows the documented API (test/daemon/ddi-shapes.md):
  * the controller base with its polling sleep and _links, deploymentBase with chunks, artifacts and
  * download links (Range via the release file server), the feedback resources (recorded),
- * cancelAction, configData, and the target/gateway token check (or a client certificate). Switches
+ * cancelAction, configData, the confirmation flow (confirmationBase), and the target/gateway token check (or a client certificate). Switches
  * make it answer 429, 410 or 5xx, drop every connection (an outage), send a huge JSON body, or hand
  * out links to another origin or another controller.
  */
@@ -72,6 +72,13 @@ export interface TestDdiServer {
   cancel: { id: string; stopId: string } | undefined;
   /** Show the configData link at the next poll. */
   wantConfigData: boolean;
+  /**
+   * The confirmation flow: these action ids wait for the device's consent (WAIT_FOR_CONFIRMATION), so
+   * polls offer a confirmationBase link instead of deploymentBase until the device confirms.
+   */
+  awaitingConfirmation: Set<string>;
+  /** Bodies POSTed to confirmationBase/{id}/feedback. */
+  confirmations: Array<{ actionId: string; body: any }>;
   feedback: DdiFeedbackRecord[];
   configData: any[];
   requests: DdiRecord[];
@@ -104,6 +111,8 @@ export async function startDdiServer(opts: DdiServerOptions): Promise<TestDdiSer
     action: undefined,
     cancel: undefined,
     wantConfigData: false,
+    awaitingConfirmation: new Set(),
+    confirmations: [],
     feedback: [],
     configData: [],
     requests: [],
@@ -205,7 +214,9 @@ export async function startDdiServer(opts: DdiServerOptions): Promise<TestDdiSer
     if (rest === '' && req.method === 'GET') {
       if (sw.hugeJson) return sendHuge(res, sw.hugeJson);
       const links: Record<string, { href: string }> = {};
-      if (state.action) links.deploymentBase = { href: `${linkBase('deployment')}/deploymentBase/${state.action.id}?c=-2127183556` };
+      if (state.action && state.awaitingConfirmation.has(state.action.id)) {
+        links.confirmationBase = { href: `${linkBase('deployment')}/confirmationBase/${state.action.id}?c=-2122565939` };
+      } else if (state.action) links.deploymentBase = { href: `${linkBase('deployment')}/deploymentBase/${state.action.id}?c=-2127183556` };
       if (state.cancel) links.cancelAction = { href: `${origin}${own}/cancelAction/${state.cancel.id}` };
       if (state.wantConfigData) links.configData = { href: `${origin}${own}/configData` };
       return json(res, 200, { config: { polling: { sleep: state.sleep } }, _links: links });
@@ -214,6 +225,23 @@ export async function startDdiServer(opts: DdiServerOptions): Promise<TestDdiSer
       const a = state.action;
       if (!a || a.id !== m[1] || sw.gone.has(m[1]!)) return json(res, 410, {});
       return json(res, 200, deploymentOf(a));
+    }
+    if ((m = /^\/confirmationBase\/([^/]+)$/.exec(rest)) && req.method === 'GET') {
+      const a = state.action;
+      if (!a || a.id !== m[1] || !state.awaitingConfirmation.has(a.id)) return json(res, 404, {});
+      return json(res, 200, deploymentOf(a));
+    }
+    if ((m = /^\/confirmationBase\/([^/]+)\/feedback$/.exec(rest)) && req.method === 'POST') {
+      // hawkBit: confirmed -> RUNNING (offered as a deployment); denied -> stays waiting; an action
+      // that waits for nothing -> 404 (JpaConfirmationManagement, DdiRootController).
+      const body = await readBody(req);
+      if (body?.confirmation !== 'confirmed' && body?.confirmation !== 'denied') return json(res, 400, { message: 'invalid confirmation' });
+      if (!state.awaitingConfirmation.has(m[1]!)) return json(res, 404, {});
+      state.confirmations.push({ actionId: m[1]!, body });
+      if (body.confirmation === 'confirmed') state.awaitingConfirmation.delete(m[1]!);
+      res.writeHead(200);
+      res.end();
+      return;
     }
     if ((m = /^\/(deploymentBase|cancelAction)\/([^/]+)\/feedback$/.exec(rest)) && req.method === 'POST') {
       const body = await readBody(req);

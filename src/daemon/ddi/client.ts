@@ -12,6 +12,7 @@ import {
   parseDeploymentBase,
   type DdiActionFeedback,
   type DdiCancel,
+  type DdiConfirmationFeedback,
   type DdiConfigData,
   type DdiControllerBase,
   type DdiDeploymentBase,
@@ -36,6 +37,8 @@ export interface DdiClientOptions {
 export interface PollAnswer {
   sleepMs: number;
   deploymentBase?: URL;
+  /** An action that waits for this machine's consent (the server's confirmation flow is on). */
+  confirmationBase?: URL;
   cancelAction?: URL;
   configData?: URL;
   installedBase?: URL;
@@ -97,7 +100,7 @@ export class DdiClient {
     const url = this.scope.controllerUrl;
     const base: DdiControllerBase = parseControllerBase(await this.getJson(url), shown(url));
     const answer: PollAnswer = { sleepMs: sleepFrom(base.config?.polling?.sleep) };
-    for (const name of ['deploymentBase', 'cancelAction', 'configData', 'installedBase'] as const) {
+    for (const name of ['deploymentBase', 'confirmationBase', 'cancelAction', 'configData', 'installedBase'] as const) {
       const href = base._links?.[name]?.href;
       if (href === undefined) continue;
       try {
@@ -111,16 +114,25 @@ export class DdiClient {
 
   /** GET a deploymentBase link from a poll: the action, its handling and its artifacts. */
   async deployment(href: URL | string): Promise<DdiDeploymentBase> {
-    const url = checkApiLink(String(href), this.scope, 'deploymentBase');
-    const actionId = idAfter(url, 'deploymentBase');
-    const doc = parseDeploymentBase(await this.getJson(url), shown(url));
-    if (doc.id !== actionId) throw new DdiError('refused', `${shown(url)} describes action ${doc.id}, not ${actionId}`);
-    return doc;
+    return this.actionDocument(href, 'deploymentBase');
   }
 
   /** POST feedback on a deployment action. */
   async sendFeedback(actionId: string, feedback: DdiActionFeedback): Promise<void> {
     await this.postJson(this.actionUrl('deploymentBase', actionId, 'feedback'), feedback);
+  }
+
+  /**
+   * GET a confirmationBase link from a poll: the action that waits for consent, in deploymentBase's
+   * shape (what would be installed).
+   */
+  async confirmation(href: URL | string): Promise<DdiDeploymentBase> {
+    return this.actionDocument(href, 'confirmationBase');
+  }
+
+  /** POST this machine's answer to an action that waits for confirmation. */
+  async sendConfirmation(actionId: string, answer: DdiConfirmationFeedback): Promise<void> {
+    await this.postJson(this.actionUrl('confirmationBase', actionId, 'feedback'), answer);
   }
 
   /** GET a cancelAction link from a poll: which action the server wants stopped. */
@@ -156,9 +168,18 @@ export class DdiClient {
     await this.agent.destroy();
   }
 
-  private actionUrl(resource: 'deploymentBase' | 'cancelAction', id: string, tail: string): URL {
+  private actionUrl(resource: 'deploymentBase' | 'confirmationBase' | 'cancelAction', id: string, tail: string): URL {
     if (!ACTION_ID.test(id)) throw new DdiError('refused', `action id "${id.slice(0, 80)}" is not valid`);
     return new URL(`${this.scope.controllerUrl.href}/${resource}/${id}/${tail}`);
+  }
+
+  /** A checked link to an action's document, which must describe the action the link names. */
+  private async actionDocument(href: URL | string, resource: 'deploymentBase' | 'confirmationBase'): Promise<DdiDeploymentBase> {
+    const url = checkApiLink(String(href), this.scope, resource);
+    const actionId = idAfter(url, resource);
+    const doc = parseDeploymentBase(await this.getJson(url), shown(url));
+    if (doc.id !== actionId) throw new DdiError('refused', `${shown(url)} describes action ${doc.id}, not ${actionId}`);
+    return doc;
   }
 
   private async getJson(url: URL): Promise<unknown> {

@@ -20,7 +20,7 @@ export interface DdiLink {
 /** `GET {tenant}/controller/v1/{controllerId}` */
 export interface DdiControllerBase {
   config?: { polling?: { sleep?: string } };
-  _links?: { deploymentBase?: DdiLink; installedBase?: DdiLink; configData?: DdiLink; cancelAction?: DdiLink };
+  _links?: { deploymentBase?: DdiLink; confirmationBase?: DdiLink; installedBase?: DdiLink; configData?: DdiLink; cancelAction?: DdiLink };
 }
 
 export interface DdiArtifact {
@@ -50,6 +50,16 @@ export interface DdiDeploymentBase {
   id: string;
   deployment: DdiDeployment;
   actionHistory?: { status?: string; messages?: string[] };
+}
+
+/**
+ * `POST …/confirmationBase/{actionId}/feedback` (hawkBit's confirmation flow: an action waits in
+ * WAIT_FOR_CONFIRMATION until the device confirms or denies it; `DdiConfirmationFeedback`).
+ */
+export interface DdiConfirmationFeedback {
+  confirmation: 'confirmed' | 'denied';
+  code?: number;
+  details?: string[];
 }
 
 /** `POST …/deploymentBase/{actionId}/feedback` and `…/cancelAction/{actionId}/feedback` */
@@ -126,7 +136,7 @@ export function parseControllerBase(doc: unknown, where: string): DdiControllerB
   if (polling) out.config = { polling: { sleep: optString(polling.sleep, where, 'config.polling.sleep') } };
   if (links) {
     out._links = {};
-    for (const name of ['deploymentBase', 'installedBase', 'configData', 'cancelAction'] as const) {
+    for (const name of ['deploymentBase', 'confirmationBase', 'installedBase', 'configData', 'cancelAction'] as const) {
       const l = link(links[name], where, `_links.${name}`);
       if (l) out._links[name] = l;
     }
