@@ -38,6 +38,9 @@ export class Layout {
   get grubCfg(): string { return path.join(this.grubDir, 'grub.cfg'); }
   get grubEnv(): string { return path.join(this.grubDir, 'grubenv'); }
   get flasherDir(): string { return path.join(this.host, 'boot/upgradectl/flasher'); }
+  /** The RAM flasher's kernel and initrd (upgradectl flasher install; GRUB's flasher and rescue entries boot them). */
+  get flasherKernel(): string { return path.join(this.flasherDir, 'vmlinuz'); }
+  get flasherInitrd(): string { return path.join(this.flasherDir, 'initrd.img'); }
   /** What the flasher in rescue mode restores when no image can be loaded (docs/flasher.md, "Rescue"). */
   get rescueJobFile(): string { return path.join(this.flasherDir, 'rescue-job'); }
 

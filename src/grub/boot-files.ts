@@ -66,13 +66,16 @@ export function orderEntries(images: BootImage[], roles: BootRoles, layout: Layo
   }));
 }
 
+/** The RAM flasher's files are installed: grub.cfg then has its entries (flasher, and rescue with a rescue job). */
+export function flasherInstalled(layout: Layout): boolean {
+  return existsSync(layout.flasherKernel) && existsSync(layout.flasherInitrd);
+}
+
 export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Promise<GrubConfigInput> {
   const { layout, settings, roles } = ctx;
   const entries = orderEntries(images, roles, layout);
   const versions = new Set(entries.map((e) => e.version));
-  const flasherKernel = path.join(layout.flasherDir, 'vmlinuz');
-  const flasherInitrd = path.join(layout.flasherDir, 'initrd.img');
-  const flasherOnHost = '/' + path.relative(layout.host, layout.flasherDir);
+  const onHost = (file: string) => '/' + path.relative(layout.host, file);
   const distroKept = roles.distro && existsSync(distroConfigFile(layout));
   if (roles.distro && !distroKept) log.warn(`${distroConfigFile(layout)} is missing: the distribution's system gets no fallback entry (upgradectl adopt keeps it again)`);
   return {
@@ -87,10 +90,9 @@ export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Pro
     fallbackVersion: roles.previous && versions.has(roles.previous) ? roles.previous : undefined,
     saveEnv: settings.saveEnv,
     trialDeadline: settings.trialDeadline,
-    flasher:
-      existsSync(flasherKernel) && existsSync(flasherInitrd)
-        ? { kernel: `${flasherOnHost}/vmlinuz`, initrd: `${flasherOnHost}/initrd.img`, cmdline: '', rescue: existsSync(layout.rescueJobFile) }
-        : undefined,
+    flasher: flasherInstalled(layout)
+      ? { kernel: onHost(layout.flasherKernel), initrd: onHost(layout.flasherInitrd), cmdline: '', rescue: existsSync(layout.rescueJobFile) }
+      : undefined,
     distro: distroKept ? { isDefault: !roles.current } : undefined,
   };
 }

@@ -9,7 +9,7 @@ import { buildFlasherInitrd } from '../flasher/initrd.js';
 import { checkpointHost } from '../grub/host-fs.js';
 import { log } from '../core/log.js';
 import { bootedVersion, writeBootFiles } from './boot.js';
-import { flasherInstalled } from './rescue-job.js';
+import { flasherInstalled } from '../grub/boot-files.js';
 import type { Config } from './config.js';
 import { loadState } from './state.js';
 
@@ -89,8 +89,8 @@ export async function installFlasher(layout: Layout, config: Config, opts: Flash
   const lock = await acquireLock(layout, 'flasher install');
   try {
     await fs.mkdir(layout.flasherDir, { recursive: true, mode: 0o755 });
-    const kernelOut = path.join(layout.flasherDir, 'vmlinuz');
-    const initrdOut = path.join(layout.flasherDir, 'initrd.img');
+    const kernelOut = layout.flasherKernel;
+    const initrdOut = layout.flasherInitrd;
     await writeFileDurable(kernelOut, await fs.readFile(kernel), 0o644);
     await writeFileDurable(initrdOut, built.data, 0o644);
     const state = await loadState(layout);

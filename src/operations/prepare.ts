@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import type { Config } from './config.js';
-import { flasherInstalled } from './rescue-job.js';
+import { flasherInstalled } from '../grub/boot-files.js';
 import { UpgradeError } from '../core/errors.js';
 import { runEvent } from './lifecycle.js';
 import { log } from '../core/log.js';

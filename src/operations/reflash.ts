@@ -15,7 +15,7 @@ import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
 import { openConfiguredSource } from './prepare.js';
 import { payloadUrl } from './flasher-url.js';
 import { rebootMachine } from './reboot.js';
-import { flasherInstalled } from './rescue-job.js';
+import { flasherInstalled } from '../grub/boot-files.js';
 import { reconcile } from './reconcile/index.js';
 import { loadState } from './state.js';
 

@@ -5,6 +5,7 @@ import { messageOf } from '../core/errors.js';
 import type { Layout } from '../core/layout.js';
 import { log } from '../core/log.js';
 import { jobFor, renderJob, writeJob, type FlashJob } from '../flasher/job.js';
+import { flasherInstalled } from '../grub/boot-files.js';
 import { detectHostUuid } from '../grub/host-fs.js';
 import type { Manifest } from '../release/manifest.js';
 import type { Config } from './config.js';
@@ -23,10 +24,6 @@ import type { State } from './state.js';
  */
 export type RescueJobResult = { kind: 'written'; version: string; file: string } | { kind: 'off'; reason: string };
 
-/** The flasher's files are installed (its GRUB entries exist). */
-export function flasherInstalled(layout: Layout): boolean {
-  return existsSync(path.join(layout.flasherDir, 'vmlinuz')) && existsSync(path.join(layout.flasherDir, 'initrd.img'));
-}
 
 /** The job for the current image, or why there is none. */
 async function rescueJobText(layout: Layout, config: Config, state: State): Promise<{ version: string; job: FlashJob; text: string } | { reason: string }> {

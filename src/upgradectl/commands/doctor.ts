@@ -18,7 +18,7 @@ import type { Layout } from '../../core/layout.js';
 import { modeText, repairPrivateModes } from '../../core/private-files.js';
 import { initialState, loadState, type State } from '../../operations/state.js';
 import { flasherProvenance } from '../../operations/flasher-install.js';
-import { flasherInstalled } from '../../operations/rescue-job.js';
+import { flasherInstalled } from '../../grub/boot-files.js';
 
 export interface Finding {
   check: string;
