@@ -235,12 +235,6 @@ export function* frameBlocks(frame: Buffer, rawLength: number): Generator<Buffer
   if (produced !== rawLength) throw new Lz4FormatError(`LZ4 frame decodes to ${produced} bytes, expected ${rawLength}`);
 }
 
-/** A whole frame decoded into one buffer (see frameBlocks; the frame buffer is consumed). */
-export function decodeFrame(frame: Buffer, rawLength: number): Buffer {
-  const parts = [...frameBlocks(frame, rawLength)];
-  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, rawLength);
-}
-
 function lastBytes(parts: Buffer[], n: number): Buffer {
   const tail: Buffer[] = [];
   let have = 0;
