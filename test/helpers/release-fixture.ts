@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { upgradectl } from './cli.js';
+import { startHttpServer } from './http-server.js';
 
 export const sha256File = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
 
@@ -59,4 +60,19 @@ export function makeMachine(dir: string, name: string, url: string, pub: string 
   if (pub) writeFileSync(path.join(root, 'etc/upgradectl/keys.d/release.pub'), readFileSync(pub));
   writeFileSync(path.join(root, 'etc/upgradectl/upgradectl.conf'), `[source]\nurl = ${url}\nchannel = stable\n${extraConfig}`);
   return root;
+}
+
+/** The manifest publish wrote for `version` under a publisher's `releases` directory. */
+export const manifestOf = (releases: string, version: string) => JSON.parse(readFileSync(path.join(releases, 'releases', version, 'manifest.json'), 'utf8'));
+
+/**
+ * A publisher with `version` published and served by a real HTTP server on 127.0.0.1 (closed at the
+ * end of the test): what the prepare tests over HTTP start from.
+ */
+export async function servedRelease(t: { teardown: (fn: () => unknown) => void }, dir: string, version: string) {
+  const pub = await makePublisher(dir);
+  const image = await pub.publish(version);
+  const server = await startHttpServer(pub.releases);
+  t.teardown(() => server.close());
+  return { pub, image, server, url: server.url.replace(/\/$/, ''), payloadPath: `/releases/${version}/image.lz4`, manifest: manifestOf(pub.releases, version) };
 }

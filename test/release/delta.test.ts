@@ -4,7 +4,7 @@ import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, rmSync, uti
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
 import { startHttpServer, type TestHttpServer } from '../helpers/http-server.js';
-import { makeMachine, makePublisher, makeTree, sha256File } from '../helpers/release-fixture.js';
+import { makeMachine, makePublisher, makeTree, manifestOf, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { loadPrivateKey, signBytes } from '../../src/release/signing.js';
 
@@ -17,7 +17,6 @@ import { loadPrivateKey, signBytes } from '../../src/release/signing.js';
 const payloadBytes = (server: TestHttpServer, version: string, from = 0) => server.rangeBytes(`/releases/${version}/image.lz4`, from);
 const sideBytes = (server: TestHttpServer, version: string, from = 0) => server.rangeBytes(`/releases/${version}/image.zst-chunks`, from);
 
-const manifestOf = (releases: string, version: string) => JSON.parse(readFileSync(path.join(releases, 'releases', version, 'manifest.json'), 'utf8'));
 
 /** A machine root that runs `current` (the kernel command line names its image) and holds `image` as it. */
 function machineWith(dir: string, name: string, url: string, pub: string, current: string, image: string, extra = ''): string {

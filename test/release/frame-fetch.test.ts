@@ -4,8 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
-import { startHttpServer } from '../helpers/http-server.js';
-import { makeMachine, makePublisher, sha256File } from '../helpers/release-fixture.js';
+import { makeMachine, makePublisher, servedRelease, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 
 /**
@@ -23,15 +22,9 @@ const rangeLength = (range: string | undefined) => {
 
 t.test('frames fetched by the workers: corruption on the wire, a download that breaks off', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
   const dir = t.testdir();
-  const pub = await makePublisher(dir);
-  const image = await pub.publish('1.0');
-  const server = await startHttpServer(pub.releases);
-  t.teardown(() => server.close());
-  const payload = '/releases/1.0/image.lz4';
-  const manifest = JSON.parse(readFileSync(path.join(pub.releases, 'releases/1.0/manifest.json'), 'utf8'));
+  const { pub, image, server, url, payloadPath: payload, manifest } = await servedRelease(t, dir, '1.0');
   const frames = manifest.payload.frames as F[];
   const needed = frames.filter((f, i) => i === 0 || !isZero(f)).reduce((n, f) => n + f.length, 0);
-  const url = server.url.replace(/\/$/, '');
 
   await t.test('a frame corrupted on the wire is fetched again, and only that frame', async (t) => {
     const root = makeMachine(dir, 'once', url, pub.pub, '[prepare]\nparallel = 2\n');

@@ -4,7 +4,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
 import { startHttpServer } from '../helpers/http-server.js';
-import { makeMachine, makePublisher, sha256File } from '../helpers/release-fixture.js';
+import { makeMachine, makePublisher, servedRelease, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { loadPrivateKey, signBytes } from '../../src/release/signing.js';
 
@@ -50,11 +50,7 @@ t.test('publish to a directory, prepare from the channel: the image arrives byte
 
 t.test('over HTTP: retries 503s and dropped connections, resumes after a kill, restarts when the object changed', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
   const dir = t.testdir();
-  const pub = await makePublisher(dir);
-  const image = await pub.publish('2.0');
-  const server = await startHttpServer(pub.releases);
-  t.teardown(() => server.close());
-  const payloadPath = '/releases/2.0/image.lz4';
+  const { pub, image, server, payloadPath } = await servedRelease(t, dir, '2.0');
   const fast = '[prepare]\nretries = 4\nstall_timeout = 2\nparallel = 3\n';
 
   await t.test('transient 503s and a dropped connection are retried', async (t) => {

@@ -4,8 +4,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
-import { startHttpServer } from '../helpers/http-server.js';
-import { makeMachine, makePublisher, sha256File } from '../helpers/release-fixture.js';
+import { makeMachine, servedRelease, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 
 /**
@@ -15,17 +14,12 @@ import { skipUnless } from '../helpers/requirements.js';
  */
 t.test('resume after kill -9 keeps every verified frame on disk, recorded or not', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
   const dir = t.testdir();
-  const pub = await makePublisher(dir);
-  const image = await pub.publish('1.0');
-  const server = await startHttpServer(pub.releases);
-  t.teardown(() => server.close());
-  const payload = '/releases/1.0/image.lz4';
-  const manifest = JSON.parse(readFileSync(path.join(pub.releases, 'releases/1.0/manifest.json'), 'utf8'));
+  const { pub, image, server, url, payloadPath: payload, manifest } = await servedRelease(t, dir, '1.0');
   const zero = (f: { rawLength: number; sha256: string }) => f.sha256 === createHash('sha256').update(Buffer.alloc(f.rawLength)).digest('hex');
   const needed = manifest.payload.frames.filter((f: { rawLength: number; sha256: string }) => !zero(f)).reduce((n: number, f: { length: number }) => n + f.length, 0);
   const biggest = Math.max(...manifest.payload.frames.map((f: { length: number }) => f.length));
   // Slow enough (2 MB/s) that a kill lands mid-download.
-  const root = makeMachine(dir, 'm', server.url.replace(/\/$/, ''), pub.pub, '[prepare]\nparallel = 2\nmax_rate = 2M\n');
+  const root = makeMachine(dir, 'm', url, pub.pub, '[prepare]\nparallel = 2\nmax_rate = 2M\n');
   const kills = 2;
   for (let k = 0; k < kills; k++) {
     let child: ChildProcess | undefined;
