@@ -57,7 +57,8 @@ async function inputsKey(): Promise<string> {
   return hash.digest('hex').slice(0, 16);
 }
 
-async function filesUnder(p: string): Promise<string[]> {
+/** Every path below `p` that is not a directory (symlinks not followed), sorted: `p` itself when it is a file. */
+export async function filesUnder(p: string): Promise<string[]> {
   const st = await fs.lstat(p).catch(() => undefined);
   if (!st) return [];
   if (!st.isDirectory()) return [p];

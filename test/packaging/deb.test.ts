@@ -1,12 +1,12 @@
 import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { skipUnless } from '../helpers/requirements.js';
 import { SYSTEMD, cachedDebianRootTarball, extractDebianRoot } from '../helpers/debian-root.js';
-import { packagedDeb } from '../helpers/package-deb.js';
+import { filesUnder, packagedDeb } from '../helpers/package-deb.js';
 
 /**
  * `npm run package` (packaging/build.mjs): the .deb must install on Debian 12 and run without Node from
@@ -80,7 +80,7 @@ t.test('the .deb: layout, the packaged Node runs upgradectl, and it installs int
   // Ubuntu 22.04/24.04 cannot be reached from here (Debian's archive only), so what decides whether the
   // binaries load there is checked statically: the newest symbol versions they need from the C and C++
   // runtimes, against the oldest supported release's (ubuntu-versions.md beside this test).
-  const need = newestSymbolVersions(walkFiles(path.join(x, 'usr/lib/upgradectl')).filter(isElf));
+  const need = newestSymbolVersions((await filesUnder(path.join(x, 'usr/lib/upgradectl'))).filter((f) => lstatSync(f).isFile() && isElf(f)));
   t.ok(compareVersions(need.GLIBC, UBUNTU_2204.GLIBC) <= 0, `needs glibc ${need.GLIBC}; Ubuntu 22.04 has ${UBUNTU_2204.GLIBC}`);
   t.ok(compareVersions(need.GLIBCXX, UBUNTU_2204.GLIBCXX) <= 0, `needs GLIBCXX ${need.GLIBCXX}; Ubuntu 22.04 has ${UBUNTU_2204.GLIBCXX}`);
   t.ok(compareVersions(need.CXXABI, UBUNTU_2204.CXXABI) <= 0, `needs CXXABI ${need.CXXABI}; Ubuntu 22.04 has ${UBUNTU_2204.CXXABI}`);
@@ -115,13 +115,6 @@ t.test('the .deb: layout, the packaged Node runs upgradectl, and it installs int
  */
 const UBUNTU_2204 = { GLIBC: '2.35', GLIBCXX: '3.4.30', CXXABI: '1.3.13' };
 const UBUNTU_PACKAGES = ['libc6', 'libstdc++6', 'libgcc-s1', 'e2fsprogs', 'util-linux', 'mount', 'grub-common', 'attr'];
-
-function walkFiles(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
-    const full = path.join(dir, e.name);
-    return e.isDirectory() ? walkFiles(full) : e.isFile() ? [full] : [];
-  });
-}
 
 function isElf(file: string): boolean {
   const fd = openSync(file, 'r');
