@@ -44,7 +44,7 @@ export interface StageOptions {
   /** Local images whose blocks a /2 release with an index may reuse (current, previous, …). */
   seeds?: string[];
   /** Frame workers started by the caller (and closed by it), so that they load while the release is checked. */
-  pool?: FramePool;
+  pool: FramePool;
 }
 
 export interface StageResult {
@@ -78,19 +78,8 @@ export function stagingPaths(layout: Layout, version: string): { image: string; 
  * Nothing reaches the bootable name before every frame and the whole image were verified and synced.
  */
 export async function stageImage(opts: StageOptions): Promise<StageResult> {
-  if (opts.pool) return stageWith(opts.pool, opts);
-  // First: the worker threads load their modules (~0.3 s) while the payload is looked up.
-  const pool = new FramePool();
-  try {
-    return await stageWith(pool, opts);
-  } finally {
-    await pool.close();
-  }
-}
-
-async function stageWith(pool: FramePool, opts: StageOptions): Promise<StageResult> {
   const started = Date.now();
-  const { layout, source, release } = opts;
+  const { layout, source, release, pool } = opts;
   const { manifest } = release;
   const version = manifest.version;
   const payloadKey = `${releaseKeys(version).dir}/${manifest.payload.path}`;
@@ -209,7 +198,7 @@ async function stageWith(pool: FramePool, opts: StageOptions): Promise<StageResu
     log.warn(`image ${version} put together from local images does not match its manifest; fetching it in full`);
     await fs.rm(paths.image, { force: true });
     await fs.rm(paths.progress, { force: true });
-    return stageWith(pool, { ...opts, seeds: [] });
+    return stageImage({ ...opts, seeds: [] });
   }
   const imageFile = layout.imageFile(version);
   await renameDurable(paths.image, imageFile);
@@ -233,7 +222,6 @@ const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
 interface PipelineContext extends StageOptions {
   fd: number;
-  pool: FramePool;
   hasher: OrderedHasher;
   state: StagingProgress;
   checkpoint: () => Promise<void>;
