@@ -1,7 +1,7 @@
 # The RAM flasher's story (docs/flasher.md), sourced by /init; busybox ash.
 #
 #   job      the host partition read-only: a root-only job naming this boot's nonce, or nothing is done
-#   network  DHCP on the first network card
+#   network  DHCP on the first network card, or the machine's static address from the job
 #   memory   enough RAM for the payload, checked before anything is downloaded
 #   fetch    the compressed image into RAM (tmpfs)
 #   verify   size, SHA-256 of the payload, every frame decoded and hashed, the whole image decoded and hashed
@@ -94,6 +94,7 @@ check_job() {
     [ $(( 0$2 & 022 )) -eq 0 ] || { echo "$f has mode $2: writable by group or others, refused"; return 1; }
   done
   job_nonce= job_version= job_url= job_payload_size= job_payload_sha256= job_image_size= job_image_sha256= job_target_uuid= job_ram_reserve= job_frames=
+  job_net=dhcp job_net_mac= job_net_addr= job_net_gw= job_net_dns=
   mkdir -p "$FLASHER_DIR"
   : > "$FLASHER_DIR/frames"
   first=1 n=0
@@ -112,6 +113,7 @@ check_job() {
       payload_size|image_size|ram_reserve|frames) is_uint "$a" || { echo "bad $key"; return 1; }; eval "job_$key=\$a" ;;
       payload_sha256|image_sha256) is_hex 64 "$a" || { echo "bad $key"; return 1; }; eval "job_$key=\$a" ;;
       target_uuid) case "$a" in ''|*[!0-9A-Fa-f-]*) echo "bad target_uuid"; return 1;; esac; job_target_uuid=$a ;;
+      network) check_network "$a" "$b" "$c" "$d" "$rest" || return 1 ;;
       frame) { is_uint "$a" && is_uint "$b" && is_uint "$c" && is_hex 64 "$d"; } || { echo "bad frame line $((n + 1))"; return 1; }
              echo "$a $b $c $d" >> "$FLASHER_DIR/frames"; n=$((n + 1)) ;;
       '') ;;
@@ -131,6 +133,35 @@ check_job() {
   # The only target this flasher writes is the partition it was booted from (docs/flasher.md).
   [ "$job_target_uuid" = "$uuid" ] || { echo "the job's target $job_target_uuid is not the host partition $uuid"; return 1; }
   return 0
+}
+
+is_ipv4() {
+  case "$1" in ''|*[!0-9.]*|*..*|.*|*.) return 1;; esac
+  old_ifs=$IFS; IFS=.; set -- $1; IFS=$old_ifs
+  [ $# -eq 4 ] || return 1
+  for o; do [ ${#o} -le 3 ] && [ "$o" -le 255 ] || return 1; done
+}
+
+# network dhcp | network static MAC|any ADDRESS/PREFIX GATEWAY|none DNS,DNS|none (src/flasher/job.ts).
+check_network() {
+  case "$1" in
+    dhcp) [ -z "$2" ] || { echo "bad network line"; return 1; }; job_net=dhcp; return 0 ;;
+    static) ;;
+    *) echo "network must be dhcp or static"; return 1 ;;
+  esac
+  case "$2" in
+    any) ;;
+    [0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]) ;;
+    *) echo "bad network MAC '$2'"; return 1 ;;
+  esac
+  prefix=${3#*/}
+  { is_ipv4 "${3%/*}" && is_uint "$prefix" && [ "$prefix" -ge 1 ] && [ "$prefix" -le 32 ] && [ "$3" != "$prefix" ]; } || { echo "bad network address '$3'"; return 1; }
+  [ "$4" = none ] || is_ipv4 "$4" || { echo "bad network gateway '$4'"; return 1; }
+  if [ "$5" != none ]; then
+    for d in $(echo "$5" | tr , ' '); do is_ipv4 "$d" || { echo "bad name server '$d'"; return 1; }; done
+    case "$5" in ''|*' '*|,*|*,|*,,*) echo "bad name server list '$5'"; return 1;; esac
+  fi
+  job_net=static job_net_mac=$2 job_net_addr=$3 job_net_gw=$4 job_net_dns=$5
 }
 
 # The operator's keys from the host partition (read-only mounted) into root's account of this RAM OS.
@@ -200,6 +231,11 @@ read_job() {
 network_up() {
   ip link set lo up
   wait_for 'ls /sys/class/net | grep -qv "^lo$"' 10 || fail_before_write "no network card (is its driver in the initrd?)"
+  if [ "$job_net" = static ]; then
+    network_static
+    start_ssh
+    return 0
+  fi
   for ifc in $(ls /sys/class/net); do
     [ "$ifc" = lo ] && continue
     ip link set "$ifc" up
@@ -210,6 +246,30 @@ network_up() {
     fi
   done
   fail_before_write "no DHCP lease on any network card"
+}
+
+# The machine's own static address (no DHCP on its network): on the card with its MAC, as the running
+# system had it when the job was written.
+network_static() {
+  ifc=
+  wait_for '[ -n "$(static_card)" ]' "${CARD_WAIT_SECONDS:-10}"
+  ifc=$(static_card)
+  [ -n "$ifc" ] || fail_before_write "no network card with MAC $job_net_mac for the static address $job_net_addr (is its driver in the initrd?)"
+  ip link set "$ifc" up
+  ip addr add "$job_net_addr" dev "$ifc" || fail_before_write "cannot set $job_net_addr on $ifc"
+  [ "$job_net_gw" = none ] || ip route replace default via "$job_net_gw" dev "$ifc" || fail_before_write "cannot route through $job_net_gw on $ifc"
+  : > /etc/resolv.conf
+  [ "$job_net_dns" = none ] || for d in $(echo "$job_net_dns" | tr , ' '); do echo "nameserver $d" >> /etc/resolv.conf; done
+  # Carrier comes a moment after link up; the fetch retries anyway.
+  wait_for "grep -q 1 /sys/class/net/$ifc/carrier" "${CARRIER_WAIT_SECONDS:-5}" || say "warning: $ifc has no carrier yet"
+  status network "$ifc: $job_net_addr static (gateway $job_net_gw, name servers $job_net_dns)"
+}
+
+static_card() {
+  for c in $(ls /sys/class/net); do
+    [ "$c" = lo ] && continue
+    if [ "$job_net_mac" = any ] || [ "$(cat "/sys/class/net/$c/address" 2>/dev/null)" = "$job_net_mac" ]; then echo "$c"; return; fi
+  done
 }
 
 # The payload lives in RAM until the write is verified: refuse before fetching when it cannot fit with

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { isIPv4 } from 'node:net';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeFileDurable } from '../core/durable.js';
@@ -40,6 +41,47 @@ export interface FlashJob {
   /** RAM the flasher must have beyond the payload before it downloads (decoder, dd, page cache). */
   ramReserve: number;
   frames: Array<{ offset: number; length: number; rawLength: number; sha256: string }>;
+  /** How the flasher brings its network up; DHCP when absent. */
+  network?: FlasherNetwork;
+}
+
+/**
+ * The flasher's network: DHCP, or the machine's own static IPv4 set-up, copied from the running system
+ * (or [flasher] address) so that a machine on a network without DHCP can still reach its releases.
+ * `mac` picks the card (the flasher has no udev names: ens3 here may be eth0 there); undefined: the
+ * first card.
+ */
+export type FlasherNetwork =
+  | { mode: 'dhcp' }
+  | { mode: 'static'; mac: string | undefined; address: string; prefix: number; gateway: string | undefined; dns: string[] };
+
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+export const isMac = (text: string): boolean => MAC_RE.test(text);
+
+/** `192.0.2.10/24` → its address and prefix length; undefined when it is not IPv4 CIDR. */
+export function parseCidr4(text: string): { address: string; prefix: number } | undefined {
+  const m = /^([0-9.]+)\/(\d{1,2})$/.exec(text);
+  if (!m || !isIPv4(m[1]!) || Number(m[2]) < 1 || Number(m[2]) > 32) return undefined;
+  return { address: m[1]!, prefix: Number(m[2]) };
+}
+
+/** Why a static network cannot be written into a job, undefined when it can. */
+export function staticNetworkProblem(n: FlasherNetwork): string | undefined {
+  if (n.mode === 'dhcp') return undefined;
+  if (!isIPv4(n.address)) return `address '${n.address}' is not an IPv4 address`;
+  if (!Number.isInteger(n.prefix) || n.prefix < 1 || n.prefix > 32) return `prefix length ${n.prefix} is not 1-32`;
+  if (n.gateway !== undefined && !isIPv4(n.gateway)) return `gateway '${n.gateway}' is not an IPv4 address`;
+  if (n.mac !== undefined && !isMac(n.mac)) return `'${n.mac}' is not a MAC address (aa:bb:cc:dd:ee:ff, lower case)`;
+  const bad = n.dns.find((d) => !isIPv4(d));
+  if (bad !== undefined) return `name server '${bad}' is not an IPv4 address`;
+  return undefined;
+}
+
+/** `network dhcp`, or `network static MAC|any ADDRESS/PREFIX GATEWAY|none DNS,DNS|none` (flasher.sh check_job). */
+function networkLine(n: FlasherNetwork): string {
+  if (n.mode === 'dhcp') return 'network dhcp';
+  return `network static ${n.mac ?? 'any'} ${n.address}/${n.prefix} ${n.gateway ?? 'none'} ${n.dns.length ? n.dns.join(',') : 'none'}`;
 }
 
 /** RAM beyond the payload: measured need of the flasher's userland, lz4 and dd, with room to spare. */
@@ -50,7 +92,7 @@ export function newNonce(): string {
 }
 
 /** The job for a verified manifest; the payload is fetched from `url`. No nonce: a rescue job. */
-export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined): FlashJob {
+export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined, network: FlasherNetwork = { mode: 'dhcp' }): FlashJob {
   const p = manifest.payload;
   if (p.compression !== 'lz4-frames' || !p.frames?.length) {
     throw new UpgradeError('UNSUPPORTED', `release ${manifest.version}: the flasher verifies every frame, but its payload is '${p.compression}' without a frame index`, {
@@ -68,6 +110,7 @@ export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonc
     targetUuid,
     ramReserve: RAM_RESERVE,
     frames: p.frames.map((f) => ({ offset: f.offset, length: f.length, rawLength: f.rawLength, sha256: f.sha256 })),
+    network,
   };
 }
 
@@ -93,6 +136,9 @@ export function renderJob(job: FlashJob, kind: 'flash' | 'rescue' = 'flash'): st
   if (!UUID_RE.test(job.targetUuid)) bad(`'${job.targetUuid}' is not a filesystem UUID`);
   if (![job.payloadSize, job.imageSize, job.ramReserve].every(uint)) bad('sizes must be whole numbers');
   if (!HEX(64).test(job.payloadSha256) || !HEX(64).test(job.imageSha256)) bad('hashes must be SHA-256 hex');
+  const network = job.network ?? { mode: 'dhcp' };
+  const netProblem = staticNetworkProblem(network);
+  if (netProblem) bad(`network: ${netProblem}`);
   for (const f of job.frames) {
     if (![f.offset, f.length, f.rawLength].every(uint) || !HEX(64).test(f.sha256)) bad(`frame at ${f.offset} is malformed`);
   }
@@ -107,6 +153,7 @@ export function renderJob(job: FlashJob, kind: 'flash' | 'rescue' = 'flash'): st
     `image_sha256 ${job.imageSha256}`,
     `target_uuid ${job.targetUuid}`,
     `ram_reserve ${job.ramReserve}`,
+    networkLine(network),
     `frames ${job.frames.length}`,
     ...job.frames.map((f) => `frame ${f.offset} ${f.length} ${f.rawLength} ${f.sha256}`),
     '',

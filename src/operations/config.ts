@@ -1,4 +1,5 @@
 import { promises as fs } from 'node:fs';
+import { isIPv4 } from 'node:net';
 import ini from 'ini';
 import { UpgradeError } from '../core/errors.js';
 import { checkIniLines, IniLineError, type IniLines, type IniSchema } from '../core/ini-lines.js';
@@ -9,6 +10,7 @@ import { isVersion } from '../core/version.js';
 import { parseSize } from '../core/size.js';
 import { isWindow } from '../core/commit-window.js';
 import { testSwitch } from '../core/test-switches.js';
+import { isMac, parseCidr4 } from '../flasher/job.js';
 
 import { MAX_TRIAL_DEADLINE } from '../grub/render.js';
 
@@ -68,6 +70,16 @@ export interface Config {
      * without an SDK (busybox wget). Unset: [source] url when that is http(s).
      */
     url: string | undefined;
+    /**
+     * The flasher's network: `auto` copies the running system's static IPv4 set-up when its default
+     * route's address is static (no lease), else DHCP; `dhcp`; `static` with `address` (CIDR),
+     * `gateway`, `dns` and optionally `mac` given here (src/operations/flasher-network.ts).
+     */
+    network: 'auto' | 'dhcp' | 'static';
+    address: string | undefined;
+    gateway: string | undefined;
+    dns: string[];
+    mac: string | undefined;
   };
   /** Remote check-in over Eclipse hawkBit's DDI API (src/daemon/ddi/); off while `url` is unset. */
   hawkbit: {
@@ -100,7 +112,7 @@ export const CONFIG_SCHEMA: IniSchema = {
   boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command', 'trial_deadline'],
   health: ['timeout'],
   hooks: ['timeout'],
-  flasher: ['url'],
+  flasher: ['url', 'network', 'address', 'gateway', 'dns', 'mac'],
   hawkbit: ['url', 'tenant', 'controller_id', 'token_file', 'token_kind', 'ca_file', 'cert_file', 'key_file', 'confirm'],
 };
 
@@ -223,7 +235,14 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
     },
     health: { timeout: int('health', 'timeout', 300, 1, 86400) },
     hooks: { timeout: int('hooks', 'timeout', 120, 1, 86400) },
-    flasher: { url: checked('flasher', 'url', (v) => /^https?:\/\/[^\s'"\\]+$/.test(v), 'an http:// or https:// URL') },
+    flasher: {
+      url: checked('flasher', 'url', (v) => /^https?:\/\/[^\s'"\\]+$/.test(v), 'an http:// or https:// URL'),
+      network: (checked('flasher', 'network', (v) => ['auto', 'dhcp', 'static'].includes(v), 'auto, dhcp or static') ?? 'auto') as 'auto' | 'dhcp' | 'static',
+      address: checked('flasher', 'address', (v) => parseCidr4(v) !== undefined, 'an IPv4 address with its prefix length, e.g. 192.0.2.10/24'),
+      gateway: checked('flasher', 'gateway', isIPv4, 'an IPv4 address'),
+      dns: (checked('flasher', 'dns', (v) => v.split(/[\s,]+/).filter(Boolean).every(isIPv4), 'IPv4 addresses separated by commas') ?? '').split(/[\s,]+/).filter(Boolean),
+      mac: checked('flasher', 'mac', isMac, 'a MAC address in lower case, e.g. 52:54:00:12:34:56'),
+    },
     hawkbit: {
       url: str('hawkbit', 'url'),
       tenant: str('hawkbit', 'tenant') ?? 'DEFAULT',

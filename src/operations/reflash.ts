@@ -14,6 +14,7 @@ import type { Config } from './config.js';
 import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
 import { openConfiguredSource } from './prepare.js';
 import { payloadUrl } from './flasher-url.js';
+import { flasherNetwork } from './flasher-network.js';
 import { rebootMachine } from './reboot.js';
 import { flasherInstalled } from '../grub/boot-files.js';
 import { reconcile } from './reconcile/index.js';
@@ -115,7 +116,7 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
     });
   }
   const nonce = newNonce();
-  const job: FlashJob = jobFor(release.manifest, payloadUrl(config, release.manifest), await detectHostUuid(layout.host, config.boot.hostUuid), nonce);
+  const job: FlashJob = jobFor(release.manifest, payloadUrl(config, release.manifest), await detectHostUuid(layout.host, config.boot.hostUuid), nonce, await flasherNetwork(layout, config));
   const total = await memTotal(layout);
   if (total !== undefined && total < ramNeeded(job)) {
     throw new UpgradeError('NO_SPACE', `the flasher would need ${mib(ramNeeded(job))} MiB of RAM (payload ${mib(job.payloadSize)} MiB + ${mib(job.ramReserve)} MiB), this machine has ${mib(total)} MiB`, {

@@ -99,10 +99,11 @@ async function makeWorld(dir: string): Promise<World> {
 const flasherFiles = (w: World) => ({ kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
 
 /** Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. */
-async function armedMachine(w: World, name: string, editJob?: (text: string) => string): Promise<{ disk: HostDisk; job: ReflashResult }> {
+async function armedMachine(w: World, name: string, editJob?: (text: string) => string, flasherConfig = ''): Promise<{ disk: HostDisk; job: ReflashResult }> {
   const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
   await installFlasher(layout, w.config, flasherFiles(w));
-  const config = parseConfig(CONFIG.replace('file:///unused', `file://${w.www}`), 'test config');
+  // CONFIG ends in [flasher]: extra keys land there.
+  const config = parseConfig(CONFIG.replace('file:///unused', `file://${w.www}`) + flasherConfig, 'test config');
   const job = await reflash(layout, config, { version: '2', reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
   // As root could edit it (the flasher trusts only root's files): e.g. a reserve no VM has.
   if (editJob) await fs.writeFile(job.job, editJob(await fs.readFile(job.job, 'utf8')));
@@ -287,13 +288,16 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
     t.equal(env.saved_entry, 'upgradectl-1', 'the restored image is the default');
   });
 
-  t.test('d: the payload is missing on the server (404): refused before writing, the partition is untouched', async (t) => {
-    const { disk } = await armedMachine(w, 'd');
+  t.test('d: on a static address (no DHCP used), the payload is missing on the server (404): refused before writing, the partition is untouched', async (t) => {
+    // The machine's own static set-up, as [flasher] gives it: QEMU's user network, its card's MAC.
+    const { disk, job } = await armedMachine(w, 'd', undefined, 'network = static\naddress = 10.0.2.15/24\ngateway = 10.0.2.2\nmac = 52:54:00:12:34:56\n');
+    t.match(await readHostFile(disk, '/boot/upgradectl/flasher/job').then(String), /\nnetwork static 52:54:00:12:34:56 10\.0\.2\.15\/24 10\.0\.2\.2 none\n/, 'the job carries the static set-up');
     const www = path.join(w.dir, 'www-d');
     await fs.cp(w.www, www, { recursive: true });
     await fs.rm(path.join(www, 'releases/2/image.lz4'));
-    const { server } = await refusedBeforeWriting(t, 'd', disk, www, /\[failed\] download of http:\/\/10\.0\.2\.100\/releases\/2\/image\.lz4 failed 3 times/);
-    t.equal(server.requests.filter((r) => r.path === '/releases/2/image.lz4' && r.status === 404).length, 3, 'three attempts, each a 404');
+    const { server, lines } = await refusedBeforeWriting(t, 'd', disk, www, /\[failed\] download of http:\/\/10\.0\.2\.100\/releases\/2\/image\.lz4 failed 3 times/);
+    t.equal(server.requests.filter((r) => r.path === '/releases/2/image.lz4' && r.status === 404).length, 3, 'three attempts, each a 404: the static address reached the server');
+    t.ok(lines.some((l) => /\[network\] eth0: 10\.0\.2\.15\/24 static \(gateway 10\.0\.2\.2/.test(l)), 'the card with that MAC got the static address');
   });
 
   t.test('e: not enough RAM for payload and reserve: refused before anything is downloaded or written', async (t) => {

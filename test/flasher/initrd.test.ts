@@ -76,3 +76,29 @@ t.test('SSH into the flasher: its dropbear lets in the keys of flasher add-key, 
   await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other]);
   await t.rejects(run('ssh', ['-i', other, '-p', String(port), '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', 'root@127.0.0.1', 'true']), 'another key is refused');
 });
+
+t.test('a static network: the flasher puts the job\'s address on the card with its MAC, in a network namespace of its own', { skip: skipUnless({ root: true, commands: ['busybox', 'lz4', 'cpio', 'chroot', 'unshare', 'ip'] }) }, async (t) => {
+  const dir = t.testdir();
+  const { tree } = await unpackedInitrd(dir);
+  // unshare -n -m: the cards, the address and sysfs exist only for this command (bridges stand for
+  // cards: this kernel has no dummy driver). JOB_KIND=rescue: a failure ends the story instead of
+  // rebooting, and reboot is shadowed besides.
+  const flasher = (mac: string) => run('unshare', ['-n', '-m', 'sh', '-ec', `
+    ip link add eth7 address 52:54:00:ab:cd:01 type bridge
+    ip link add eth8 address 52:54:00:ab:cd:02 type bridge
+    mount -t sysfs sysfs ${tree}/sys
+    chroot ${tree} /bin/sh -c 'export PATH=/bin:/sbin JOB_KIND=rescue CARD_WAIT_SECONDS=1 CARRIER_WAIT_SECONDS=1
+      reboot() { echo "reboot refused"; exit 9; }
+      . /lib/upgradectl/flasher.sh; mkdir -p $FLASHER_DIR /etc
+      job_net=static job_net_mac=${mac} job_net_addr=192.0.2.10/24 job_net_gw=192.0.2.1 job_net_dns=192.0.2.53,198.51.100.53
+      network_up; echo "#"; ip -4 addr show; echo "#"; ip route; echo "#"; cat /etc/resolv.conf'`]);
+  const { stdout } = await flasher('52:54:00:ab:cd:02');
+  const [log, addrs, routes, resolv] = stdout.split('#\n');
+  t.match(log, /\[network\] eth8: 192\.0\.2\.10\/24 static \(gateway 192\.0\.2\.1/, 'the card with the MAC of the job');
+  t.match(addrs, /eth8[\s\S]*inet 192\.0\.2\.10\/24/);
+  t.notMatch(addrs, /eth7[^\n]*\n[^\n]*inet 192/, 'not on the other card');
+  t.match(routes, /^default via 192\.0\.2\.1 dev eth8/m);
+  t.equal(resolv, 'nameserver 192.0.2.53\nnameserver 198.51.100.53\n');
+  const missing = await flasher('52:54:00:ab:cd:09').then(() => undefined, (err: { stdout?: string }) => err.stdout ?? '');
+  t.match(missing, /no network card with MAC 52:54:00:ab:cd:09/, 'a card that is not there: refused before anything is fetched');
+});

@@ -19,8 +19,8 @@ function job(nonce: string): FlashJob {
   };
 }
 
-async function checkJob(dir: string, file: string, nonce: string, kind: 'flash' | 'rescue' = 'flash'): Promise<{ ok: boolean; out: string }> {
-  const script = `. ${path.join(FLASHER_SCRIPTS, 'flasher.sh')}; check_job "$1" "$2" "$3" && echo "OK $job_version $job_frames $(cat $FLASHER_DIR/frames)"`;
+async function checkJob(dir: string, file: string, nonce: string, kind: 'flash' | 'rescue' = 'flash', show = 'OK $job_version $job_frames $(cat $FLASHER_DIR/frames)'): Promise<{ ok: boolean; out: string }> {
+  const script = `. ${path.join(FLASHER_SCRIPTS, 'flasher.sh')}; check_job "$1" "$2" "$3" && echo "${show}"`;
   try {
     const { stdout } = await run('busybox', ['sh', '-c', script, 'sh', file, nonce, UUID], { env: { ...process.env, FLASHER_DIR: path.join(dir, 'run'), JOB_KIND: kind } });
     return { ok: stdout.startsWith('OK '), out: stdout.trim() };
@@ -75,6 +75,44 @@ t.test('the job writer refuses values the flasher could misread', async (t) => {
   t.throws(() => renderJob({ ...job('xyz') }), /nonce/);
   t.throws(() => renderJob({ ...job(newNonce()), version: '../2' }), /version/);
   t.throws(() => renderJob({ ...job(newNonce()), imageSize: -1 }), /sizes/);
+});
+
+t.test('the network line: DHCP by default, the machine\'s static address read by the flasher as written, malformed ones refused', { skip }, async (t) => {
+  const dir = t.testdir();
+  const nonce = newNonce();
+  const flasherDir = path.join(dir, 'boot/upgradectl/flasher');
+  const net = 'OK $job_net|$job_net_mac|$job_net_addr|$job_net_gw|$job_net_dns';
+  const dhcp = await checkJob(dir, await writeJob(flasherDir, job(nonce)), nonce, 'flash', net);
+  t.equal(dhcp.out, 'OK dhcp||||', dhcp.out);
+  t.match(renderJob(job(nonce)), /\nnetwork dhcp\n/);
+  const fixed: FlashJob = { ...job(nonce), network: { mode: 'static', mac: '52:54:00:12:34:56', address: '192.0.2.10', prefix: 24, gateway: '192.0.2.1', dns: ['192.0.2.53', '198.51.100.53'] } };
+  const file = await writeJob(flasherDir, fixed);
+  const ok = await checkJob(dir, file, nonce, 'flash', net);
+  t.equal(ok.out, 'OK static|52:54:00:12:34:56|192.0.2.10/24|192.0.2.1|192.0.2.53,198.51.100.53', ok.out);
+  const bareNet = { mode: 'static', mac: undefined, address: '10.0.2.15', prefix: 24, gateway: undefined, dns: [] } as const;
+  const bare: FlashJob = { ...job(nonce), network: { ...bareNet, dns: [] } };
+  const anyCard = await checkJob(dir, await writeJob(flasherDir, bare), nonce, 'flash', net);
+  t.equal(anyCard.out, 'OK static|any|10.0.2.15/24|none|none', 'no MAC: the first card; no gateway or name servers');
+  // What root could put in the file by hand; the flasher refuses it before using the network.
+  for (const [line, why] of [
+    ['network static 52:54:00:12:34:56 192.0.2.300/24 192.0.2.1 none', /bad network address/],
+    ['network static 52:54:00:12:34:56 192.0.2.10/33 192.0.2.1 none', /bad network address/],
+    ['network static 52:54:00:12:34:56 192.0.2.10 192.0.2.1 none', /bad network address/],
+    ['network static 52:54:00:12:34 192.0.2.10/24 192.0.2.1 none', /bad network MAC/],
+    ['network static any 192.0.2.10/24 gw;reboot none', /bad network gateway/],
+    ['network static any 192.0.2.10/24 none 192.0.2.53,$(reboot)', /bad name server/],
+    ['network static any 192.0.2.10/24 none 192.0.2.53 extra', /bad name server/],
+    ['network static any 192.0.2.10/24 none 192.0.2.53,', /bad name server list/],
+    ['network bootp', /dhcp or static/],
+  ] as const) {
+    writeFileSync(file, renderJob(fixed).replace(/^network .*$/m, line), { mode: 0o600 });
+    const r = await checkJob(dir, file, nonce, 'flash', net);
+    t.notOk(r.ok, line);
+    t.match(r.out, why, line);
+  }
+  t.throws(() => renderJob({ ...fixed, network: { ...bareNet, dns: [], address: '10.0.2' } }), /network: address/);
+  t.throws(() => renderJob({ ...fixed, network: { ...bareNet, dns: [], mac: '52-54-00-12-34-56' } }), /network: .*MAC/);
+  t.throws(() => renderJob({ ...fixed, network: { ...bareNet, dns: ['::1'] } }), /name server/);
 });
 
 t.test('a rescue job has no nonce and is valid at any boot that reaches rescue; the two kinds never stand in for each other', { skip }, async (t) => {
