@@ -453,10 +453,21 @@ rescue_main() {
       sleep 30
     fi
     [ $n = 1 ] && setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
-    say "RESCUE FAILED (attempt $n): $(sed -n 's/^message=//p' "$STATUS"). No image can boot; this machine stays up and tries again in $RESCUE_RETRY_SECONDS s (a shell is on the console)"
-    sleep "$RESCUE_RETRY_SECONDS"
+    say "RESCUE FAILED (attempt $n): $(sed -n 's/^message=//p' "$STATUS"). No image can boot; this machine stays up and tries again in $RESCUE_RETRY_SECONDS s, or at once after 'sh /lib/upgradectl/flasher.sh rescue-now' (a shell is on the console)"
+    # A wait the operator can cut short (rescue-now): the mirror fixed, no need to sit out the timer.
+    sleep "$RESCUE_RETRY_SECONDS" &
+    echo $! > "$FLASHER_DIR/rescue-wait.pid"
+    wait $! 2>/dev/null
+    rm -f "$FLASHER_DIR/rescue-wait.pid"
   done
 }
+
+# `sh /lib/upgradectl/flasher.sh rescue-now` (console or SSH): a failed rescue tries again at once.
+if [ "${1:-}" = rescue-now ]; then
+  [ -f "$FLASHER_DIR/rescue-wait.pid" ] || { echo "upgradectl-flasher: no rescue is waiting to try again"; exit 1; }
+  kill "$(cat "$FLASHER_DIR/rescue-wait.pid")" && echo "upgradectl-flasher: the rescue tries again now; its status is in $STATUS"
+  exit
+fi
 
 # `sh /lib/upgradectl/flasher.sh retry` on the console of a stuck flasher: the same verified payload
 # in RAM, the same target, once more.

@@ -7,7 +7,7 @@ import { run } from '../../src/core/exec.js';
 import { setLogLevel } from '../../src/core/log.js';
 import { parseConfig, type Config } from '../../src/operations/config.js';
 import { writeBootFiles } from '../../src/operations/boot.js';
-import { installFlasher } from '../../src/operations/flasher-install.js';
+import { addFlasherKey, installFlasher } from '../../src/operations/flasher-install.js';
 import { reflash, type ReflashResult } from '../../src/operations/reflash.js';
 import { initialState, saveState, type State } from '../../src/operations/state.js';
 import { buildImage } from '../../src/release/image-build.js';
@@ -31,7 +31,7 @@ import { serialLogPath, Vm } from './qemu.js';
  * trials: the busybox images have no node to run upgradectl in.
  */
 
-const skip = skipUnless({ root: true, commands: ['qemu-system-x86_64', 'mke2fs', 'debugfs', 'sfdisk', 'grub-mkimage', 'busybox', 'lz4', 'mkinitramfs'] });
+const skip = skipUnless({ root: true, commands: ['qemu-system-x86_64', 'mke2fs', 'debugfs', 'sfdisk', 'grub-mkimage', 'busybox', 'lz4', 'mkinitramfs', 'ssh', 'ssh-keygen'], files: ['/usr/sbin/dropbear'] });
 const DISK_MIB = 160;
 const NEW_HOST_MIB = 96;
 const SERVER = { guestAddr: '10.0.2.100', guestPort: 80 };
@@ -116,13 +116,14 @@ async function armedMachine(w: World, name: string, editJob?: (text: string) => 
  * Machine 1 as prepare and confirm leave it (release 1's verified manifest beside its image, previous
  * image 0), the flasher installed, which writes the rescue job for release 1; then both images deleted.
  */
-async function machineWithoutImages(w: World, name: string): Promise<{ disk: HostDisk; rescueJob: string }> {
+async function machineWithoutImages(w: World, name: string, sshKey?: string): Promise<{ disk: HostDisk; rescueJob: string }> {
   const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
   await fs.copyFile(w.image1, layout.imageFile('0'));
   await fs.mkdir(layout.manifestsDir, { recursive: true });
   await fs.copyFile(path.join(w.www, 'releases/1/manifest.json'), layout.manifestFile('1'));
   await saveState(layout, { ...initialState(), current: '1', previous: '0' });
-  await installFlasher(layout, w.config, flasherFiles(w));
+  await installFlasher(layout, w.config, { ...flasherFiles(w), ...(sshKey ? { dropbear: '/usr/sbin/dropbear' } : {}) });
+  if (sshKey) await addFlasherKey(layout, sshKey);
   const rescueJob = await fs.readFile(layout.rescueJobFile, 'utf8');
   await fs.rm(layout.imageFile('1'));
   await fs.rm(layout.imageFile('0'));
@@ -151,7 +152,7 @@ async function withServer<T>(root: string, fn: (s: TestHttpServer) => Promise<T>
   }
 }
 
-async function startVm(t: { teardown(fn: () => unknown): void }, name: string, disk: HostDisk, server: TestHttpServer, opts: { allowReboot: boolean; maxBoots: number; memoryMiB?: number; blkdebug?: string }): Promise<Vm> {
+async function startVm(t: { teardown(fn: () => unknown): void }, name: string, disk: HostDisk, server: TestHttpServer, opts: { allowReboot: boolean; maxBoots: number; memoryMiB?: number; blkdebug?: string; hostfwd?: Array<{ hostPort: number; guestPort: number }> }): Promise<Vm> {
   const vm = Vm.start({
     disk: disk.file, logFile: await serialLogPath(cacheDir(), name), ...opts,
     guestfwd: [{ ...SERVER, hostPort: server.port }],
@@ -262,12 +263,33 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
     t.comment(`b: refusal and image 1 back in ${secs(performance.now() - started)} s`);
   });
 
-  t.test('c: both images gone: GRUB falls back to the flasher in rescue mode, which puts release 1 back and boots it', async (t) => {
-    const { disk, rescueJob } = await machineWithoutImages(w, 'c');
+  t.test('c: both images gone, the release not on the server yet: rescue fails and stays up (no reboot loop), the operator reads why over SSH, puts the release back and says rescue-now; release 1 is restored and boots', async (t) => {
+    const key = path.join(w.dir, 'operator');
+    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key]);
+    const { disk, rescueJob } = await machineWithoutImages(w, 'c', await fs.readFile(`${key}.pub`, 'utf8'));
     t.match(rescueJob, /^upgradectl-rescue-job 1\nversion 1\nurl http:\/\/10\.0\.2\.100\/releases\/1\/image\.lz4\n/, 'the rescue job names release 1, fetched over http');
+    const www = path.join(w.dir, 'www-c');
+    await fs.cp(w.www, www, { recursive: true });
+    const payload = path.join(www, 'releases/1/image.lz4');
+    await fs.rename(payload, `${payload}.later`);
+    const sshPort = 20000 + Math.floor(Math.random() * 20000);
     const started = performance.now();
-    await withServer(w.www, async (server) => {
-      const vm = await startVm(t, 'flasher-c', disk, server, { allowReboot: true, maxBoots: 3 });
+    await withServer(www, async (server) => {
+      const vm = await startVm(t, 'flasher-c', disk, server, { allowReboot: true, maxBoots: 3, hostfwd: [{ hostPort: sshPort, guestPort: 22 }] });
+      await vm.waitForLine(/upgradectl-flasher: RESCUE FAILED \(attempt 1\)/, 240_000, 'the first rescue attempt failed and says so');
+      const failed = performance.now();
+      const ssh = (k: string, cmd: string) => run('ssh', ['-i', k, '-p', String(sshPort), '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=20', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', 'root@127.0.0.1', cmd], { timeoutMs: 60_000 });
+      const { stdout } = await ssh(key, 'cat /run/upgradectl-flasher/status');
+      t.match(stdout, /^phase=failed\nmessage=download of http:\/\/10\.0\.2\.100\/releases\/1\/image\.lz4 failed 3 times/, 'over SSH, with the key of flasher add-key: the status says why');
+      const stranger = path.join(w.dir, 'stranger');
+      await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', stranger]);
+      await t.rejects(ssh(stranger, 'true'), 'another key is refused');
+      t.equal(vm.boots().length, 1, 'a failed rescue does not reboot (it would come straight back)');
+      t.equal(server.requests.filter((r) => r.path === '/releases/1/image.lz4' && r.status === 404).length, 3, 'three attempts, each a 404');
+      await fs.rename(`${payload}.later`, payload);
+      const now = await ssh(key, 'sh /lib/upgradectl/flasher.sh rescue-now');
+      t.match(now.stdout, /the rescue tries again now/, 'the operator cuts the wait short');
+      t.comment(`c: power-on to rescue failed ${secs(failed - started)} s; SSH and rescue-now ${secs(performance.now() - failed)} s later`);
       await vm.waitForLine(/upgradectl-flasher: \[done\]/, 240_000, 'the rescue flasher restored an image');
       const restored = performance.now();
       await vm.waitForLine(/UPGRADECTL-MARKER booted version=1 /, 120_000, 'image 1 booted again');
@@ -279,7 +301,7 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
       const boots = vm.boots();
       t.match(boots[0]!.cmdline, /upgradectl\.rescue=1/, 'GRUB fell back to the rescue entry');
       t.notMatch(boots[0]!.cmdline, /upgradectl\.flasher=\w/, 'with no flash nonce');
-      t.equal(boots.length, 2, 'rescue, then image 1');
+      t.equal(boots.length, 2, 'rescue (two attempts, one boot), then image 1');
       t.comment(`c: power-on to image restored ${secs(restored - started)} s; total with image 1 booted ${secs(performance.now() - started)} s`);
     });
     t.ok(await readHostFile(disk, '/images/1.img'), 'image 1 is back in /images');

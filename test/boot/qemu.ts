@@ -38,6 +38,8 @@ export interface VmOptions {
    * connects to a port on the host's 127.0.0.1. Without it the VM has no network card at all.
    */
   guestfwd?: GuestForward[];
+  /** Host 127.0.0.1:hostPort carried to the guest's guestPort (e.g. SSH into the guest); needs guestfwd's network. */
+  hostfwd?: Array<{ hostPort: number; guestPort: number }>;
   /** Blobs the guest reads under /sys/firmware/qemu_fw_cfg/by_name/<name>/raw: name -> host file. */
   fwCfg?: Record<string, string>;
   /**
@@ -67,12 +69,14 @@ export interface GuestForward {
  */
 const TCP_PIPE = fileURLToPath(new URL('./tcp-pipe.mjs', import.meta.url));
 
-function networkArgs(forwards: GuestForward[] | undefined): string[] {
+function networkArgs(forwards: GuestForward[] | undefined, inbound: Array<{ hostPort: number; guestPort: number }> = []): string[] {
   if (!forwards) return ['-nic', 'none'];
   // restrict=on: no packet leaves for the outside world or the host; only the explicit forwards work.
   // Commas inside an option value are doubled for QEMU's option parser.
   const fwd = forwards.map((f) => `,guestfwd=tcp:${f.guestAddr}:${f.guestPort}-cmd:${process.execPath} ${TCP_PIPE} ${f.hostPort}`.replace(/(?<=cmd:.*),/g, ',,'));
-  return ['-nic', `user,model=virtio-net-pci,restrict=on${fwd.join('')}`];
+  // Inbound forwards listen on the host's loopback only.
+  const hostfwd = inbound.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`);
+  return ['-nic', `user,model=virtio-net-pci,restrict=on${fwd.join('')}${hostfwd.join('')}`];
 }
 
 /** One kernel start on the serial console and what followed it until the next one. */
@@ -147,7 +151,7 @@ export class Vm {
       // GRUB has no virtio driver but reads the disk through BIOS int13 (or OVMF's virtio block I/O
       // under UEFI); Linux uses virtio_blk.
       '-drive', `file=${opts.blkdebug ? `blkdebug:${opts.blkdebug}:` : ''}${opts.disk},format=raw,if=virtio,cache=writeback`,
-      ...networkArgs(opts.guestfwd),
+      ...networkArgs(opts.guestfwd, opts.hostfwd),
       ...(opts.efi
         ? ['-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${opts.efi.code}`, '-drive', `if=pflash,format=raw,unit=1,file=${opts.efi.vars}`]
         : []),
