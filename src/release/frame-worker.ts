@@ -8,7 +8,7 @@ import { MAX_BLOCK, decodeChunk, encodeChunkedFrame, encodeFrame, frameBlocks } 
 import { BLOCK_HASH_BYTES, blockHash } from './block-hash.js';
 import { decodeZstdChunk, encodeZstdChunks } from './zstd-chunks.js';
 import { allocatedBytes, HOLE_GRAIN, isZeroBlock } from './holes.js';
-import { openSource, type Source, type SourceSpec } from './sources/index.js';
+import { openSpec, type Source, type SourceSpec } from './sources/index.js';
 
 /**
  * CPU work of publish and prepare, off the main thread (which keeps the network busy). lz4-napi's
@@ -209,6 +209,8 @@ function decodeVerifyWrite(frame: Buffer, rawLength: number, sha256: string, fd:
 
 /** One source per spec in this worker: its keep-alive connections serve every frame it fetches. */
 const sources = new Map<string, Source>();
+/** The URL each source was opened with (a pre-signed one changes). */
+const openedWith = new Map<string, string>();
 
 /**
  * Receive buffers of the frames this worker fetches, kept for the next frame: a fresh ~2 MB buffer
@@ -218,9 +220,14 @@ const receiveBuffers: Buffer[] = [];
 const RECEIVE_SIZE = MAX_BLOCK + (64 << 10);
 
 async function fetchFrame(task: Extract<FrameTask, { op: 'fetch-frame' }>): Promise<FrameResult> {
-  const id = JSON.stringify(task.source);
+  // A pre-signed S3 URL is renewed now and then: the new one replaces the old source, whose idle
+  // keep-alive connections close on their own (frames still in flight on it finish there).
+  const id = task.source.signedKey !== undefined ? `signed ${task.source.signedKey}` : JSON.stringify(task.source);
   let source = sources.get(id);
-  if (!source) sources.set(id, (source = openSource(task.source.url, task.source.opts)));
+  if (!source || openedWith.get(id) !== task.source.url) {
+    sources.set(id, (source = openSpec(task.source)));
+    openedWith.set(id, task.source.url);
+  }
   const length = task.end - task.start;
   const buffer = receiveBuffers.pop() ?? Buffer.allocUnsafeSlow(RECEIVE_SIZE);
   try {

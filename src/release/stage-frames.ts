@@ -183,17 +183,19 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       });
     return { written };
   };
-  // Whole frames are fetched by the workers themselves when the source can be opened there: the bytes
-  // then never cross this thread, which only hands out frame numbers. /1 manifests need each decoded
-  // frame back here for their in-order image hash, so they keep fetching here.
-  const spec = ctx.hasher ? undefined : ctx.source.spec;
+  // Whole frames are fetched by the workers themselves when the source can be opened there (S3: by a
+  // pre-signed URL): the bytes then never cross this thread, which only hands out frame numbers. /1
+  // manifests need each decoded frame back here for their in-order image hash, so they keep fetching here.
+  const inWorkers = !ctx.hasher && ctx.source.workerSpec !== undefined;
   /** Fetch, decode, verify and write a whole frame on a worker; its SHA-256 once it is on disk. */
   const fetchInWorker = async (i: number): Promise<string> => {
     const f = frames[i]!;
     for (let attempt = 0; ; attempt++) {
       await ctx.source.admit?.(f.length);
+      // Asked per frame: an S3 URL is renewed before it expires (cached otherwise).
+      const spec = await ctx.source.workerSpec!(ctx.payloadKey);
       const r = await ctx.pool.run({
-        op: 'fetch-frame', source: spec!, key: ctx.payloadKey, start: f.offset, end: f.offset + f.length, etag: ctx.etag,
+        op: 'fetch-frame', source: spec, key: ctx.payloadKey, start: f.offset, end: f.offset + f.length, etag: ctx.etag,
         rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize,
       });
       stats.fetched += f.length;
@@ -256,7 +258,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
         finish(i)(await assembled(i, plan, delta!.offsets(i)));
         continue;
       }
-      if (spec) {
+      if (inWorkers) {
         finish(i)(await fetchInWorker(i));
         continue;
       }

@@ -32,6 +32,8 @@ export interface TestS3Server {
   directory: string;
   /** `METHOD /path?query` of every request, e.g. to see multipart parts go by. */
   requests: string[];
+  /** The same requests with their Range header and how each was signed (Authorization header: the SDK; query: a pre-signed URL). */
+  served: Array<{ method: string; path: string; range: string | undefined; signed: 'header' | 'query' | 'none' }>;
   close(): Promise<void>;
 }
 
@@ -61,13 +63,20 @@ export async function startS3Server(bucket = 'releases'): Promise<TestS3Server> 
   });
   const { port } = await server.run();
   const requests: string[] = [];
-  server.httpServer?.on('request', (req: IncomingMessage) => requests.push(`${req.method ?? ''} ${req.url ?? ''}`));
+  const served: TestS3Server['served'] = [];
+  server.httpServer?.on('request', (req: IncomingMessage) => {
+    requests.push(`${req.method ?? ''} ${req.url ?? ''}`);
+    const url = new URL(req.url ?? '/', 'http://s3rver');
+    const signed = req.headers.authorization ? 'header' : url.searchParams.has('X-Amz-Signature') ? 'query' : 'none';
+    served.push({ method: req.method ?? '', path: url.pathname, range: req.headers.range, signed });
+  });
   let closing: Promise<void> | undefined;
   return {
     endpoint: `http://127.0.0.1:${port}`,
     bucket,
     directory,
     requests,
+    served,
     /** Idempotent: a test may stop the server early and its teardown stop it again. */
     close: () => {
       closing ??= (async () => {

@@ -269,11 +269,28 @@ t.test('from S3 (s3rver): publish multipart, prepare by ranges', { skip: skipUnl
   const extra = ['--endpoint', s3.endpoint, '--path-style', '--region', 'us-east-1', '--channel', 'stable'];
   const image = await pub.publish('5.0', extra);
   const root = makeMachine(dir, 'm', `s3://${s3.bucket}/fleet`, pub.pub, `endpoint = ${s3.endpoint}\nforce_path_style = true\nregion = us-east-1\n`);
+  const from = s3.served.length;
   const r = await upgradectl(['--root', root, '--json', 'prepare']);
   t.equal(r.code, 0, r.stderr);
   t.equal(r.json.version, '5.0');
   t.equal(sha256File(path.join(root, 'images/5.0.img')), sha256File(image));
+
+  // The frames were fetched by the workers over pre-signed URLs (signature in the query), not by the
+  // SDK on the main thread (signature in the Authorization header): every payload GET is a ranged,
+  // query-signed one, and together they are exactly what prepare says it fetched.
+  const payloadGets = s3.served.slice(from).filter((q) => q.method === 'GET' && q.path.endsWith('/5.0/image.lz4'));
+  t.ok(payloadGets.length > 1, `${payloadGets.length} payload requests`);
+  t.same(payloadGets.filter((q) => q.signed !== 'query' || !q.range), [], 'every payload GET is a range on a pre-signed URL');
+  const ranged = payloadGets.reduce((n, q) => n + rangeLength(q.range), 0);
+  t.equal(ranged, r.json.stage.fetched, 'the ranges served add up to the payload fetched');
+  t.equal(payloadGets.length, r.json.stage.requests);
+  t.notMatch(r.stderr + r.stdout, /X-Amz-Signature|X-Amz-Credential/, 'no signed URL is printed');
 });
+
+const rangeLength = (range: string | undefined) => {
+  const m = /^bytes=(\d+)-(\d+)$/.exec(range ?? '');
+  return m ? Number(m[2]) - Number(m[1]) + 1 : 0;
+};
 
 t.test("a plain `lz4 image.img` payload (s3-flash-bootloader's format) is accepted", { skip: skipUnless({ commands: ['mke2fs', 'debugfs', 'lz4'] }) }, async (t) => {
   const dir = t.testdir();

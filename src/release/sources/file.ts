@@ -18,7 +18,7 @@ const CHUNK = 1024 * 1024;
  */
 export class FileStore implements Source, Target {
   readonly url: string;
-  readonly spec: SourceSpec;
+  private readonly spec: SourceSpec;
   private readonly dir: string;
 
   constructor(url: URL) {
@@ -32,6 +32,11 @@ export class FileStore implements Source, Target {
     }
     this.url = pathToFileURL(this.dir).href;
     this.spec = { url: this.url, opts: {} };
+  }
+
+  /** The same prefix opened again: every key is reachable from it. */
+  async workerSpec(): Promise<SourceSpec> {
+    return this.spec;
   }
 
   async get(key: string): Promise<Buffer> {

@@ -18,16 +18,20 @@ const RETRY_HINT = 'check the network and that the server is up, then run the co
  */
 export class HttpSource implements Source {
   readonly url: string;
-  readonly spec: SourceSpec;
+  private readonly spec: SourceSpec;
   private readonly base: URL;
   private readonly authorization: string | undefined;
   private readonly policy: RetryPolicy;
   private readonly agent: Agent;
   private warnedRangeIgnored = false;
+  /** A pre-signed object URL (an S3 frame fetched by a worker): its query is the signature, and it is the only key. */
+  private readonly signed: { key: string; url: URL } | undefined;
 
-  constructor(url: URL, opts: SourceOptions = {}) {
+  /** With `signedKey`, `url` is that object's pre-signed URL, not a prefix. */
+  constructor(url: URL, opts: SourceOptions = {}, signedKey?: string) {
     refusePlainHttp(url, printable(url));
     this.spec = { url: url.href, opts };
+    if (signedKey !== undefined) this.signed = { key: signedKey, url: new URL(url.href) };
     this.policy = resolvePolicy(opts.retry);
     const base = new URL(url.href);
     if (base.username !== '' || base.password !== '') {
@@ -38,7 +42,7 @@ export class HttpSource implements Source {
       base.password = '';
     }
     base.hash = '';
-    if (!base.pathname.endsWith('/')) base.pathname += '/';
+    if (!base.pathname.endsWith('/') && !this.signed) base.pathname += '/';
     this.base = base;
     this.url = printable(base);
     this.agent = new Agent({
@@ -48,6 +52,11 @@ export class HttpSource implements Source {
       connect: { timeout: this.policy.stallTimeoutMs },
       connections: 16,
     });
+  }
+
+  /** The same prefix opened again: every key is reachable from it. */
+  async workerSpec(): Promise<SourceSpec> {
+    return this.spec;
   }
 
   async get(key: string): Promise<Buffer> {
@@ -117,6 +126,10 @@ export class HttpSource implements Source {
   }
 
   private urlOf(key: string): URL {
+    if (this.signed) {
+      if (key !== this.signed.key) throw new Error(`${this.url} is a pre-signed URL of ${this.signed.key} only, not of ${key}`);
+      return this.signed.url;
+    }
     return new URL(encodeKey(key), this.base);
   }
 

@@ -1,7 +1,7 @@
 import { UpgradeError } from '../../core/errors.js';
 import { FileStore } from './file.js';
 import { HttpSource } from './http.js';
-import type { ObjectInfo, Source, SourceOptions, Target } from './source.js';
+import type { ObjectInfo, Source, SourceOptions, SourceSpec, Target } from './source.js';
 import type { S3Store } from './s3.js';
 
 export type { ObjectInfo, RetryPolicy, Source, SourceOptions, SourceSpec, Target } from './source.js';
@@ -24,6 +24,15 @@ export function openSource(url: string, opts: SourceOptions = {}): Source {
     default:
       throw unknownScheme(parsed, SOURCE_FORMS);
   }
+}
+
+/**
+ * A source opened again in another thread from its `workerSpec`. A pre-signed S3 object is plain
+ * HTTP(S): the worker needs neither the SDK (~27 MB and its start-up per thread) nor credentials.
+ */
+export function openSpec(spec: SourceSpec): Source {
+  if (spec.signedKey !== undefined) return new HttpSource(parseUrl(spec.url, SOURCE_FORMS), spec.opts, spec.signedKey);
+  return openSource(spec.url, spec.opts);
 }
 
 /** Where `publish` writes releases. HTTP servers are read-only to us: publish to their backing store. */
@@ -94,6 +103,9 @@ class LazyS3 implements Source, Target {
   }
   async head(key: string): Promise<ObjectInfo> {
     return (await this.load()).head(key);
+  }
+  async workerSpec(key: string): Promise<SourceSpec> {
+    return (await this.load()).workerSpec(key);
   }
   async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {
     return (await this.load()).range(key, start, end, etag);

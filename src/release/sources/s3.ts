@@ -5,9 +5,16 @@ import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { asBuffers, byteWindow, collect } from './body.js';
 import { checkRange, keySegments, metadataCap, metadataTooLarge, rangeTooLong } from './keys.js';
 import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
-import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type Target } from './source.js';
+import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
+import { presignGet } from './s3-presign.js';
 
 const PART_SIZE = 16 * 1024 * 1024;
+/**
+ * How long a pre-signed URL handed to the frame workers is valid. Short, because it grants reading the
+ * object to whoever holds it (it never leaves this process and is never printed); a fresh one is made
+ * once half of this is gone, so a slow (max_rate) download keeps going.
+ */
+const SIGNED_LIFETIME_MS = 15 * 60 * 1000;
 const RETRY_HINT = 'check the network and the S3 endpoint ([source] endpoint, region), then run the command again';
 
 /**
@@ -66,6 +73,25 @@ export class S3Store implements Source, Target {
   async head(key: string): Promise<ObjectInfo> {
     const objectKey = this.keyOf(key);
     return this.headObject(objectKey);
+  }
+
+  private signed = new Map<string, SourceSpec>();
+
+  /** A pre-signed GET of `key`: the frame workers fetch its ranges as plain HTTP(S) (sources/http.ts). */
+  async workerSpec(key: string): Promise<SourceSpec> {
+    const cached = this.signed.get(key);
+    if (cached && cached.expiresAt! - Date.now() > SIGNED_LIFETIME_MS / 2) return cached;
+    const objectKey = this.keyOf(key);
+    const signedAt = Date.now();
+    let url: string;
+    try {
+      url = await presignGet(this.client, this.bucket, objectKey, SIGNED_LIFETIME_MS / 1000);
+    } catch (err) {
+      throw this.mapError(err, 'GET', objectKey);
+    }
+    const spec: SourceSpec = { url, opts: { retry: this.policy }, signedKey: key, expiresAt: signedAt + SIGNED_LIFETIME_MS };
+    this.signed.set(key, spec);
+    return spec;
   }
 
   async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {

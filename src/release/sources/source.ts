@@ -15,22 +15,34 @@ export interface ObjectInfo {
 }
 
 /**
- * What another thread needs to open the same source itself: `openSource(spec.url, spec.opts)`. The
+ * What another thread needs to open the same source itself (`openSpec` in sources/index.ts). The
  * frame workers fetch their own ranges with it, so the bytes never cross the main thread. The URL
- * may carry credentials: it stays inside this process.
+ * may carry credentials: it stays inside this process and is never printed.
  */
 export interface SourceSpec {
+  /** The source's prefix URL; with `signedKey`, the pre-signed URL of that one object. */
   url: string;
   opts: SourceOptions;
+  /**
+   * S3: `url` is a short-lived pre-signed GET of this key, which the worker fetches over plain
+   * HTTP(S) with undici (no SDK, no credentials in the worker). It must be asked for again before
+   * `expiresAt` (ms since the epoch).
+   */
+  signedKey?: string;
+  expiresAt?: number;
 }
 
 export interface Source {
   /** Printable location of the prefix, for messages (no credentials). */
   readonly url: string;
-  /** Set when a worker thread can reach the same objects on its own (not for sources built by a caller). */
-  readonly spec?: SourceSpec;
   /**
-   * Throttled sources: wait until `bytes` of payload may be read through `spec` by another thread, so
+   * How a worker thread reaches `key` on its own; absent for sources built by a caller. Ask again
+   * for each batch of work: an S3 answer is a pre-signed URL that expires (a fresh one comes back
+   * well before it does).
+   */
+  workerSpec?(key: string): Promise<SourceSpec>;
+  /**
+   * Throttled sources: wait until `bytes` of payload may be read through `workerSpec` by another thread, so
    * that reads made by workers keep to the same rate as reads made here.
    */
   admit?(bytes: number): Promise<void>;

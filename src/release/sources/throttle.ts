@@ -25,7 +25,7 @@ export function throttleSource(inner: Source, limit: RateLimit): Source {
   return {
     url: inner.url,
     // A worker that reads through the inner source's spec pays here first (admit), on the same schedule.
-    ...(inner.spec ? { spec: inner.spec, admit: (bytes: number) => limit.take(bytes) } : {}),
+    ...(inner.workerSpec ? { workerSpec: (key: string) => inner.workerSpec!(key), admit: (bytes: number) => limit.take(bytes) } : {}),
     get: (key: string) => inner.get(key),
     head: (key: string): Promise<ObjectInfo> => inner.head(key),
     async range(key: string, start: number, end: number, etag?: string, into?: Buffer) {

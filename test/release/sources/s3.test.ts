@@ -1,10 +1,10 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { setLogLevel } from '../../../src/core/log.js';
-import { openSource, openTarget, type SourceOptions } from '../../../src/release/sources/index.js';
+import { openSource, openSpec, openTarget, type SourceOptions } from '../../../src/release/sources/index.js';
 import { startS3Server, useS3rverCredentials, type TestS3Server } from '../../helpers/s3-server.js';
 import { failure, sha256 } from '../../helpers/assert.js';
 
@@ -186,4 +186,50 @@ for (const mode of ['drop', 'stall'] as const) {
     const gets = server.requests.slice(before).filter((r) => r.startsWith('GET '));
     t.equal(gets.length, 2, 'one resume');
   });
+}
+
+t.test('workerSpec: a pre-signed GET that the worker side fetches as plain HTTP, valid SigV4 for any range', async (t) => {
+  const { server, opts, url } = await s3(t);
+  const target = openTarget(url, opts);
+  const body = randomBytes(300_000);
+  await target.putBytes('releases/1.0/image.lz4', body);
+  await target.close();
+  const source = openSource(url, opts);
+  t.teardown(() => source.close());
+  const spec = await source.workerSpec!('releases/1.0/image.lz4');
+  t.equal(spec.signedKey, 'releases/1.0/image.lz4');
+  t.ok(spec.expiresAt! > Date.now() + 10 * 60_000 && spec.expiresAt! <= Date.now() + 15 * 60_000, 'valid for 15 minutes');
+  t.equal(await source.workerSpec!('releases/1.0/image.lz4'), spec, 'the same URL again while it is fresh');
+
+  // s3rver checks the access key and the expiry but not the signature: check it here, by the SigV4
+  // rules (canonical request → string to sign → HMAC chain), with s3rver's secret.
+  const signed = new URL(spec.url);
+  const q = signed.searchParams;
+  t.equal(signed.host, new URL(server.endpoint).host, 'the endpoint, with its port');
+  t.equal(signed.pathname, `/${server.bucket}/fleet/stable/releases/1.0/image.lz4`);
+  t.equal(q.get('X-Amz-Expires'), '900');
+  t.equal(q.get('X-Amz-SignedHeaders'), 'host', 'only the host is signed: Range and If-Match may be added');
+  t.equal(q.get('X-Amz-Signature'), sigV4(signed, 'S3RVER'), 'the signature is valid SigV4');
+
+  const worker = openSpec(spec);
+  t.teardown(() => worker.close());
+  t.same(await worker.range('releases/1.0/image.lz4', 1000, 201_000), body.subarray(1000, 201_000), 'a range through the signed URL');
+  t.equal(worker.url, `${server.endpoint}/${server.bucket}/fleet/stable/releases/1.0/image.lz4`, 'printed without its signature');
+  await t.rejects(worker.range('releases/1.0/other', 0, 10), /pre-signed URL of releases\/1\.0\/image\.lz4 only/);
+  const gets = server.served.filter((s) => s.method === 'GET' && s.range === 'bytes=1000-200999');
+  t.same(gets.map((s) => s.signed), ['query']);
+});
+
+/** The SigV4 query signature of a pre-signed GET, computed from its URL alone (AWS's documented steps). */
+function sigV4(url: URL, secret: string): string {
+  const enc = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  const params = [...url.searchParams].filter(([k]) => k !== 'X-Amz-Signature').map(([k, v]) => `${enc(k)}=${enc(v)}`).sort();
+  const canonical = ['GET', url.pathname, params.join('&'), `host:${url.host}\n`, 'host', 'UNSIGNED-PAYLOAD'].join('\n');
+  const date = url.searchParams.get('X-Amz-Date')!;
+  const scope = url.searchParams.get('X-Amz-Credential')!.split('/').slice(1).join('/');
+  const toSign = ['AWS4-HMAC-SHA256', date, scope, createHash('sha256').update(canonical).digest('hex')].join('\n');
+  const hmac = (key: Buffer | string, data: string) => createHmac('sha256', key).update(data).digest();
+  const [day, region, service, term] = scope.split('/') as [string, string, string, string];
+  const key = hmac(hmac(hmac(hmac(`AWS4${secret}`, day), region), service), term);
+  return createHmac('sha256', key).update(toSign).digest('hex');
 }
