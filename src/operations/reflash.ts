@@ -13,7 +13,7 @@ import { armOneShot, writeBootFiles } from './boot.js';
 import type { Config } from './config.js';
 import { checkChannel, fetchRelease, type OfferPolicy } from './offer.js';
 import { openConfiguredSource } from './prepare.js';
-import { payloadUrl } from './flasher-url.js';
+import { FLASH_URL_SECONDS, flashPayloadUrl } from './flasher-url.js';
 import { flasherNetwork } from './flasher-network.js';
 import { rebootMachine } from './reboot.js';
 import { flasherInstalled } from '../grub/boot-files.js';
@@ -38,6 +38,7 @@ export interface ReflashResult {
   version: string;
   job: string;
   nonce: string;
+  /** Where the flasher fetches from, printable: a pre-signed URL without its signature (a bearer token). */
   url: string;
   ramNeeded: number;
   payloadSize: number;
@@ -98,6 +99,7 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
   }
   const source = opts.source ?? openConfiguredSource(layout, config);
   let release: ResolvedRelease;
+  let payload: { url: string; signed: boolean };
   try {
     const state = await reconcile(layout);
     if (opts.version) release = await fetchRelease(source, opts.version, config, layout, state, opts.policy);
@@ -106,6 +108,7 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
       if (offer.kind === 'up-to-date') throw new UpgradeError('NOT_FOUND', `nothing to reflash: ${offer.reason}`, { hint: 'name a version: upgradectl commit --reflash VERSION' });
       release = offer.release;
     }
+    payload = await flashPayloadUrl(config, release.manifest, source);
   } finally {
     if (!opts.source) await source.close();
   }
@@ -116,7 +119,7 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
     });
   }
   const nonce = newNonce();
-  const job: FlashJob = jobFor(release.manifest, payloadUrl(config, release.manifest), await detectHostUuid(layout.host, config.boot.hostUuid), nonce, await flasherNetwork(layout, config));
+  const job: FlashJob = jobFor(release.manifest, payload.url, await detectHostUuid(layout.host, config.boot.hostUuid), nonce, await flasherNetwork(layout, config));
   const total = await memTotal(layout);
   if (total !== undefined && total < ramNeeded(job)) {
     throw new UpgradeError('NO_SPACE', `the flasher would need ${mib(ramNeeded(job))} MiB of RAM (payload ${mib(job.payloadSize)} MiB + ${mib(job.ramReserve)} MiB), this machine has ${mib(total)} MiB`, {
@@ -139,8 +142,10 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
     await lock.release();
   }
   log.info(`flash job for ${job.version} written to ${file}; the flasher boots once at the next reboot`);
+  // The signed URL is a bearer token: never printed, only its lifetime.
+  if (payload.signed) log.info(`the flasher fetches the payload from S3 with a URL pre-signed for ${FLASH_URL_SECONDS / 3600} h (or until this machine's credentials expire): reboot before then`);
   const result: ReflashResult = {
-    version: job.version, job: file, nonce, url: job.url, ramNeeded: ramNeeded(job),
+    version: job.version, job: file, nonce, url: payload.signed ? `${job.url.split('?')[0]} (pre-signed for ${FLASH_URL_SECONDS / 3600} h)` : job.url, ramNeeded: ramNeeded(job),
     payloadSize: job.payloadSize, imageSize: job.imageSize, signedBy: release.signedBy, rebooted: false,
   };
   if (opts.reboot) {

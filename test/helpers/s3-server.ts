@@ -3,6 +3,7 @@ import type { IncomingMessage, Server } from 'node:http';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
+import { makePublisher, type Publisher } from './release-fixture.js';
 
 /**
  * s3rver (an S3-protocol server on the local filesystem) on 127.0.0.1, port 0, in a fresh temporary
@@ -86,5 +87,22 @@ export async function startS3Server(bucket = 'releases'): Promise<TestS3Server> 
       })();
       return closing;
     },
+  };
+}
+
+/**
+ * A fleet on s3rver: the SDK pointed at it, a publisher writing to s3://BUCKET/fleet, what `publish`
+ * needs to reach it, and the [source] lines (after url) a machine needs. Stopped at the test's end.
+ */
+export async function s3Fleet(t: { teardown(fn: () => unknown): void }, dir: string): Promise<{ s3: TestS3Server; pub: Publisher; url: string; publishArgs: string[]; sourceConfig: string }> {
+  useS3rverCredentials();
+  const s3 = await startS3Server('releases');
+  t.teardown(() => s3.close());
+  const url = `s3://${s3.bucket}/fleet`;
+  const pub = await makePublisher(dir, url);
+  return {
+    s3, pub, url,
+    publishArgs: ['--endpoint', s3.endpoint, '--path-style', '--region', 'us-east-1'],
+    sourceConfig: `endpoint = ${s3.endpoint}\nforce_path_style = true\nregion = us-east-1\n`,
   };
 }

@@ -1,9 +1,12 @@
 import t from 'tap';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Layout } from '../../src/core/layout.js';
+import { run } from '../../src/core/exec.js';
 import { upgradectl } from '../helpers/cli.js';
 import { makeMachine, makePublisher } from '../helpers/release-fixture.js';
+import { s3Fleet } from '../helpers/s3-server.js';
 import { skipUnless } from '../helpers/requirements.js';
 
 /**
@@ -70,4 +73,31 @@ t.test('commit --reflash refuses a manifest whose signature does not verify, bef
   t.match(r.stderr, /signature/i);
   t.notOk(existsSync(path.join(layout.flasherDir, 'job')), 'no job');
   t.notOk(existsSync(layout.grubEnv) && /next_entry=upgradectl-flasher/.test(readFileSync(layout.grubEnv, 'utf8')), 'the flasher is not armed');
+});
+
+t.test('an S3 source without [flasher] url: the job carries a GET pre-signed with this machine\'s credentials, which the flasher\'s busybox wget fetches; the signature is never printed', { skip: skipUnless({ root: true, commands: ['mke2fs', 'grub-editenv', 'grub-script-check', 'busybox'] }) }, async (t) => {
+  const dir = t.testdir();
+  const { s3, pub, url: source, publishArgs, sourceConfig } = await s3Fleet(t, dir);
+  await pub.publish('2.0', ['--reflash', '--channel', 'stable', ...publishArgs]);
+  const layout = new Layout(makeMachine(dir, 'm', source, pub.pub, `${sourceConfig}[boot]\nhost_uuid = ${HOST_UUID}\n`));
+  installFlasherFiles(layout);
+
+  const c = await upgradectl(['--root', layout.root, '--json', 'commit', '--reflash', '2.0', '--no-reboot']);
+  t.equal(c.code, 0, c.stderr);
+  const job = readFileSync(path.join(layout.flasherDir, 'job'), 'utf8');
+  const url = /^url (\S+)$/m.exec(job)![1]!;
+  t.match(url, new RegExp(`^${s3.endpoint}/releases/fleet/releases/2\\.0/image\\.lz4\\?`), 'the object itself, path style as configured');
+  t.match(url, /[?&]X-Amz-Expires=86400(&|$)/, 'valid for a day at most');
+  const signature = /[?&]X-Amz-Signature=([0-9a-f]{64})/.exec(url)?.[1];
+  t.ok(signature, 'signed in the query');
+  t.notOk(`${c.stdout}${c.stderr}`.includes(signature!), 'the signature (a bearer token for the object) is never printed');
+  t.equal(c.json.url, `${s3.endpoint}/releases/fleet/releases/2.0/image.lz4 (pre-signed for 24 h)`);
+
+  // What the flasher runs: busybox wget, no SDK, no credentials. The bytes are the payload the job names.
+  const payload = path.join(dir, 'payload');
+  await run('busybox', ['wget', '-q', '-O', payload, url]);
+  t.equal(createHash('sha256').update(readFileSync(payload)).digest('hex'), /^payload_sha256 (\w+)$/m.exec(job)![1], 'the payload the job names');
+  t.ok(s3.served.some((q) => q.signed === 'query' && q.path.endsWith('/releases/2.0/image.lz4')), 'served on the strength of the query signature');
+  // s3rver checks the access key of a signature (not its HMAC, FACTS.md): a key it does not know is refused.
+  await t.rejects(run('busybox', ['wget', '-q', '-O', `${payload}.2`, url.replace('X-Amz-Credential=S3RVER', 'X-Amz-Credential=INTRUDER')]), 'a URL signed by someone else is refused');
 });

@@ -260,15 +260,11 @@ t.test('a full host partition: old images make room, else a clear error; ENOSPC 
 });
 
 t.test('from S3 (s3rver): publish multipart, prepare by ranges', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
-  const { startS3Server, useS3rverCredentials } = await import('../helpers/s3-server.js');
-  useS3rverCredentials();
-  const s3 = await startS3Server('releases');
-  t.teardown(() => s3.close());
+  const { s3Fleet } = await import('../helpers/s3-server.js');
   const dir = t.testdir();
-  const pub = await makePublisher(dir, `s3://${s3.bucket}/fleet`);
-  const extra = ['--endpoint', s3.endpoint, '--path-style', '--region', 'us-east-1', '--channel', 'stable'];
-  const image = await pub.publish('5.0', extra);
-  const root = makeMachine(dir, 'm', `s3://${s3.bucket}/fleet`, pub.pub, `endpoint = ${s3.endpoint}\nforce_path_style = true\nregion = us-east-1\n`);
+  const { s3, pub, url, publishArgs, sourceConfig } = await s3Fleet(t, dir);
+  const image = await pub.publish('5.0', [...publishArgs, '--channel', 'stable']);
+  const root = makeMachine(dir, 'm', url, pub.pub, sourceConfig);
   const from = s3.served.length;
   const r = await upgradectl(['--root', root, '--json', 'prepare']);
   t.equal(r.code, 0, r.stderr);

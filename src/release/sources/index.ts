@@ -107,6 +107,9 @@ class LazyS3 implements Source, Target {
   async workerSpec(key: string): Promise<SourceSpec> {
     return (await this.load()).workerSpec(key);
   }
+  async presignedUrl(key: string, seconds: number): Promise<string> {
+    return (await this.load()).presignedUrl(key, seconds);
+  }
   async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {
     return (await this.load()).range(key, start, end, etag);
   }

@@ -81,17 +81,24 @@ export class S3Store implements Source, Target {
   async workerSpec(key: string): Promise<SourceSpec> {
     const cached = this.signed.get(key);
     if (cached && cached.expiresAt! - Date.now() > SIGNED_LIFETIME_MS / 2) return cached;
-    const objectKey = this.keyOf(key);
     const signedAt = Date.now();
-    let url: string;
-    try {
-      url = await presignGet(this.client, this.bucket, objectKey, SIGNED_LIFETIME_MS / 1000);
-    } catch (err) {
-      throw this.mapError(err, 'GET', objectKey);
-    }
+    const url = await this.presignedUrl(key, SIGNED_LIFETIME_MS / 1000);
     const spec: SourceSpec = { url, opts: { retry: this.policy }, signedKey: key, expiresAt: signedAt + SIGNED_LIFETIME_MS };
     this.signed.set(key, spec);
     return spec;
+  }
+
+  /**
+   * A pre-signed GET URL of `key`, valid for `seconds` or until the credentials that signed it expire
+   * (an instance role's: a few hours), whichever is first. A bearer token for that one object.
+   */
+  async presignedUrl(key: string, seconds: number): Promise<string> {
+    const objectKey = this.keyOf(key);
+    try {
+      return await presignGet(this.client, this.bucket, objectKey, seconds);
+    } catch (err) {
+      throw this.mapError(err, 'GET', objectKey);
+    }
   }
 
   async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {

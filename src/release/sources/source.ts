@@ -41,6 +41,8 @@ export interface Source {
    * well before it does).
    */
   workerSpec?(key: string): Promise<SourceSpec>;
+  /** S3: a pre-signed http(s) GET of `key`, for a reader without the SDK or credentials (the RAM flasher). */
+  presignedUrl?(key: string, seconds: number): Promise<string>;
   /**
    * Throttled sources: wait until `bytes` of payload may be read through `workerSpec` by another thread, so
    * that reads made by workers keep to the same rate as reads made here.

@@ -26,6 +26,7 @@ export function throttleSource(inner: Source, limit: RateLimit): Source {
     url: inner.url,
     // A worker that reads through the inner source's spec pays here first (admit), on the same schedule.
     ...(inner.workerSpec ? { workerSpec: (key: string) => inner.workerSpec!(key), admit: (bytes: number) => limit.take(bytes) } : {}),
+    ...(inner.presignedUrl ? { presignedUrl: (key: string, seconds: number) => inner.presignedUrl!(key, seconds) } : {}),
     get: (key: string) => inner.get(key),
     head: (key: string): Promise<ObjectInfo> => inner.head(key),
     async range(key: string, start: number, end: number, etag?: string, into?: Buffer) {
