@@ -107,8 +107,10 @@ t.test('RAM flasher, 1 GiB of real files, vs wget | lz4 -d | dd', async (t) => {
   const newHost = await newHostPartition(dir, kernel);
   const www = path.join(dir, 'www');
   await fs.rm(www, { recursive: true, force: true });
+  // A throwaway key per run (keygen never overwrites one).
   const keys = path.join(dir, 'keys');
-  await fs.mkdir(keys, { recursive: true });
+  await fs.rm(keys, { recursive: true, force: true });
+  await fs.mkdir(keys);
   await generateKeyPair(path.join(keys, 'release'));
   await publishRelease({
     to: `file://${www}`, key: await loadPrivateKey(path.join(keys, 'release')), rollout: 100, expiresInDays: 1, frameSize: 4 << 20,
@@ -117,7 +119,7 @@ t.test('RAM flasher, 1 GiB of real files, vs wget | lz4 -d | dd', async (t) => {
   const v1 = await hostTree(dir, '1', kernel, config);
   await fs.mkdir(path.join(v1.root, 'etc/upgradectl/keys.d'), { recursive: true });
   await fs.copyFile(path.join(keys, 'release.pub'), path.join(v1.root, 'etc/upgradectl/keys.d/release.pub'));
-  await installFlasher(v1, config, { kernel: kernel.vmlinuz, modulesDir: `/lib/modules/${kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
+  await installFlasher(v1, config, { kernel: kernel.vmlinuz, modulesDir: `/lib/modules/${kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4', openssl: '/usr/bin/openssl' });
   const job = await reflash(v1, parseConfig(CONFIG.replace('file:///unused', `file://${www}`), 'bench config'), {
     version: '2', reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false },
   });

@@ -33,6 +33,12 @@ export interface InitrdInputs {
   modulesDir: string;
   /** Debian's dropbear (dropbear-bin), for SSH into the flasher; none: the flasher has no SSH. */
   dropbear?: string;
+  /**
+   * The openssl CLI, for SHA-256 (flasher.sh sha256): it uses the CPU's SHA extensions, ~8x busybox's
+   * plain C on a 1 GiB image (1.2 s against 10 s here), and the flasher hashes the image three times.
+   * None: busybox's sha256sum.
+   */
+  openssl?: string;
 }
 
 export interface BuiltInitrd {
@@ -143,6 +149,10 @@ export async function buildFlasherInitrd(inputs: InitrdInputs): Promise<BuiltIni
     text('etc/group', 'root:x:0:\n');
     text('etc/shells', '/bin/sh\n');
     dir('etc/dropbear');
+  }
+  if (inputs.openssl) {
+    await file('bin/openssl', inputs.openssl, 0o755);
+    for (const lib of await sharedLibraries(inputs.openssl)) libs.add(lib);
   }
   for (const lib of libs) await file(lib.replace(/^\//, ''), lib, 0o755);
 

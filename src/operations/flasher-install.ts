@@ -29,6 +29,8 @@ export interface FlasherInstallOptions {
   lz4?: string;
   /** Debian's dropbear for SSH into the flasher; default <root>/usr/sbin/dropbear when installed, else no SSH. */
   dropbear?: string;
+  /** openssl for fast SHA-256; default <root>/usr/bin/openssl when installed, else busybox hashes. */
+  openssl?: string;
 }
 
 export interface FlasherInstallResult {
@@ -83,8 +85,10 @@ export async function installFlasher(layout: Layout, config: Config, opts: Flash
     ? firstExisting('dropbear', [opts.dropbear], 'apt-get install dropbear-bin')
     : [r('usr/sbin/dropbear')].find((c) => existsSync(c));
   if (!dropbear) log.warn('no dropbear in this image (apt-get install dropbear-bin): the flasher will have no SSH');
+  const openssl = opts.openssl ? firstExisting('openssl', [opts.openssl], 'apt-get install openssl') : [r('usr/bin/openssl')].find((c) => existsSync(c));
+  if (!openssl) log.info('no openssl in this image: the flasher hashes with busybox (several times slower on a large image)');
   // Built before the lock: it only reads, and takes a few seconds.
-  const built = await buildFlasherInitrd({ busybox, lz4, modulesDir, dropbear });
+  const built = await buildFlasherInitrd({ busybox, lz4, modulesDir, dropbear, openssl });
 
   const lock = await acquireLock(layout, 'flasher install');
   try {

@@ -31,7 +31,7 @@ import { serialLogPath, Vm } from './qemu.js';
  * trials: the busybox images have no node to run upgradectl in.
  */
 
-const skip = skipUnless({ root: true, commands: ['qemu-system-x86_64', 'mke2fs', 'debugfs', 'sfdisk', 'grub-mkimage', 'busybox', 'lz4', 'mkinitramfs', 'ssh', 'ssh-keygen'], files: ['/usr/sbin/dropbear'] });
+const skip = skipUnless({ root: true, commands: ['qemu-system-x86_64', 'mke2fs', 'debugfs', 'sfdisk', 'grub-mkimage', 'busybox', 'lz4', 'mkinitramfs', 'ssh', 'ssh-keygen'], files: ['/usr/sbin/dropbear', '/usr/bin/openssl'] });
 const DISK_MIB = 160;
 const NEW_HOST_MIB = 96;
 const SERVER = { guestAddr: '10.0.2.100', guestPort: 80 };
@@ -96,7 +96,7 @@ async function makeWorld(dir: string): Promise<World> {
   return { dir, kernel, config, keysDir, www, newHost, image1 };
 }
 
-const flasherFiles = (w: World) => ({ kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
+const flasherFiles = (w: World) => ({ kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4', openssl: '/usr/bin/openssl' });
 
 /** Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. */
 async function armedMachine(w: World, name: string, editJob?: (text: string) => string, flasherConfig = ''): Promise<{ disk: HostDisk; job: ReflashResult }> {

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { createHash } from 'node:crypto';
 import { promises as fs, statSync } from 'node:fs';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -12,9 +13,9 @@ import { skipUnless } from '../helpers/requirements.js';
 const skip = skipUnless({ root: true, commands: ['busybox', 'lz4', 'cpio'] });
 
 /** The flasher initrd built from this machine's kernel, busybox and lz4 (and dropbear), unpacked into DIR/tree. */
-async function unpackedInitrd(dir: string, dropbear?: string): Promise<{ built: Awaited<ReturnType<typeof buildFlasherInitrd>>; tree: string }> {
+async function unpackedInitrd(dir: string, dropbear?: string, openssl?: string): Promise<{ built: Awaited<ReturnType<typeof buildFlasherInitrd>>; tree: string }> {
   const { release } = await newestKernel();
-  const built = await buildFlasherInitrd({ busybox: '/bin/busybox', lz4: '/usr/bin/lz4', modulesDir: `/lib/modules/${release}`, dropbear });
+  const built = await buildFlasherInitrd({ busybox: '/bin/busybox', lz4: '/usr/bin/lz4', modulesDir: `/lib/modules/${release}`, dropbear, openssl });
   const archive = path.join(dir, 'initrd.cpio');
   await fs.writeFile(archive, gunzipSync(built.data));
   const tree = path.join(dir, 'tree');
@@ -101,4 +102,21 @@ t.test('a static network: the flasher puts the job\'s address on the card with i
   t.equal(resolv, 'nameserver 192.0.2.53\nnameserver 198.51.100.53\n');
   const missing = await flasher('52:54:00:ab:cd:09').then(() => undefined, (err: { stdout?: string }) => err.stdout ?? '');
   t.match(missing, /no network card with MAC 52:54:00:ab:cd:09/, 'a card that is not there: refused before anything is fetched');
+});
+
+t.test('SHA-256 in the flasher: openssl when the initrd has it (no config file needed), busybox otherwise, the same digests', { skip: skipUnless({ root: true, commands: ['busybox', 'lz4', 'cpio', 'chroot'], files: ['/usr/bin/openssl'] }) }, async (t) => {
+  const dir = t.testdir();
+  const data = Buffer.alloc(3 * 1048576 + 17, 'upgradectl ');
+  const want = createHash('sha256').update(data).digest('hex');
+  const hashes = async (tree: string) => {
+    await fs.writeFile(path.join(tree, 'tmp/data'), data);
+    const { stdout } = await run('chroot', [tree, '/bin/sh', '-c', 'export PATH=/bin:/sbin; . /lib/upgradectl/flasher.sh; sha256 /tmp/data; sha256 < /tmp/data; [ -x /bin/openssl ] && echo openssl || echo busybox']);
+    return stdout.trim().split('\n');
+  };
+  await fs.mkdir(path.join(dir, 'a'));
+  await fs.mkdir(path.join(dir, 'b'));
+  const withOpenssl = await unpackedInitrd(path.join(dir, 'a'), undefined, '/usr/bin/openssl');
+  t.same(await hashes(withOpenssl.tree), [want, want, 'openssl'], 'openssl in the initrd, from a file and from a pipe');
+  const plain = await unpackedInitrd(path.join(dir, 'b'));
+  t.same(await hashes(plain.tree), [want, want, 'busybox'], 'busybox without it');
 });
