@@ -32,9 +32,11 @@ t.test('publish to a directory, prepare from the channel: the image arrives byte
   t.equal(check.code, 0, check.stderr);
   t.match(check.json, { available: true, version: '1.0' });
 
-  const r = await upgradectl(['--root', root, '--json', 'prepare']);
+  const debug = { env: { UPGRADECTL_LOG_LEVEL: 'debug' } };
+  const r = await upgradectl(['--root', root, '--json', 'prepare'], debug);
   t.equal(r.code, 0, r.stderr);
   t.equal(r.json.action, 'prepared');
+  t.match(r.stderr, /starting \d+ frame worker threads/, 'a download starts the frame workers');
   const staged = path.join(root, 'images/1.0.img');
   t.equal(sha256File(staged), sha256File(image), 'same bytes as the published image');
   t.ok(statSync(staged).blocks * 512 < statSync(staged).size * 0.6, 'zero blocks are holes');
@@ -43,9 +45,10 @@ t.test('publish to a directory, prepare from the channel: the image arrives byte
 
   const status = await upgradectl(['--root', root, '--json', 'status']);
   t.match(status.json, { phase: 'prepared', next: '1.0' });
-  const again = await upgradectl(['--root', root, '--json', 'prepare']);
+  const again = await upgradectl(['--root', root, '--json', 'prepare'], debug);
   t.equal(again.code, 0);
   t.equal(again.json.action, 'already-prepared', 'a second prepare fetches nothing');
+  t.notMatch(again.stderr, /frame worker/, 'and starts no frame workers (the daemon\'s usual pass)');
 });
 
 t.test('over HTTP: retries 503s and dropped connections, resumes after a kill, restarts when the object changed', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
