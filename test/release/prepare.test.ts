@@ -284,10 +284,40 @@ t.test('from S3 (s3rver): publish multipart, prepare by ranges', { skip: skipUnl
   const payloadGets = s3.served.slice(from).filter((q) => q.method === 'GET' && q.path.endsWith('/5.0/image.lz4'));
   t.ok(payloadGets.length > 1, `${payloadGets.length} payload requests`);
   t.same(payloadGets.filter((q) => q.signed !== 'query' || !q.range), [], 'every payload GET is a range on a pre-signed URL');
+  // Plus one 2-byte probe of the URL before the workers use it (S3Store.tryUrl).
+  t.equal(payloadGets.filter((q) => q.range === 'bytes=0-1').length, 1, 'the URL was tried once');
   const ranged = payloadGets.reduce((n, q) => n + rangeLength(q.range), 0);
-  t.equal(ranged, r.json.stage.fetched, 'the ranges served add up to the payload fetched');
-  t.equal(payloadGets.length, r.json.stage.requests);
+  t.equal(ranged, r.json.stage.fetched + 2, 'the ranges served add up to the payload fetched');
+  t.equal(payloadGets.length, r.json.stage.requests + 1);
   t.notMatch(r.stderr + r.stdout, /X-Amz-Signature|X-Amz-Credential/, 'no signed URL is printed');
+
+  // An endpoint that refuses pre-signed URLs (a bucket in another region redirects them; a proxy or
+  // policy may refuse them): the frames come through the SDK instead, and the image is the same.
+  const { createServer, request } = await import('node:http');
+  const target = new URL(s3.endpoint);
+  const proxy = createServer((req, res) => {
+    if (req.url?.includes('X-Amz-Signature=')) {
+      res.writeHead(403).end('<Error><Code>AccessDenied</Code></Error>');
+      return;
+    }
+    const fwd = request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    req.pipe(fwd);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => proxy.close(() => resolve())));
+  const proxied = `http://127.0.0.1:${(proxy.address() as { port: number }).port}`;
+  const root2 = makeMachine(dir, 'refused', `s3://${s3.bucket}/fleet`, pub.pub, `endpoint = ${proxied}\nforce_path_style = true\nregion = us-east-1\n`);
+  const from2 = s3.served.length;
+  const r2 = await upgradectl(['--root', root2, '--json', 'prepare']);
+  proxy.closeAllConnections();
+  t.equal(r2.code, 0, r2.stderr);
+  t.equal(sha256File(path.join(root2, 'images/5.0.img')), sha256File(image), 'the same image through the SDK');
+  t.match(r2.stderr, /cannot be read through a pre-signed URL .*reading its frames through the S3 SDK/);
+  const viaSdk = s3.served.slice(from2).filter((q) => q.method === 'GET' && q.path.endsWith('/5.0/image.lz4'));
+  t.ok(viaSdk.length > 1 && viaSdk.every((q) => q.signed === 'header' && q.range), 'every payload range came through the SDK');
 });
 
 const rangeLength = (range: string | undefined) => {
