@@ -7,7 +7,7 @@ import type { Agent as AgentClass, Dispatcher } from 'undici';
  * agents: ~100 ms of start-up per thread against ~30 ms (measured on the 2-core machine), paid by the
  * main thread and by each frame worker before its first frame. undici is pinned to an exact version in
  * package.json (these paths are not a public API: check them when upgrading it);
- * test/release/sources.test.ts exercises everything HttpSource does through them.
+ * test/release/sources/http.test.ts exercises what HttpSource does through them.
  */
 const require = createRequire(import.meta.url);
 
