@@ -70,9 +70,8 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
   const { layout, config } = opts;
   await repairPrivateModes(layout).then((fixed) => fixed.forEach((f) => log.warn(`made ${f.path} root-only (was ${modeText(f.was)})`)));
   const source = opts.source ?? openConfiguredSource(layout, config);
-  // Started before anything else: the frame workers load their modules (0.2–0.4 s, otherwise spent
-  // before the first frame of a download) while the channel and manifest are fetched and checked.
-  // When there is nothing to prepare they are stopped unused (such a prepare costs 0.4 s of CPU in all).
+  // Its threads start only once a download is certain (below): a prepare that finds nothing to do,
+  // the daemon's usual pass, would otherwise start and stop them for ~0.2 s of CPU each.
   const pool = new FramePool();
   try {
     // What booted first: a new machine adopts the image it runs, so a downgrade check and the commit
@@ -104,6 +103,9 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
       return { action: 'already-prepared', version, image: layout.imageFile(version) };
     }
     if (before.current === version) return { action: 'nothing-to-do', version, reason: `${version} is already the current image` };
+    // A download follows: the frame workers load their modules while the lock is taken, the space
+    // checked and the payload looked up, rather than before the first frame.
+    pool.start();
 
     let result: PrepareResult | undefined;
     await runEvent(layout, 'prepare', async (state) => {

@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { UpgradeError, type ErrorCode } from '../core/errors.js';
+import { log } from '../core/log.js';
 import type { FrameResult, FrameTask } from './frame-worker.js';
 
 type Pending = { resolve: (r: FrameResult) => void; reject: (e: Error) => void };
@@ -71,19 +72,28 @@ function rebuild(e: WorkerError): Error {
   return Object.assign(new Error(e.message), { code: e.code });
 }
 
-/** Worker threads for compression, decode+verify+write and hashing; least busy worker first. */
+/**
+ * Worker threads for compression, decode+verify+write and hashing; least busy worker first. The
+ * threads start on `start()` or the first task, not with the pool: each costs ~0.2 s of CPU to start
+ * and load its modules, which a prepare that finds nothing to download must not pay.
+ */
 export class FramePool {
-  private workers: FrameWorker[];
+  private workers: FrameWorker[] = [];
+  readonly size: number;
 
   constructor(size = availableParallelism()) {
-    this.workers = Array.from({ length: Math.max(1, size) }, () => new FrameWorker());
+    this.size = Math.max(1, size);
   }
 
-  get size(): number {
-    return this.workers.length;
+  /** Start the threads now (idempotent), e.g. as soon as a download is certain, so they load meanwhile. */
+  start(): void {
+    if (this.workers.length) return;
+    log.debug(`starting ${this.size} frame worker threads`);
+    this.workers = Array.from({ length: this.size }, () => new FrameWorker());
   }
 
   run<T extends FrameResult['op']>(task: FrameTask & { op: T }, transfer: ArrayBuffer[] = []): Promise<Extract<FrameResult, { op: T }>> {
+    this.start();
     // A thread that died failed its own tasks; the others go on (a lost thread never takes new work).
     const live = this.workers.filter((w) => w.alive);
     const w = (live.length ? live : this.workers).reduce((a, b) => (b.busy < a.busy ? b : a));

@@ -1,4 +1,7 @@
 import { compressSync, uncompressSync } from 'lz4-napi';
+import { MAX_BLOCK } from './lz4-limits.js';
+
+export { MAX_BLOCK };
 
 /**
  * The LZ4 frame format (lz4_Frame_format.md), written and read here because lz4-napi only offers
@@ -10,7 +13,6 @@ const SKIPPABLE_MIN = 0x184d2a50;
 const SKIPPABLE_MAX = 0x184d2a5f;
 const LEGACY_MAGIC = 0x184c2102;
 const UNCOMPRESSED_BIT = 0x80000000;
-export const MAX_BLOCK = 4 * 1024 * 1024;
 const DICT_WINDOW = 64 * 1024;
 
 export class Lz4FormatError extends Error {

@@ -1,6 +1,6 @@
 import { bootPathProblem, kernelArgsProblem } from '../core/boot-data.js';
 import { UpgradeError } from '../core/errors.js';
-import { MAX_BLOCK } from './lz4.js';
+import { MAX_BLOCK } from './lz4-limits.js';
 import { assertVersion } from '../core/version.js';
 import { framesRoot } from './frames-root.js';
 import { MANIFEST_FORMATS, type Manifest } from './manifest.js';

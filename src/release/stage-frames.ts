@@ -187,13 +187,18 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
   // pre-signed URL): the bytes then never cross this thread, which only hands out frame numbers. /1
   // manifests need each decoded frame back here for their in-order image hash, so they keep fetching here.
   const inWorkers = !ctx.hasher && ctx.source.workerSpec !== undefined;
-  /** Fetch, decode, verify and write a whole frame on a worker; its SHA-256 once it is on disk. */
-  const fetchInWorker = async (i: number): Promise<string> => {
+  /**
+   * Fetch, decode, verify and write a whole frame on a worker; its SHA-256 once it is on disk.
+   * Undefined when the source cannot be reached from a worker (an S3 bucket whose pre-signed URLs
+   * do not work): the frame is then fetched here.
+   */
+  const fetchInWorker = async (i: number): Promise<string | undefined> => {
     const f = frames[i]!;
     for (let attempt = 0; ; attempt++) {
-      await ctx.source.admit?.(f.length);
       // Asked per frame: an S3 URL is renewed before it expires (cached otherwise).
       const spec = await ctx.source.workerSpec!(ctx.payloadKey);
+      if (!spec) return undefined;
+      await ctx.source.admit?.(f.length);
       const r = await ctx.pool.run({
         op: 'fetch-frame', source: spec, key: ctx.payloadKey, start: f.offset, end: f.offset + f.length, etag: ctx.etag,
         rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize,
@@ -258,8 +263,9 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
         finish(i)(await assembled(i, plan, delta!.offsets(i)));
         continue;
       }
-      if (inWorkers) {
-        finish(i)(await fetchInWorker(i));
+      const digest = inWorkers ? await fetchInWorker(i) : undefined;
+      if (digest) {
+        finish(i)(digest);
         continue;
       }
       const { written } = await fetchWhole(i);

@@ -8,7 +8,6 @@ import { log } from '../core/log.js';
 import type { Layout } from '../core/layout.js';
 import { FramePool, OrderedHasher } from './frame-pool.js';
 import { fetchFrames } from './stage-frames.js';
-import { Lz4StreamDecoder } from './lz4.js';
 import { releaseKeys } from './layout.js';
 import { MANIFEST_FORMATS, type Manifest } from './manifest.js';
 import type { Progress } from './progress.js';
@@ -253,6 +252,8 @@ async function fetchStream(ctx: PipelineContext): Promise<Omit<StageResult, 'ima
     }
     ctx.progress?.advance(resume.rawOffset);
   }
+  // Loaded here: only plain LZ4 streams decode on this thread (indexed payloads decode in the workers).
+  const { Lz4StreamDecoder } = await import('./lz4.js');
   const decoder = new Lz4StreamDecoder(resume ?? { payloadOffset: 0, rawOffset: 0 }, window);
   const firstOffset = decoder.at.payloadOffset;
   ctx.hasher.advanceTo(decoder.at.rawOffset);

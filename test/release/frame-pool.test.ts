@@ -18,6 +18,7 @@ t.test('a dead worker fails its tasks at once and takes no new ones', async (t) 
     await pool.close();
     closeSync(fd);
   });
+  pool.start();
   const threads = (pool as unknown as { workers: Array<{ worker: Worker }> }).workers.map((w) => w.worker);
 
   // The first task goes to the first thread (both idle); that thread dies before it answers.
@@ -30,4 +31,16 @@ t.test('a dead worker fails its tasks at once and takes no new ones', async (t) 
 
   await threads[1]!.terminate();
   await t.rejects(pool.run({ op: 'hash-range', fd, start: 0, end: 4096 }), /frame worker exited/, 'with no live thread left, a task fails at once');
+});
+
+t.test('a pool starts its threads on start() or its first task, not when it is made', async (t) => {
+  const pool = new FramePool(2);
+  t.teardown(() => pool.close());
+  const threads = () => (pool as unknown as { workers: unknown[] }).workers.length;
+  t.equal(threads(), 0, 'none yet: a prepare with nothing to download never pays for them');
+  t.equal(pool.size, 2, 'its size is known before');
+  const r = await pool.run({ op: 'hash-zero', length: 4096 });
+  t.equal(r.op, 'hash-zero');
+  t.equal(threads(), 2, 'the first task started them all');
+  await pool.close();
 });

@@ -32,9 +32,11 @@ t.test('publish to a directory, prepare from the channel: the image arrives byte
   t.equal(check.code, 0, check.stderr);
   t.match(check.json, { available: true, version: '1.0' });
 
-  const r = await upgradectl(['--root', root, '--json', 'prepare']);
+  const debug = { env: { UPGRADECTL_LOG_LEVEL: 'debug' } };
+  const r = await upgradectl(['--root', root, '--json', 'prepare'], debug);
   t.equal(r.code, 0, r.stderr);
   t.equal(r.json.action, 'prepared');
+  t.match(r.stderr, /starting \d+ frame worker threads/, 'a download starts the frame workers');
   const staged = path.join(root, 'images/1.0.img');
   t.equal(sha256File(staged), sha256File(image), 'same bytes as the published image');
   t.ok(statSync(staged).blocks * 512 < statSync(staged).size * 0.6, 'zero blocks are holes');
@@ -43,9 +45,10 @@ t.test('publish to a directory, prepare from the channel: the image arrives byte
 
   const status = await upgradectl(['--root', root, '--json', 'status']);
   t.match(status.json, { phase: 'prepared', next: '1.0' });
-  const again = await upgradectl(['--root', root, '--json', 'prepare']);
+  const again = await upgradectl(['--root', root, '--json', 'prepare'], debug);
   t.equal(again.code, 0);
   t.equal(again.json.action, 'already-prepared', 'a second prepare fetches nothing');
+  t.notMatch(again.stderr, /frame worker/, 'and starts no frame workers (the daemon\'s usual pass)');
 });
 
 t.test('over HTTP: retries 503s and dropped connections, resumes after a kill, restarts when the object changed', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
@@ -277,10 +280,41 @@ t.test('from S3 (s3rver): publish multipart, prepare by ranges', { skip: skipUnl
   const payloadGets = s3.served.slice(from).filter((q) => q.method === 'GET' && q.path.endsWith('/5.0/image.lz4'));
   t.ok(payloadGets.length > 1, `${payloadGets.length} payload requests`);
   t.same(payloadGets.filter((q) => q.signed !== 'query' || !q.range), [], 'every payload GET is a range on a pre-signed URL');
+  // Plus one 2-byte probe of the URL before the workers use it (S3Store.tryUrl).
+  t.equal(payloadGets.filter((q) => q.range === 'bytes=0-1').length, 1, 'the URL was tried once');
   const ranged = payloadGets.reduce((n, q) => n + rangeLength(q.range), 0);
-  t.equal(ranged, r.json.stage.fetched, 'the ranges served add up to the payload fetched');
-  t.equal(payloadGets.length, r.json.stage.requests);
+  t.equal(ranged, r.json.stage.fetched + 2, 'the ranges served add up to the payload fetched');
+  t.equal(payloadGets.length, r.json.stage.requests + 1);
   t.notMatch(r.stderr + r.stdout, /X-Amz-Signature|X-Amz-Credential/, 'no signed URL is printed');
+
+  // An endpoint that refuses pre-signed URLs (a bucket in another region redirects them; a proxy or
+  // policy may refuse them): the frames come through the SDK instead, and the image is the same.
+  const { createServer, request } = await import('node:http');
+  const target = new URL(s3.endpoint);
+  const proxy = createServer((req, res) => {
+    if (req.url?.includes('X-Amz-Signature=')) {
+      res.writeHead(403).end('<Error><Code>AccessDenied</Code></Error>');
+      return;
+    }
+    const fwd = request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    req.pipe(fwd);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => proxy.close(() => resolve())));
+  const proxied = `http://127.0.0.1:${(proxy.address() as { port: number }).port}`;
+  const root2 = makeMachine(dir, 'refused', `s3://${s3.bucket}/fleet`, pub.pub, `endpoint = ${proxied}\nforce_path_style = true\nregion = us-east-1\n`);
+  const from2 = s3.served.length;
+  const r2 = await upgradectl(['--root', root2, '--json', 'prepare']);
+  proxy.closeAllConnections();
+  t.equal(r2.code, 0, r2.stderr);
+  t.equal(sha256File(path.join(root2, 'images/5.0.img')), sha256File(image), 'the same image through the SDK');
+  t.match(r2.stderr, /cannot be read through a pre-signed URL .*reading its frames through the S3 SDK/);
+  const viaSdk = s3.served.slice(from2).filter((q) => q.method === 'GET' && q.path.endsWith('/5.0/image.lz4'));
+  t.ok(viaSdk.length > 1 && viaSdk.every((q) => q.signed === 'header' && q.range), 'every payload range came through the SDK');
+  t.notMatch(r2.stderr + r2.stdout, /X-Amz-Signature|X-Amz-Credential/, 'the warning names the object, not its signed URL');
 });
 
 const rangeLength = (range: string | undefined) => {

@@ -1,4 +1,5 @@
-import { Agent, request, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { Agent, request } from './undici-core.js';
 import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
@@ -22,7 +23,7 @@ export class HttpSource implements Source {
   private readonly base: URL;
   private readonly authorization: string | undefined;
   private readonly policy: RetryPolicy;
-  private readonly agent: Agent;
+  private readonly agent: InstanceType<typeof Agent>;
   private warnedRangeIgnored = false;
   /** A pre-signed object URL (an S3 frame fetched by a worker): its query is the signature, and it is the only key. */
   private readonly signed: { key: string; url: URL } | undefined;

@@ -104,7 +104,7 @@ class LazyS3 implements Source, Target {
   async head(key: string): Promise<ObjectInfo> {
     return (await this.load()).head(key);
   }
-  async workerSpec(key: string): Promise<SourceSpec> {
+  async workerSpec(key: string): Promise<SourceSpec | undefined> {
     return (await this.load()).workerSpec(key);
   }
   async presignedUrl(key: string, seconds: number): Promise<string> {

@@ -7,6 +7,8 @@ import { checkRange, keySegments, metadataCap, metadataTooLarge, rangeTooLong } 
 import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
 import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
 import { presignGet } from './s3-presign.js';
+import { HttpSource } from './http.js';
+import { log } from '../../core/log.js';
 
 const PART_SIZE = 16 * 1024 * 1024;
 /**
@@ -75,17 +77,53 @@ export class S3Store implements Source, Target {
     return this.headObject(objectKey);
   }
 
-  private signed = new Map<string, SourceSpec>();
+  /** Per key: its current pre-signed URL (or undefined: such URLs do not work here), being made or made. */
+  private signed = new Map<string, Promise<SourceSpec | undefined>>();
 
-  /** A pre-signed GET of `key`: the frame workers fetch its ranges as plain HTTP(S) (sources/http.ts). */
-  async workerSpec(key: string): Promise<SourceSpec> {
+  /**
+   * A pre-signed GET of `key`: the frame workers fetch its ranges as plain HTTP(S) (sources/http.ts).
+   * Undefined when such a URL does not work here (see `tryUrl`): the caller then reads through the SDK.
+   * Concurrent callers share one signing; a new URL is made once half of the old one's life is gone.
+   */
+  async workerSpec(key: string): Promise<SourceSpec | undefined> {
     const cached = this.signed.get(key);
-    if (cached && cached.expiresAt! - Date.now() > SIGNED_LIFETIME_MS / 2) return cached;
+    if (cached) {
+      const spec = await cached;
+      if (!spec || spec.expiresAt! - Date.now() > SIGNED_LIFETIME_MS / 2) return spec;
+      if (this.signed.get(key) !== cached) return this.workerSpec(key);
+    }
+    const made = this.sign(key);
+    this.signed.set(key, made);
+    made.catch(() => this.signed.delete(key));
+    return made;
+  }
+
+  private async sign(key: string): Promise<SourceSpec | undefined> {
+    const objectKey = this.keyOf(key);
     const signedAt = Date.now();
     const url = await this.presignedUrl(key, SIGNED_LIFETIME_MS / 1000);
     const spec: SourceSpec = { url, opts: { retry: this.policy }, signedKey: key, expiresAt: signedAt + SIGNED_LIFETIME_MS };
-    this.signed.set(key, spec);
-    return spec;
+    return (await this.tryUrl(spec, objectKey)) ? spec : undefined;
+  }
+
+  /**
+   * Two bytes through a fresh pre-signed URL before the workers rely on it. The URL is signed for the
+   * configured region and endpoint; a bucket in another region answers it with a redirect that the
+   * SDK follows (followRegionRedirects) and a plain GET does not, and a proxy or policy may refuse
+   * query-signed requests. Then the ranges go through the SDK, as they did before workers fetched.
+   */
+  private async tryUrl(spec: SourceSpec, objectKey: string): Promise<boolean> {
+    const probe = new HttpSource(new URL(spec.url), { retry: { ...this.policy, retries: 0 } }, spec.signedKey);
+    try {
+      // Not bytes=0-0: s3rver answers that with the whole object.
+      await probe.range(spec.signedKey!, 0, 2);
+      return true;
+    } catch (err) {
+      log.warn(`${this.shown(objectKey)} cannot be read through a pre-signed URL (${messageOf(err)}); reading its frames through the S3 SDK on one thread instead`);
+      return false;
+    } finally {
+      await probe.close();
+    }
   }
 
   /**

@@ -36,11 +36,11 @@ export interface Source {
   /** Printable location of the prefix, for messages (no credentials). */
   readonly url: string;
   /**
-   * How a worker thread reaches `key` on its own; absent for sources built by a caller. Ask again
-   * for each batch of work: an S3 answer is a pre-signed URL that expires (a fresh one comes back
-   * well before it does).
+   * How a worker thread reaches `key` on its own; absent for sources built by a caller, undefined
+   * when another thread cannot reach it (then read it here). Ask again for each frame: an S3 answer
+   * is a pre-signed URL that expires (a fresh one comes back well before it does).
    */
-  workerSpec?(key: string): Promise<SourceSpec>;
+  workerSpec?(key: string): Promise<SourceSpec | undefined>;
   /** S3: a pre-signed http(s) GET of `key`, for a reader without the SDK or credentials (the RAM flasher). */
   presignedUrl?(key: string, seconds: number): Promise<string>;
   /**
