@@ -7,9 +7,9 @@ import { setLogLevel } from '../../src/core/log.js';
 import { FLASHER_SCRIPTS } from '../../src/flasher/initrd.js';
 import { writeBootFiles } from '../../src/operations/boot.js';
 import { loadConfig } from '../../src/operations/config.js';
-import { confirm } from '../../src/operations/confirm.js';
 import { reconcile } from '../../src/operations/reconcile/index.js';
 import { loadState } from '../../src/operations/state.js';
+import { upgradectl } from '../helpers/cli.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { addHook, boot, envList, grubBoot, makeMachine, readState } from './fixtures/machine.js';
 
@@ -65,8 +65,10 @@ t.test('the flasher arms the new system as a trial; its upgradectl records and c
   const s = await reconcile(layout);
   t.match(s, { phase: 'trying', next: '2.0', current: undefined, trialKind: 'upgrade' });
   t.same(s.history.map((h) => h.event), ['flash-trial', 'boot-trial'], 'recorded as commit would have, then its trial boot');
-  const r = await confirm(layout, await loadConfig(layout), { reboot: false });
-  t.equal(r.event, 'confirm-ok');
+  // What the boot unit runs on every boot.
+  const r = await upgradectl(['--root', layout.root, '--json', 'confirm', '--if-trial', '--no-reboot']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.json, { event: 'confirm-ok', version: '2.0', phase: 'idle' });
   t.match(readState(layout), { phase: 'idle', current: '2.0', next: undefined });
   t.same(envList(layout), { saved_entry: 'upgradectl-2.0' }, 'the new image is the default');
   t.notOk(existsSync(layout.flashTrialFile), 'the reboot entry no longer holds in the flasher');
@@ -81,8 +83,9 @@ t.test('a reflashed system that fails its health checks is not retried: GRUB sta
   t.equal((flasherArms(layout, keptFiles(dir))).code, 0);
   addHook(layout, 'health', '10-web', 'echo "nginx is not listening" >&2; exit 3');
   grubBoot(layout);
-  const r = await confirm(layout, await loadConfig(layout), { reboot: false });
-  t.equal(r.event, 'confirm-failed');
+  const r = await upgradectl(['--root', layout.root, '--json', 'confirm', '--if-trial', '--no-reboot']);
+  t.equal(r.json?.event, 'confirm-failed', r.stderr);
+  t.equal((await upgradectl(['--root', layout.root, 'status'])).code, 0, 'status works on a machine with no current image');
   const s = await loadState(layout);
   t.match(s, { phase: 'rolled-back', next: undefined });
   t.match(s.bad['2.0']?.reason, /nginx is not listening/);

@@ -4,6 +4,7 @@ import type { Layout } from '../../core/layout.js';
 import { log } from '../../core/log.js';
 import { isVersion } from '../../core/version.js';
 import { allowed, applyEvent } from '../lifecycle.js';
+import { failedBefore } from '../offer.js';
 import type { BootFacts } from './facts.js';
 
 /** The first line of the marker the RAM flasher writes (flasher/flasher.sh, arm_on_new_host). */
@@ -52,7 +53,7 @@ export async function reconcileFlashTrial(boot: BootFacts): Promise<boolean> {
   if (!trial || booted !== trial.version) return false;
   const version = trial.version;
   if (state.next === version && (state.phase === 'committed' || state.phase === 'trying')) return false;
-  if (Object.prototype.hasOwnProperty.call(state.bad, version)) return false;
+  if (failedBefore(state, version)) return false;
   if (!allowed(state.phase, 'flash-trial')) {
     log.warn(`the RAM flasher armed the first boot of ${version} as a trial, but the machine is ${state.phase}: not recorded`);
     return false;

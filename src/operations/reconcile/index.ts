@@ -7,6 +7,7 @@ import { log } from '../../core/log.js';
 import { DEFAULT_TRIES_VAR, versionOfEntry } from '../../grub/render.js';
 import { bootedVersion, readBootEnv } from '../boot.js';
 import { loadConfig, parseConfig, type Config } from '../config.js';
+import { failedBefore } from '../offer.js';
 import { loadState, saveState, type State } from '../state.js';
 import { clearCount, reconcileDefaultCount } from './default-count.js';
 import type { BootFacts } from './facts.js';
@@ -71,7 +72,7 @@ function mayChange(layout: Layout, s: State, booted: string | undefined, bootId:
   if (s.phase === 'committed' || s.phase === 'trying') return true;
   if (s.pending && s.pending.bootId !== bootId) return true;
   if (existsSync(layout.flashTrialFile)) return true;
-  return !s.current && booted !== undefined && existsSync(layout.imageFile(booted));
+  return !s.current && booted !== undefined && !failedBefore(s, booted) && existsSync(layout.imageFile(booted));
 }
 
 /**
