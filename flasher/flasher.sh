@@ -422,9 +422,12 @@ HOLD_SAY_SECONDS=${HOLD_SAY_SECONDS:-60}
 keep_flasher_files() {
   d=$HOST_MNT/boot/upgradectl/flasher
   mount -t ext4 -o ro,noload "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev to keep the flasher's files"
-  size=$(( $(stat -c %s "$d/vmlinuz") + $(stat -c %s "$d/initrd.img") + 65536 ))
+  # A failed stat must not reach ash's arithmetic (a syntax error there would end PID 1's script).
+  k=$(stat -c %s "$d/vmlinuz" 2>/dev/null) i=$(stat -c %s "$d/initrd.img" 2>/dev/null)
+  is_uint "$k" && is_uint "$i" || k=0 i=0
+  size=$((k + i + 65536))
   mkdir -p "$KEEP"
-  if mount -t tmpfs -o "size=$size,mode=0700" tmpfs "$KEEP" && cp "$d/vmlinuz" "$d/initrd.img" "$KEEP/"; then
+  if [ "$k" != 0 ] && mount -t tmpfs -o "size=$size,mode=0700" tmpfs "$KEEP" && cp "$d/vmlinuz" "$d/initrd.img" "$KEEP/"; then
     # Only keys copy_ssh_keys accepted (root's, not writable by others).
     [ -s /root/.ssh/authorized_keys ] && cp /root/.ssh/authorized_keys "$KEEP/"
     status keep "the flasher's kernel and initrd$([ -f "$KEEP/authorized_keys" ] && echo ' and SSH keys') kept in RAM ($((size / 1048576)) MiB) for the new partition"
