@@ -47,9 +47,10 @@ status() {
 
 # Before writing: nothing was written, so the old system is intact; GRUB already cleared the one-shot.
 # In rescue mode there is no old system to go back to (GRUB could load no image): a reboot would come
-# straight back here, so the attempt ends and rescue_main waits and tries again.
+# straight back here, so the attempt ends and rescue_main waits and tries again. In hold mode too: the
+# step (the network) ends, the flasher stays up.
 fail_before_write() {
-  if [ "$JOB_KIND" = rescue ]; then
+  if [ "$JOB_KIND" != flash ]; then
     status failed "$*"
     umount "$HOST_MNT" 2>/dev/null
     exit 1
@@ -372,11 +373,13 @@ flasher_main() {
   setup_system
   status start "$(cat /proc/cmdline)"
   read_job
+  keep_flasher_files
   network_up
   check_memory
   fetch_payload
   verify_payload
   write_target
+  arm_first_boot
   record_on_new_host
   status done "rebooting into release $job_version"
   sleep 1
@@ -394,19 +397,23 @@ flasher_main() {
 RESCUE_COUNT_REL=boot/upgradectl/flasher/rescue-count
 RESCUE_MAX=${RESCUE_MAX:-2}
 
-# grubenv is a 1024-byte block GRUB reads without the journal: rewritten in place (never truncated),
-# with the restored image as the default and no trial or count pending.
-set_default_entry() {
+# grubenv is a 1024-byte block GRUB reads without the journal: rewritten in place (never truncated).
+# The boot selection (default, one-shot, trial, counts) becomes exactly the VAR=VALUE lines given;
+# other tools' variables are kept. Prints why and fails when it leaves the block as it is.
+write_grubenv() {
   env=$HOST_MNT/boot/grub/grubenv new=$FLASHER_DIR/grubenv
-  [ "$(stat -c %s "$env" 2>/dev/null)" = 1024 ] || { say "warning: $env is not a 1024-byte block; left as it is"; return 0; }
+  [ "$(stat -c %s "$env" 2>/dev/null)" = 1024 ] || { echo "$env is not a 1024-byte block"; return 1; }
   { echo '# GRUB Environment Block'
     grep -v -e '^#' -e '^saved_entry=' -e '^next_entry=' -e '^upgradectl_default_tries=' -e '^upgradectl_trial=' -e '^upgradectl_tries=' "$env"
-    echo "saved_entry=$1"; } > "$new"
+    for line in "$@"; do echo "$line"; done; } > "$new"
   n=$(wc -c < "$new")
-  [ "$n" -le 1024 ] || { say "warning: the new grubenv would exceed 1024 bytes; left as it is"; return 0; }
+  [ "$n" -le 1024 ] || { echo "the new grubenv would exceed 1024 bytes"; return 1; }
   head -c $((1024 - n)) /dev/zero | tr '\0' '#' >> "$new"
-  dd if="$new" of="$env" bs=1024 count=1 conv=notrunc,fsync 2>> "$LOG"
+  dd if="$new" of="$env" bs=1024 count=1 conv=notrunc,fsync 2>> "$LOG" || { echo "writing $env failed"; return 1; }
 }
+
+# The restored image as the default, with no trial or count pending.
+set_default_entry() { why=$(write_grubenv "saved_entry=$1") || say "warning: $why; left as it is"; }
 
 rescue_count() { cat "$HOST_MNT/$RESCUE_COUNT_REL" 2>/dev/null | grep -E '^[0-9]+$' || echo 0; }
 
@@ -475,10 +482,112 @@ if [ "${1:-}" = rescue-now ]; then
   exit
 fi
 
+# The first boot after a flash (docs/flasher.md): a trial like any other, whose fallback is this flasher
+# in hold mode, since the old system is gone. Before writing, the flasher's own kernel, initrd and the
+# operator's SSH keys are kept in RAM (they are on the partition about to be overwritten); after the
+# read-back they go onto the new partition when its publisher did not put a flasher there, with the
+# trial marker, and GRUB's one-shot names the new default while saved_entry names the reboot entry,
+# which boots the flasher in hold mode when those files exist (src/grub/render.ts, renderHoldBranch).
+# The new system's upgradectl turns the marker into its trial state and confirms it as any trial.
+KEEP=/keep
+FLASH_TRIAL_REL=boot/upgradectl/flasher/trial
+FLASH_TRIAL_MAGIC='upgradectl-flash-trial 1'
+HOLD_SAY_SECONDS=${HOLD_SAY_SECONDS:-60}
+
+# In RAM (a tmpfs of their size: MemAvailable no longer counts them, so the memory check that follows
+# does). Without them the flash goes on, and the new system's first boot is not a trial.
+keep_flasher_files() {
+  d=$HOST_MNT/boot/upgradectl/flasher
+  mount -t ext4 -o ro,noload "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev to keep the flasher's files"
+  # A failed stat must not reach ash's arithmetic (a syntax error there would end PID 1's script).
+  k=$(stat -c %s "$d/vmlinuz" 2>/dev/null) i=$(stat -c %s "$d/initrd.img" 2>/dev/null)
+  is_uint "$k" && is_uint "$i" || k=0 i=0
+  size=$((k + i + 65536))
+  mkdir -p "$KEEP"
+  if [ "$k" != 0 ] && mount -t tmpfs -o "size=$size,mode=0700" tmpfs "$KEEP" && cp "$d/vmlinuz" "$d/initrd.img" "$KEEP/"; then
+    # Only keys copy_ssh_keys accepted (root's, not writable by others).
+    [ -s /root/.ssh/authorized_keys ] && cp /root/.ssh/authorized_keys "$KEEP/"
+    status keep "the flasher's kernel and initrd$([ -f "$KEEP/authorized_keys" ] && echo ' and SSH keys') kept in RAM ($((size / 1048576)) MiB) for the new partition"
+  else
+    umount "$KEEP" 2>/dev/null
+    say "warning: could not keep the flasher's files in RAM: the new system's first boot will not be a trial"
+  fi
+  umount "$HOST_MNT"
+}
+
+# On the new partition, mounted: prints what it armed, or why it did not and fails (nothing armed).
+arm_on_new_host() {
+  cfg=$HOST_MNT/boot/grub/grub.cfg d=$HOST_MNT/boot/upgradectl/flasher
+  entry=$(sed -n 's/^saved_entry=//p' "$HOST_MNT/boot/grub/grubenv" 2>/dev/null | head -n 1)
+  v=${entry#upgradectl-}
+  case "$entry" in upgradectl-flasher|upgradectl-rescue|upgradectl-reboot|upgradectl-distro) v= ;; upgradectl-*) ;; *) v= ;; esac
+  case "$v" in ''|*[!A-Za-z0-9._+~-]*) echo "its grubenv names no upgradectl image as the default (saved_entry=$entry)"; return 1;; esac
+  [ -f "$HOST_MNT/images/$v.img" ] || { echo "its default image /images/$v.img is missing"; return 1; }
+  # The hold entry is in grub.cfg only when an upgradectl that renders it wrote the published partition.
+  grep -q 'upgradectl\.hold=1' "$cfg" || { echo "its grub.cfg has no hold mode in the reboot entry (written by an older upgradectl)"; return 1; }
+  [ -f "$d/vmlinuz" ] && [ -f "$d/initrd.img" ] || [ -f "$KEEP/vmlinuz" ] || { echo "the flasher's files were not kept in RAM"; return 1; }
+  mkdir -p "$d"
+  for f in vmlinuz initrd.img authorized_keys; do
+    if [ ! -e "$d/$f" ] && [ -f "$KEEP/$f" ]; then
+      cp "$KEEP/$f" "$d/$f.tmp" && chmod 600 "$d/$f.tmp" && mv "$d/$f.tmp" "$d/$f" || { echo "cannot put $f into $d"; return 1; }
+    fi
+  done
+  # The job's network too: hold mode has no job, and a machine without DHCP needs its static address there.
+  net="network dhcp"
+  [ "$job_net" = static ] && net="network static $job_net_mac $job_net_addr $job_net_gw $job_net_dns"
+  printf '%s\nversion %s\nrelease %s\n%s\n' "$FLASH_TRIAL_MAGIC" "$v" "$job_version" "$net" > "$d/trial.tmp" && chmod 600 "$d/trial.tmp" && mv "$d/trial.tmp" "$d/trial" || { echo "cannot write $d/trial"; return 1; }
+  # Last: the one-shot is what makes the boot a trial. Its extra attempts are not used (one trial boot).
+  if ! why=$(write_grubenv 'saved_entry=upgradectl-reboot' "next_entry=$entry" "upgradectl_trial=$entry"); then
+    rm -f "$d/trial"
+    echo "$why"
+    return 1
+  fi
+  echo "the first boot of image $v is a trial: unless its upgradectl confirms it, GRUB boots this flasher in hold mode"
+}
+
+arm_first_boot() {
+  if ! mount -t ext4 "$target_dev" "$HOST_MNT" 2>> "$LOG"; then
+    say "warning: cannot mount the new host partition: its first boot is not a trial"
+    return 0
+  fi
+  if why=$(arm_on_new_host); then status trial "$why"; else say "warning: the new system's first boot is not a trial: $why"; fi
+  umount "$HOST_MNT"
+  sync
+}
+
+# GRUB's reboot entry, after a reflashed system's first boot did not confirm: nothing to go back to,
+# nothing to write. Network and SSH for the operator, the reason on the console every minute and in
+# the status file, a shell on the console; never a reboot (it would come straight back here).
+hold_main() {
+  JOB_KIND=hold
+  setup_system
+  status start "hold: $(cat /proc/cmdline)"
+  host_uuid=$(cmdline_arg upgradectl.host) v='?' job_version='?'
+  mkdir -p "$HOST_MNT"
+  if [ -n "$host_uuid" ] && wait_for "findfs UUID=$host_uuid" 15 && mount -t ext4 -o ro,noload "$(findfs "UUID=$host_uuid")" "$HOST_MNT"; then
+    copy_ssh_keys
+    v=$(sed -n 's/^version \([A-Za-z0-9._+~-]*\)$/\1/p' "$HOST_MNT/$FLASH_TRIAL_REL" 2>/dev/null | head -n 1)
+    job_version=$(sed -n 's/^release \([A-Za-z0-9._+~-]*\)$/\1/p' "$HOST_MNT/$FLASH_TRIAL_REL" 2>/dev/null | head -n 1)
+    # The flash job's network line, checked as in a job (a malformed one: DHCP).
+    job_net=dhcp
+    net=$(sed -n 's/^network //p' "$HOST_MNT/$FLASH_TRIAL_REL" 2>/dev/null | head -n 1)
+    [ -n "$net" ] && { check_network $net > /dev/null || job_net=dhcp; }
+    umount "$HOST_MNT"
+  fi
+  msg="release ${job_version:-?}'s reflashed system (image ${v:-?}) did not confirm its first boot and there is no old system to go back to: this machine stays in the flasher and does not reboot. The flash log is boot/upgradectl/flasher/log on the host partition; a shell is on the console"
+  ( network_up ) || say "warning: $(sed -n 's/^message=//p' "$STATUS")"
+  status hold "$msg"
+  setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
+  while :; do
+    say "HOLD: $msg"
+    sleep "$HOLD_SAY_SECONDS"
+  done
+}
+
 # `sh /lib/upgradectl/flasher.sh retry` on the console of a stuck flasher: the same verified payload
 # in RAM, the same target, once more.
 if [ "${1:-}" = retry ]; then
   retry_mode=1 WRITE_ATTEMPTS=1
   . "$FLASHER_DIR/job.env"
-  write_target && record_on_new_host && reboot -f
+  write_target && arm_first_boot && record_on_new_host && reboot -f
 fi

@@ -43,6 +43,11 @@ export class Layout {
   get flasherInitrd(): string { return path.join(this.flasherDir, 'initrd.img'); }
   /** What the flasher in rescue mode restores when no image can be loaded (docs/flasher.md, "Rescue"). */
   get rescueJobFile(): string { return path.join(this.flasherDir, 'rescue-job'); }
+  /**
+   * Written by the flasher on a host partition it just flashed: that system's first boot is a trial, with
+   * the flasher in hold mode as its fallback (docs/flasher.md, "The first boot after a flash").
+   */
+  get flashTrialFile(): string { return path.join(this.flasherDir, 'trial'); }
 
   imageFile(version: string): string { return path.join(this.imagesDir, `${version}.img`); }
   manifestFile(version: string): string { return path.join(this.manifestsDir, `${version}.json`); }

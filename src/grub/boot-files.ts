@@ -94,6 +94,7 @@ export async function buildGrubInput(ctx: BootContext, images: BootImage[]): Pro
       ? { kernel: onHost(layout.flasherKernel), initrd: onHost(layout.flasherInitrd), cmdline: '', rescue: existsSync(layout.rescueJobFile) }
       : undefined,
     distro: distroKept ? { isDefault: !roles.current } : undefined,
+    hold: { kernel: onHost(layout.flasherKernel), initrd: onHost(layout.flasherInitrd), marker: onHost(layout.flashTrialFile) },
   };
 }
 

@@ -71,6 +71,13 @@ export interface GrubConfigInput
    */
   flasher?: { kernel: string; initrd: string; cmdline: string; rescue?: boolean };
   /**
+   * Where the flasher's files and a reflash's trial marker would be (paths on the host partition),
+   * whether or not they exist now: the reboot entry boots the flasher in hold mode when all three
+   * exist at boot time (renderRebootEntry). A reflash release's host partition is rendered before any
+   * flasher is put into it, so the test happens in GRUB, not here.
+   */
+  hold?: { kernel: string; initrd: string; marker: string };
+  /**
    * An adopted machine: the distribution's own menu, kept as `$prefix/distro.cfg`, comes after the
    * images, the flasher and rescue, and is the first of the fallbacks when no image loads. `isDefault`:
    * no image is the default yet (none confirmed), so the distribution is what GRUB boots when grubenv
@@ -95,6 +102,11 @@ export const DISTRO_ENTRY_ID = 'upgradectl-distro';
 export const RESCUE_ENTRY_ID = 'upgradectl-rescue';
 /** The kernel argument that starts the flasher in rescue mode. */
 export const RESCUE_ARG = 'upgradectl.rescue=1';
+/**
+ * The kernel argument that starts the flasher in hold mode: the first boot of a reflashed system did
+ * not confirm, and there is no old system left (docs/flasher.md, "The first boot after a flash").
+ */
+export const HOLD_ARG = 'upgradectl.hold=1';
 /** The last entry of a full grub.cfg: reached only when no image could be loaded (see renderRebootEntry). */
 export const REBOOT_ENTRY_ID = 'upgradectl-reboot';
 
@@ -269,6 +281,9 @@ function renderSelection(input: GrubConfigInput, full: boolean): string[] {
   };
   const savedIds: Array<[string, number]> = input.entries.map((e, i) => [entryId(e.version), i]);
   if (distro !== undefined) savedIds.push([DISTRO_ENTRY_ID, distro]);
+  // The flasher arms a reflashed system's first boot with the reboot entry as saved_entry (its hold
+  // mode is the fallback): a one-shot that fails to load goes straight there, not to entry 0.
+  if (full && input.hold) savedIds.push([REBOOT_ENTRY_ID, rebootEntryNumber(input)]);
   lines.push('if [ "${upgradectl_not_default}" ]; then');
   savedIds.forEach(([id, n], i) => {
     lines.push(`  ${i === 0 ? 'if' : 'elif'} [ "\${saved_entry}" = "${id}" ]; then`, `    ${fallback(n)}`);
@@ -485,6 +500,7 @@ function renderRebootEntry(input: GrubConfigInput): string[] {
   if (input.entries.length === 0) return [];
   return [
     `menuentry 'upgradectl: no image could be booted, rebooting' --id ${REBOOT_ENTRY_ID} {`,
+    ...renderHoldBranch(input),
     // Lines under 80 columns: a serial console wraps longer ones, and log searches miss the wrapped text.
     `  echo 'upgradectl: no image could be loaded from the host partition'`,
     `  echo 'upgradectl: UUID=${input.hostUuid}; rebooting in ${input.panicTimeout} s'`,
@@ -493,6 +509,38 @@ function renderRebootEntry(input: GrubConfigInput): string[] {
     '  reboot',
     '}',
     '',
+  ];
+}
+
+/**
+ * The first boot of a reflashed system did not confirm (docs/flasher.md, "The first boot after a flash"):
+ * the flasher left its files and a trial marker on the new host partition and made this entry GRUB's
+ * saved_entry, so a trial that fails to load, panics, hangs or is not confirmed ends here. There is no
+ * old system to reset into: instead of rebooting, boot the flasher in hold mode (network, SSH, a
+ * console message every minute, never a reboot). Tested when GRUB runs: the files appear after this
+ * config was rendered. A failed `linux` or `initrd` falls through to the reboot below.
+ */
+function renderHoldBranch(input: GrubConfigInput): string[] {
+  const h = input.hold;
+  if (!h) return [];
+  const serial = parseSerial(input.serialConsole);
+  const words = [
+    `panic=${input.panicTimeout}`,
+    `upgradectl.host=${input.hostUuid}`,
+    HOLD_ARG,
+    ...splitArgs(input.kernelArgs),
+    ...(serial ? ['console=tty0', `console=${input.serialConsole}`] : []),
+  ].map(grubQuote);
+  const [kernel, initrd, marker] = [h.kernel, h.initrd, h.marker].map(imagePath);
+  return [
+    `  search --no-floppy --fs-uuid --set=root ${input.hostUuid}`,
+    `  if [ -f ${marker} -a -f ${kernel} -a -f ${initrd} ]; then`,
+    `    echo 'upgradectl: the reflashed system did not confirm its first boot'`,
+    `    echo 'upgradectl: starting the flasher in hold mode (no reboot)'`,
+    `    linux ${kernel} ${words.join(' ')}`,
+    `    initrd ${initrd}`,
+    '    boot',
+    '  fi',
   ];
 }
 
@@ -543,4 +591,5 @@ function validateInput(input: GrubConfigInput): void {
   }
   if (input.fallbackVersion !== undefined && !isVersion(input.fallbackVersion)) bad('fallbackVersion is not a valid version');
   if (input.flasher && (!PATH_RE.test(input.flasher.kernel) || !PATH_RE.test(input.flasher.initrd))) bad('flasher paths are not plain');
+  if (input.hold && ![input.hold.kernel, input.hold.initrd, input.hold.marker].every((p) => PATH_RE.test(p))) bad('hold paths are not plain');
 }

@@ -10,6 +10,7 @@ import { refreshFlasherAfterConfirm } from './flasher-install.js';
 import { rebootMachine } from './reboot.js';
 import { endTrialDeadline } from './trial-deadline.js';
 import { endFailedTrial, reconcile } from './reconcile/index.js';
+import { endFlashTrial } from './reconcile/flash-trial.js';
 import type { TransitionResult } from './result.js';
 import type { State } from './state.js';
 
@@ -49,6 +50,9 @@ export async function confirm(layout: Layout, config: Config, opts: { reboot: bo
       const after: State = { ...state, phase: 'idle', current: version, previous: state.current, next: undefined };
       // After this write GRUB boots `version` by default; the state follows right after.
       await writeBootFiles(layout, config, after, { makeDefault: version });
+      // Only now that GRUB's default is the image: a reflashed system's reboot entry stops holding in
+      // the flasher (removed first, a reset would leave saved_entry on a reboot entry that reboots).
+      await endFlashTrial(layout);
       crashPoint('confirm:default-set');
       return {
         event: 'confirm-ok',

@@ -17,6 +17,7 @@ import { loadState, saveState, type HistoryEntry, type Phase, type State } from 
  *     |                  +------cancel--------+--boot-old--> rolled-back <--confirm-failed / rollback--+
  *     +--rollback (boot previous once)--> committed
  *     +--default-failed (GRUB gave up on the default, the previous image runs)--> rolled-back
+ *     +--flash-trial (a reflashed system's first boot, armed by the RAM flasher)--> committed
  */
 export type LifecycleEvent =
   | 'prepare'
@@ -26,6 +27,7 @@ export type LifecycleEvent =
   | 'commit-interrupted'
   | 'adopt'
   | 'adopt-distro'
+  | 'flash-trial'
   | 'finish-adoption'
   | 'confirm-ok'
   | 'confirm-failed'
@@ -45,6 +47,9 @@ const TRANSITIONS: ReadonlyArray<readonly [from: readonly Phase[], event: Lifecy
   [['committed', 'prepared'], 'boot-trial', 'trying'],
   [['committed', 'trying'], 'boot-old', 'rolled-back'],
   [['prepared'], 'commit-interrupted', 'prepared'],
+  // Reconciliation on a reflashed system's first boot: the RAM flasher armed it as a trial (its
+  // marker); recorded as commit would have, then boot-trial follows (reconcile/flash-trial.ts).
+  [['idle', 'rolled-back'], 'flash-trial', 'committed'],
   // Reconciliation: no default is recorded and an upgradectl image runs (a new machine). A machine that
   // prepared before anything was recorded keeps its prepared image.
   [['idle', 'rolled-back'], 'adopt', 'idle'],

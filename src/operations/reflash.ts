@@ -121,8 +121,12 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
   const nonce = newNonce();
   const job: FlashJob = jobFor(release.manifest, payload.url, await detectHostUuid(layout.host, config.boot.hostUuid), nonce, await flasherNetwork(layout, config));
   const total = await memTotal(layout);
-  if (total !== undefined && total < ramNeeded(job)) {
-    throw new UpgradeError('NO_SPACE', `the flasher would need ${mib(ramNeeded(job))} MiB of RAM (payload ${mib(job.payloadSize)} MiB + ${mib(job.ramReserve)} MiB), this machine has ${mib(total)} MiB`, {
+  // The flasher also keeps its own kernel and initrd in RAM while it writes: they go onto the new
+  // partition for the hold mode of its first boot (docs/flasher.md, "The first boot after a flash").
+  const kept = (await fs.stat(layout.flasherKernel)).size + (await fs.stat(layout.flasherInitrd)).size;
+  const needed = ramNeeded(job) + kept;
+  if (total !== undefined && total < needed) {
+    throw new UpgradeError('NO_SPACE', `the flasher would need ${mib(needed)} MiB of RAM (payload ${mib(job.payloadSize)} MiB + ${mib(job.ramReserve)} MiB + its own kernel and initrd ${mib(kept)} MiB), this machine has ${mib(total)} MiB`, {
       hint: 'publish the release with better compression or a smaller image, or add memory',
     });
   }
@@ -145,7 +149,7 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
   // The signed URL is a bearer token: never printed, only its lifetime.
   if (payload.signed) log.info(`the flasher fetches the payload from S3 with a URL pre-signed for ${FLASH_URL_SECONDS / 3600} h (or until this machine's credentials expire): reboot before then`);
   const result: ReflashResult = {
-    version: job.version, job: file, nonce, url: payload.signed ? `${job.url.split('?')[0]} (pre-signed for ${FLASH_URL_SECONDS / 3600} h)` : job.url, ramNeeded: ramNeeded(job),
+    version: job.version, job: file, nonce, url: payload.signed ? `${job.url.split('?')[0]} (pre-signed for ${FLASH_URL_SECONDS / 3600} h)` : job.url, ramNeeded: needed,
     payloadSize: job.payloadSize, imageSize: job.imageSize, signedBy: release.signedBy, rebooted: false,
   };
   if (opts.reboot) {

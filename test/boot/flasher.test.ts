@@ -98,15 +98,24 @@ async function makeWorld(dir: string): Promise<World> {
 
 const flasherFiles = (w: World) => ({ kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4', openssl: '/usr/bin/openssl' });
 
-/** Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. */
-async function armedMachine(w: World, name: string, editJob?: (text: string) => string, flasherConfig = ''): Promise<{ disk: HostDisk; job: ReflashResult }> {
+interface ArmOptions {
+  /** As root could edit the job (the flasher trusts only root's files): e.g. a reserve no VM has. */
+  editJob?: (text: string) => string;
+  /** More [flasher] keys for the machine's config. */
+  flasherConfig?: string;
+  /** Default release 2 from the world's server. */
+  release?: { version: string; www: string };
+}
+
+/** Machine 1: image 1, the flasher installed, reflash to 2 (or `release`) armed by upgradectl's own operation. */
+async function armedMachine(w: World, name: string, opts: ArmOptions = {}): Promise<{ disk: HostDisk; job: ReflashResult }> {
+  const release = opts.release ?? { version: '2', www: w.www };
   const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
   await installFlasher(layout, w.config, flasherFiles(w));
   // CONFIG ends in [flasher]: extra keys land there.
-  const config = parseConfig(CONFIG.replace('file:///unused', `file://${w.www}`) + flasherConfig, 'test config');
-  const job = await reflash(layout, config, { version: '2', reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
-  // As root could edit it (the flasher trusts only root's files): e.g. a reserve no VM has.
-  if (editJob) await fs.writeFile(job.job, editJob(await fs.readFile(job.job, 'utf8')));
+  const config = parseConfig(CONFIG.replace('file:///unused', `file://${release.www}`) + (opts.flasherConfig ?? ''), 'test config');
+  const job = await reflash(layout, config, { version: release.version, reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
+  if (opts.editJob) await fs.writeFile(job.job, opts.editJob(await fs.readFile(job.job, 'utf8')));
   const disk = await buildHostDisk({ hostTree: layout.host, hostUuid: HOST_UUID, out: path.join(w.dir, `${name}.disk`), sizeMiB: DISK_MIB });
   await fs.rm(path.join(w.dir, name), { recursive: true, force: true });
   return { disk, job };
@@ -184,6 +193,62 @@ async function refusedBeforeWriting(t: Test, name: string, disk: HostDisk, www: 
   return result;
 }
 
+/**
+ * After scenario a (docs/flasher.md, "The first boot after a flash"): the flasher armed image 2's first
+ * boot as a trial and GRUB consumed it. The busybox image has no upgradectl to confirm it, so the disk
+ * is as an unconfirmed trial leaves it: the next boot would reach the reboot entry, i.e. hold mode.
+ */
+async function firstBootWasATrial(t: Test, disk: HostDisk): Promise<void> {
+  const env = await envOnDisk({ disk });
+  t.equal(env.next_entry ?? '', '', "image 2's boot consumed the one-shot");
+  t.equal(env.upgradectl_trial, 'upgradectl-2', 'it was a trial of image 2');
+  t.equal(env.saved_entry, 'upgradectl-reboot', 'unconfirmed, GRUB goes to the reboot entry (the flasher in hold mode)');
+  t.equal((await readHostFile(disk, '/boot/upgradectl/flasher/trial'))?.toString(), 'upgradectl-flash-trial 1\nversion 2\nrelease 2\nnetwork dhcp\n', 'the marker upgradectl records the trial from');
+  t.ok(await readHostFile(disk, '/boot/upgradectl/flasher/vmlinuz'), "the flasher's kernel, kept in RAM, is on the new partition");
+  t.ok(await readHostFile(disk, '/boot/upgradectl/flasher/initrd.img'), 'and its initrd');
+  const log = (await readHostFile(disk, '/boot/upgradectl/flasher/log'))?.toString() ?? '';
+  t.match(log, /\[keep\] the flasher's kernel and initrd kept in RAM/, 'kept before writing');
+  t.match(log, /\[written\][^]*\[trial\] the first boot of image 2 is a trial/, 'armed after the read-back');
+}
+
+/**
+ * f: release 3's image panics at its first boot: GRUB's reset goes to the reboot entry, which boots the
+ * flasher in hold mode instead of rebooting. The VM is stopped at the hold's first console line.
+ */
+async function reflashedSystemPanics(t: Test, w: World): Promise<void> {
+  const tree = path.join(w.dir, 'image-3-rootfs');
+  const image3 = path.join(w.dir, 'image-3.img');
+  await buildBusyboxTree(tree, { version: '3', action: 'panic', kernel: w.kernel });
+  await buildImage({ rootfs: tree, out: image3 });
+  await fs.rm(tree, { recursive: true, force: true });
+  const v3 = await hostTree(w.dir, 'new-host-3', w.kernel, '3', w.config, undefined, image3);
+  const newHost = path.join(w.dir, 'new-host-3.img');
+  await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'host', '-U', HOST_UUID, '-d', v3.host, newHost, `${NEW_HOST_MIB}M`]);
+  await fs.rm(image3);
+  const www = path.join(w.dir, 'www-f');
+  await fs.cp(w.www, www, { recursive: true });
+  const key = await loadPrivateKey(path.join(w.dir, 'keys/release'));
+  await publishRelease({ to: `file://${www}`, key, rollout: 100, boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, expiresInDays: 30, frameSize: 4 << 20, image: newHost, version: '3', reflash: true });
+  const { disk } = await armedMachine(w, 'f', { release: { version: '3', www } });
+  const started = performance.now();
+  await withServer(www, async (server) => {
+    const vm = await startVm(t, 'flasher-f', disk, server, { allowReboot: true, maxBoots: 3 });
+    await vm.waitForLine(/upgradectl-flasher: \[trial\] the first boot of image 3 is a trial/, 240_000, 'the flasher armed the trial');
+    const armed = performance.now();
+    await vm.waitForLine(/upgradectl-flasher: HOLD: release 3's reflashed system \(image 3\) did not confirm its first boot/, 180_000, 'the flasher in hold mode');
+    const boots = vm.boots();
+    t.equal(boots.length, 3, 'the flasher, the trial of image 3, the flasher in hold mode');
+    t.match(boots[1]!.cmdline, /upgradectl\.loop=\/images\/3\.img/, 'the trial boot');
+    t.match(vm.serial, /Kernel panic/, 'which panicked');
+    t.match(boots[2]!.cmdline, /upgradectl\.hold=1/, 'then GRUB booted the reboot entry in hold mode');
+    t.notMatch(boots[2]!.cmdline, /upgradectl\.flasher=\w/, 'with no flash nonce');
+    t.match(vm.serial, /upgradectl: the reflashed system did not confirm its first boot/, "GRUB's message");
+    t.ok(flasherLines(vm).some((l) => /\[hold\] release 3's reflashed system .* does not reboot/.test(l)), 'the status says why');
+    t.comment(`f: power-on to trial armed ${secs(armed - started)} s; to hold mode (after the panic) ${secs(performance.now() - started)} s`);
+    await vm.kill('hold mode reached: it stays up by design');
+  });
+}
+
 const flasherLines = (vm: Vm) => vm.serial.split('\n').filter((l) => l.includes('upgradectl-flasher:'));
 
 t.test('RAM flasher in QEMU', { skip }, async (t) => {
@@ -219,11 +284,12 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
       t.comment(`a: power-on to written (with one failed attempt) ${secs(written - started)} s; total with v2 boot ${secs(performance.now() - started)} s`);
     });
     const status = (await readHostFile(disk, '/boot/upgradectl/flasher/status'))?.toString();
-    t.match(status, /phase=written\n/, 'the status file is on the new host partition');
+    t.match(status, /phase=trial\nmessage=the first boot of image 2 is a trial/, 'the status file is on the new host partition: written, then the trial armed');
     // The flasher's own log (seconds since its kernel started): the phase times docs/flasher.md quotes.
     t.comment(`a: flasher log\n${(await readHostFile(disk, '/boot/upgradectl/flasher/log'))?.toString().split('\n').filter((l) => /\] /.test(l)).join('\n')}`);
     t.ok(await readHostFile(disk, '/images/2.img'), 'image 2 on the host partition');
     t.notOk(await readHostFile(disk, '/images/1.img'), 'image 1 is gone: the whole partition was rewritten');
+    await firstBootWasATrial(t, disk);
   });
 
   t.test('b: a corrupt payload is refused before writing; the partition is untouched and image 1 boots', async (t) => {
@@ -312,7 +378,7 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
 
   t.test('d: on a static address (no DHCP used), the payload is missing on the server (404): refused before writing, the partition is untouched', async (t) => {
     // The machine's own static set-up, as [flasher] gives it: QEMU's user network, its card's MAC.
-    const { disk, job } = await armedMachine(w, 'd', undefined, 'network = static\naddress = 10.0.2.15/24\ngateway = 10.0.2.2\nmac = 52:54:00:12:34:56\n');
+    const { disk, job } = await armedMachine(w, 'd', { flasherConfig: 'network = static\naddress = 10.0.2.15/24\ngateway = 10.0.2.2\nmac = 52:54:00:12:34:56\n' });
     t.match(await readHostFile(disk, '/boot/upgradectl/flasher/job').then(String), /\nnetwork static 52:54:00:12:34:56 10\.0\.2\.15\/24 10\.0\.2\.2 none\n/, 'the job carries the static set-up');
     const www = path.join(w.dir, 'www-d');
     await fs.cp(w.www, www, { recursive: true });
@@ -324,10 +390,14 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
 
   t.test('e: not enough RAM for payload and reserve: refused before anything is downloaded or written', async (t) => {
     // A reserve of 64 GiB: no VM here has it, so the check fails whatever the payload.
-    const { disk } = await armedMachine(w, 'e', (job) => job.replace(/^ram_reserve \d+$/m, `ram_reserve ${64 * 2 ** 30}`));
+    const { disk } = await armedMachine(w, 'e', { editJob: (job) => job.replace(/^ram_reserve \d+$/m, `ram_reserve ${64 * 2 ** 30}`) });
     const { server, lines } = await refusedBeforeWriting(t, 'e', disk, w.www, /\[failed\] not enough memory: \d+ MiB available, \d+ MiB needed/);
     t.notOk(lines.some((l) => /\[fetch\]/.test(l)), 'nothing fetched');
     t.same(server.requests, [], 'no request reached the server');
+  });
+
+  t.test("f: the reflashed system panics at its first boot (a trial): GRUB's reboot entry boots the flasher in hold mode, not a reboot loop", async (t) => {
+    await reflashedSystemPanics(t, w);
   });
 
 });

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { createHash } from 'node:crypto';
-import { promises as fs, statSync } from 'node:fs';
+import { existsSync, promises as fs, statSync } from 'node:fs';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { run } from '../../src/core/exec.js';
@@ -69,6 +69,8 @@ t.test('SSH into the flasher: its dropbear lets in the keys of flasher add-key, 
   await fs.chmod(path.join(layout.flasherDir, 'authorized_keys'), 0o600);
 
   await flasher('copy_ssh_keys; status fetch "attempt 1: http://10.0.2.100/releases/2/image.lz4"; start_ssh');
+  // dropbear's daemonized child writes the PID file after its parent has returned: wait for it.
+  for (let i = 0; i < 50 && !existsSync(pidFile); i++) await new Promise((r) => setTimeout(r, 100));
   dropbearPid = Number((await fs.readFile(pidFile, 'utf8')).trim());
   const { stdout } = await ssh('cat /run/upgradectl-flasher/status; id -u');
   t.match(stdout, /^phase=ssh\nmessage=dropbear listens on port 127\.0\.0\.1:\d+ .*\n/, 'logged in as root with the key; the status file is there to read');

@@ -28,6 +28,9 @@ const base: GrubConfigInput = {
   fallbackVersion: '2026.10.9~rc1',
 };
 
+/** Where boot-files.ts says the flasher's files and a reflash's trial marker are. */
+const HOLD = { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', marker: '/boot/upgradectl/flasher/trial' };
+
 const cases: Array<[string, GrubConfigInput]> = [
   ['one attempt, no serial', base],
   ['three attempts, serial console, menu', { ...base, trialAttempts: 3, serialConsole: 'ttyS0,115200', menuTimeout: 5 }],
@@ -42,6 +45,8 @@ const cases: Array<[string, GrubConfigInput]> = [
   ['adopted, no image confirmed yet', { ...base, entries: [base.entries[0]!], fallbackVersion: undefined, distro: { isDefault: true } }],
   ['adopted, with the flasher, a rescue job and a previous image', { ...base, distro: { isDefault: false }, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '', rescue: true } }],
   ['adopted, with the flasher and a previous image', { ...base, distro: { isDefault: false }, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '' } }],
+  ['hold mode, serial console, a rescue job', { ...base, serialConsole: 'ttyS0,115200', hold: HOLD, flasher: { kernel: '/boot/upgradectl/flasher/vmlinuz', initrd: '/boot/upgradectl/flasher/initrd.img', cmdline: '', rescue: true } }],
+  ['hold mode, a single image, no flasher yet', { ...base, entries: [base.entries[0]!], fallbackVersion: undefined, hold: HOLD }],
 ];
 
 for (const [name, input] of cases) {
@@ -298,4 +303,27 @@ t.test('with a rescue job, the flasher in rescue mode comes before the reboot en
   }
   t.equal(versionOfEntry('upgradectl-rescue'), undefined, 'not an image');
   t.notMatch(renderGrubConfig({ ...base, flasher: { ...flasher, rescue: false } }), /upgradectl-rescue/, 'no rescue job, no entry');
+});
+
+t.test("a reflashed system's first boot that does not confirm: the reboot entry boots the flasher in hold mode, when its files and the trial marker exist", { skip }, async (t) => {
+  const single = { ...base, entries: [base.entries[0]!], fallbackVersion: undefined };
+  for (const [name, input] of [['three images', { ...base, hold: HOLD }], ['a single image', { ...single, hold: HOLD }]] as Array<[string, GrubConfigInput]>) {
+    const cfg = renderGrubConfig(input);
+    await checkGrubScript(cfg);
+    const ids = [...cfg.matchAll(/^menuentry .*--id ([^\s{]+)/gm)].map((m) => m[1]);
+    const reboot = ids.indexOf('upgradectl-reboot');
+    t.equal(reboot, ids.length - 1, `${name}: still the last entry; no entry is added, so no number moves`);
+    const entry = cfg.slice(cfg.indexOf('--id upgradectl-reboot {'));
+    t.match(
+      entry,
+      /\n  if \[ -f \/boot\/upgradectl\/flasher\/trial -a -f \/boot\/upgradectl\/flasher\/vmlinuz -a -f \/boot\/upgradectl\/flasher\/initrd\.img \]; then\n[^]*\n    linux \/boot\/upgradectl\/flasher\/vmlinuz panic=10 upgradectl\.host=\S+ upgradectl\.hold=1[^\n]*\n    initrd \/boot\/upgradectl\/flasher\/initrd\.img\n    boot\n  fi\n  echo 'upgradectl: no image could be loaded from the host partition'[^]*\n  sleep 10\n  reboot\n\}/,
+      `${name}: guarded by the files at boot time; without them (or when linux fails) the reboot as before`,
+    );
+    t.notMatch(entry, /upgradectl\.flasher=/, `${name}: never the flash job's nonce`);
+    // The flasher arms saved_entry=upgradectl-reboot: a trial that fails to load goes straight to it.
+    t.match(cfg, new RegExp(`\\n  elif \\[ "\\$\\{saved_entry\\}" = "upgradectl-reboot" \\]; then\\n    set fallback=${reboot}\\n`), `${name}: a saved_entry naming the reboot entry falls back to it`);
+  }
+  t.notMatch(renderGrubConfig(base), /upgradectl\.hold|"upgradectl-reboot"/, 'without hold paths: the reboot entry as before');
+  t.notMatch(renderGrubFragment({ ...base, hold: HOLD }), /upgradectl\.hold/, 'update-grub fragment: no reboot entry, no hold');
+  t.throws(() => renderGrubConfig({ ...base, hold: { ...HOLD, marker: '/x; reboot' } }), /hold paths/);
 });

@@ -7,9 +7,11 @@ import { log } from '../../core/log.js';
 import { DEFAULT_TRIES_VAR, versionOfEntry } from '../../grub/render.js';
 import { bootedVersion, readBootEnv } from '../boot.js';
 import { loadConfig, parseConfig, type Config } from '../config.js';
+import { failedBefore } from '../offer.js';
 import { loadState, saveState, type State } from '../state.js';
 import { clearCount, reconcileDefaultCount } from './default-count.js';
 import type { BootFacts } from './facts.js';
+import { reconcileFlashTrial } from './flash-trial.js';
 import { reconcileTrial } from './trial.js';
 
 export { endFailedTrial, endFailedDefault, markBad } from './trial-end.js';
@@ -18,8 +20,8 @@ export { endFailedTrial, endFailedDefault, markBad } from './trial-end.js';
  * Boot-time reconciliation (DESIGN.md §4): compare the persisted state with what actually booted
  * (DIR/proc/cmdline) and record what happened across the reboot. Every operation runs it first (the
  * boot unit runs `confirm --if-trial` on every boot); idempotent, and a no-op (no lock, no write) when
- * there is nothing to learn. The rules live beside this file: trial.ts (what became of a trial, commit
- * or rollback), default-count.ts (GRUB's count of starts of the default).
+ * there is nothing to learn. The rules live beside this file: flash-trial.ts (a reflashed system's first
+ * boot), trial.ts (what became of a trial, commit or rollback), default-count.ts (GRUB's count of starts of the default).
  */
 export async function reconcile(layout: Layout): Promise<State> {
   const seen = await loadState(layout);
@@ -53,7 +55,9 @@ export async function reconcile(layout: Layout): Promise<State> {
       env: await readBootEnv(layout),
       newBoot: bootId !== undefined && bootId !== state.phaseBootId,
     };
-    const trialChanged = await reconcileTrial(boot);
+    // Before the trial rules: they then see a reflashed system's first boot as any trial's boot.
+    const flashed = await reconcileFlashTrial(boot);
+    const trialChanged = (await reconcileTrial(boot)) || flashed;
     // After the trial rules: a failed trial is recorded (boot-old) before a failed default.
     const fromCount = await reconcileDefaultCount(boot);
     if (trialChanged || fromCount.changed) await saveState(layout, state);
@@ -67,7 +71,8 @@ export async function reconcile(layout: Layout): Promise<State> {
 function mayChange(layout: Layout, s: State, booted: string | undefined, bootId: string | undefined): boolean {
   if (s.phase === 'committed' || s.phase === 'trying') return true;
   if (s.pending && s.pending.bootId !== bootId) return true;
-  return !s.current && booted !== undefined && existsSync(layout.imageFile(booted));
+  if (existsSync(layout.flashTrialFile)) return true;
+  return !s.current && booted !== undefined && !failedBefore(s, booted) && existsSync(layout.imageFile(booted));
 }
 
 /**

@@ -11,6 +11,7 @@ import type { State } from '../state.js';
 import type { BootFacts } from './facts.js';
 import { endFailedTrial } from './trial-end.js';
 import { deadlineCause } from '../trial-deadline.js';
+import { failedBefore } from '../offer.js';
 
 /**
  * What became of a trial, a commit or a rollback across a reboot, told by what booted and by grubenv.
@@ -136,7 +137,9 @@ export async function reconcileTrial(boot: BootFacts): Promise<boolean> {
       break;
     }
   }
-  if (!state.current && booted && existsSync(layout.imageFile(booted)) && allowed(state.phase, 'adopt')) {
+  // Never an image whose trial failed: a reflashed system has no current image, and after its failed
+  // confirm it still runs until the reboot (which holds in the flasher).
+  if (!state.current && booted && !failedBefore(state, booted) && existsSync(layout.imageFile(booted)) && allowed(state.phase, 'adopt')) {
     applyEvent(state, 'adopt', { version: booted, reason: `${booted} is running and no default was recorded`, update: (s) => void (s.current = booted) });
     return true;
   }

@@ -24,7 +24,8 @@ export const confirmCommand: Command = {
       text: ok
         ? `${r.version} confirmed: it is now the default image (previous: ${r.state.previous ?? 'none'})`
         : `${r.version} failed its health checks and was marked bad (${last?.reason ?? 'no reason recorded'}); ` +
-          (r.rebooted ? `rebooting into ${r.state.current}` : `reboot to return to ${r.state.current}`),
+          // No current image after a reflashed system's first boot: GRUB then boots the flasher in hold mode.
+          (r.rebooted ? `rebooting into ${r.state.current ?? 'the flasher in hold mode'}` : `reboot to return to ${r.state.current ?? 'the flasher in hold mode (docs/flasher.md)'}`),
       exitCode: ok ? 0 : 1,
     };
   },
