@@ -6,6 +6,7 @@
 #   fetch    the compressed image into RAM (tmpfs)
 #   verify   size, SHA-256 of the payload, every frame decoded and hashed, the whole image decoded and hashed
 #   write    the target, from the copy in RAM; read back and hashed; retried from RAM on failure
+#   table    whole-disk jobs only: the kernel re-reads the new partition table, which must hold the host UUID
 #
 # Until `write` starts, the target has not been written by anything here (the host partition is mounted
 # read-only, without journal replay): every failure reboots, and GRUB, whose one-shot this boot consumed,
@@ -93,7 +94,7 @@ check_job() {
     [ "$1" = 0 ] || { echo "$f is owned by uid $1, not root: refused"; return 1; }
     [ $(( 0$2 & 022 )) -eq 0 ] || { echo "$f has mode $2: writable by group or others, refused"; return 1; }
   done
-  job_nonce= job_version= job_url= job_payload_size= job_payload_sha256= job_image_size= job_image_sha256= job_target_uuid= job_ram_reserve= job_frames=
+  job_nonce= job_version= job_url= job_payload_size= job_payload_sha256= job_image_size= job_image_sha256= job_target_uuid= job_target_disk= job_ram_reserve= job_frames=
   mkdir -p "$FLASHER_DIR"
   : > "$FLASHER_DIR/frames"
   first=1 n=0
@@ -112,6 +113,11 @@ check_job() {
       payload_size|image_size|ram_reserve|frames) is_uint "$a" || { echo "bad $key"; return 1; }; eval "job_$key=\$a" ;;
       payload_sha256|image_sha256) is_hex 64 "$a" || { echo "bad $key"; return 1; }; eval "job_$key=\$a" ;;
       target_uuid) case "$a" in ''|*[!0-9A-Fa-f-]*) echo "bad target_uuid"; return 1;; esac; job_target_uuid=$a ;;
+      # A whole-disk release: the disk's kernel name (src/flasher/job.ts DISK_NAME_RE).
+      target_disk) [ "$JOB_KIND" = flash ] || { echo "a rescue job never targets a disk"; return 1; }
+                   case "$a" in [a-z]*) ;; *) echo "bad target_disk"; return 1;; esac
+                   case "$a" in *[!a-z0-9]*) echo "bad target_disk"; return 1;; esac
+                   [ ${#a} -le 32 ] || { echo "bad target_disk"; return 1; }; job_target_disk=$a ;;
       frame) { is_uint "$a" && is_uint "$b" && is_uint "$c" && is_hex 64 "$d"; } || { echo "bad frame line $((n + 1))"; return 1; }
              echo "$a $b $c $d" >> "$FLASHER_DIR/frames"; n=$((n + 1)) ;;
       '') ;;
@@ -190,11 +196,28 @@ read_job() {
   check_job "$HOST_MNT/$job_rel" "$nonce" "$host_uuid" > "$FLASHER_DIR/refused" || fail_before_write "$JOB_KIND job refused: $(cat "$FLASHER_DIR/refused")"
   umount "$HOST_MNT"
   target_dev=$host_dev
+  [ -n "$job_target_disk" ] && disk_target
   # For `flasher.sh retry` from the console of a stuck flasher.
   set | grep -E '^(job_[a-z0-9_]+|target_dev)=' > "$FLASHER_DIR/job.env"
   status job "release $job_version: ${job_image_size} bytes onto $target_dev from $job_url (${job_payload_size} bytes to fetch)"
   size=$(blockdev --getsize64 "$target_dev") || fail_before_write "cannot read the size of $target_dev"
   [ "$job_image_size" -le "$size" ] || fail_before_write "the image ($job_image_size bytes) is larger than $target_dev ($size bytes)"
+}
+
+# The kernel name of the disk holding partition $1 (/sys/class/block/<partition>/..), or nothing when
+# $1 is not a partition.
+disk_of() {
+  p=$(basename "$1")
+  [ -f "/sys/class/block/$p/partition" ] || return 1
+  basename "$(readlink -f "/sys/class/block/$p/..")"
+}
+
+# Whole-disk job: the disk is the one holding the partition this flasher booted from, found here again
+# from that partition; the job's name for it (found the same way by commit --reflash) must agree.
+disk_target() {
+  disk=$(disk_of "$host_dev") || fail_before_write "the host partition $host_dev is not a partition of a disk: refusing a whole-disk job"
+  [ "$disk" = "$job_target_disk" ] || fail_before_write "the job's disk $job_target_disk is not the disk holding the host partition $host_dev ($disk): refused"
+  target_dev=/dev/$disk
 }
 
 network_up() {
@@ -291,9 +314,31 @@ write_target() {
   done
 }
 
+# Whole-disk job, once the disk is written and read back: the kernel reads the new partition table,
+# which must have a partition of this disk with the host filesystem UUID that GRUB's core.img (and every
+# grub.cfg entry) searches for. When it has not, the disk is written and verified (it is what the
+# publisher made) but nothing on it is the host partition we know: a reboot would at best reach a GRUB
+# prompt. There is no old system to go back to either, so the flasher stays up and says so.
+reread_table() {
+  blockdev --rereadpt "$target_dev" 2>> "$LOG" || disk_stuck "the kernel could not re-read the partition table of $target_dev (blockdev --rereadpt, see $LOG)"
+  wait_for "findfs UUID=$job_target_uuid" 10 || disk_stuck "no partition on the new $target_dev carries the host filesystem UUID $job_target_uuid"
+  new_host_dev=$(findfs "UUID=$job_target_uuid")
+  [ "$(disk_of "$new_host_dev")" = "$job_target_disk" ] || disk_stuck "the host filesystem UUID $job_target_uuid is on $new_host_dev, not on a partition of $target_dev"
+  status table "$target_dev: new partition table read; the host partition is $new_host_dev ($(blockdev --getsize64 "$new_host_dev") bytes at sector $(cat "/sys/class/block/$(basename "$new_host_dev")/start"))"
+}
+
+disk_stuck() {
+  status stuck "$* — $target_dev holds release $job_version as published (read back and verified), but it will not boot as this machine's host; the flasher stays up (a shell is on the console)"
+  setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
+  while :; do
+    say "STUCK: $* ($target_dev is written and cannot be taken back; see $STATUS)"
+    sleep 60
+  done
+}
+
 # The status onto the new host partition, for the new system to read; best effort: the flash is done.
 record_on_new_host() {
-  if mount -t ext4 "$target_dev" "$HOST_MNT" 2>> "$LOG"; then
+  if mount -t ext4 "${new_host_dev:-$target_dev}" "$HOST_MNT" 2>> "$LOG"; then
     mkdir -p "$HOST_MNT/boot/upgradectl/flasher" && cp "$STATUS" "$HOST_MNT/boot/upgradectl/flasher/status" && cp "$LOG" "$HOST_MNT/boot/upgradectl/flasher/log"
     umount "$HOST_MNT"
   else
@@ -311,6 +356,7 @@ flasher_main() {
   fetch_payload
   verify_payload
   write_target
+  [ -n "$job_target_disk" ] && reread_table
   record_on_new_host
   status done "rebooting into release $job_version"
   sleep 1
@@ -403,5 +449,5 @@ rescue_main() {
 if [ "${1:-}" = retry ]; then
   retry_mode=1 WRITE_ATTEMPTS=1
   . "$FLASHER_DIR/job.env"
-  write_target && record_on_new_host && reboot -f
+  write_target && { [ -z "$job_target_disk" ] || reread_table; } && record_on_new_host && reboot -f
 fi
