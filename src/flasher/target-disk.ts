@@ -20,8 +20,9 @@ export interface TargetDisk {
 
 export async function diskOfHostPartition(root: string, hostUuid: string): Promise<TargetDisk> {
   const link = path.join(root, 'dev/disk/by-uuid', hostUuid);
-  const partition = path.basename(await resolve(link, `no block device carries the host filesystem UUID ${hostUuid} (${link} is missing)`, 'udev makes /dev/disk/by-uuid; check [boot] host_uuid against blkid'));
-  const sysPart = await resolve(path.join(root, 'sys/class/block', partition), `${partition} (the host partition) is not in ${path.join(root, 'sys/class/block')}`, 'is /sys mounted?');
+  // udev's link names the device node (../../vda1): its name is the partition's kernel name.
+  const partition = path.basename(await resolve(link, `no block device carries the host filesystem UUID ${hostUuid} (${link} is missing)`, 'udev makes /dev/disk/by-uuid; check [boot] host_uuid against blkid', fs.readlink));
+  const sysPart = await resolve(path.join(root, 'sys/class/block', partition), `${partition} (the host partition) is not in ${path.join(root, 'sys/class/block')}`, 'is /sys mounted?', fs.realpath);
   const notPartition = new UpgradeError('UNSUPPORTED', `the host filesystem is on ${partition}, which is not a partition of a disk (LVM, md RAID, a whole disk?): a whole-disk release cannot tell which disk to overwrite`, {
     hint: 'publish the release as a host partition (--reflash), or write the disk by other means',
   });
@@ -38,9 +39,9 @@ export async function diskOfHostPartition(root: string, hostUuid: string): Promi
   return { partition, disk, size: Number(sectors) * 512 };
 }
 
-async function resolve(link: string, missing: string, hint: string): Promise<string> {
+async function resolve(link: string, missing: string, hint: string, how: (p: string) => Promise<string>): Promise<string> {
   try {
-    return await fs.realpath(link);
+    return await how(link);
   } catch (err) {
     if (errnoOf(err) === 'ENOENT') throw new UpgradeError('NOT_FOUND', missing, { hint });
     throw err;

@@ -15,6 +15,7 @@ import { publishRelease } from '../../src/release/publish.js';
 import { generateKeyPair, loadPrivateKey } from '../../src/release/signing.js';
 import { cacheDir } from '../helpers/debian-root.js';
 import { startHttpServer, type TestHttpServer } from '../helpers/http-server.js';
+import { blockDevicesUnder } from '../helpers/block-devices.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { buildBusyboxTree } from './busybox-image.js';
 import { buildHostDisk, installGrubModules, readHostFile, PARTITION_OFFSET, type HostDisk } from './disk.js';
@@ -34,6 +35,11 @@ import { serialLogPath, Vm } from './qemu.js';
 const skip = skipUnless({ root: true, commands: ['qemu-system-x86_64', 'mke2fs', 'debugfs', 'sfdisk', 'grub-mkimage', 'busybox', 'lz4', 'mkinitramfs'] });
 const DISK_MIB = 160;
 const NEW_HOST_MIB = 96;
+/**
+ * The whole-disk release (f): smaller than the VM's disk, its host partition at 2 MiB instead of
+ * 1 MiB, so the partition table the machine ends with is visibly the release's.
+ */
+const NEW_DISK = { mib: 128, hostOffset: 2 * 1048576 };
 const SERVER = { guestAddr: '10.0.2.100', guestPort: 80 };
 const CONFIG = `${TEST_BOOT_CONFIG}[source]\nurl = file:///unused\n[flasher]\nurl = http://${SERVER.guestAddr}/\n`;
 
@@ -98,11 +104,16 @@ async function makeWorld(dir: string): Promise<World> {
 
 const flasherFiles = (w: World) => ({ kernel: w.kernel.vmlinuz, modulesDir: `/lib/modules/${w.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4' });
 
-/** Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. */
-async function armedMachine(w: World, name: string, editJob?: (text: string) => string): Promise<{ disk: HostDisk; job: ReflashResult }> {
+/**
+ * Machine 1: image 1, the flasher installed, reflash to 2 armed by upgradectl's own operation. `www`:
+ * where release 2 is published (default the world's). `wholeDisk`: the machine's root shows its disk as
+ * the VM's kernel will (vda, host partition vda1), which commit --reflash of a whole-disk release reads.
+ */
+async function armedMachine(w: World, name: string, editJob?: (text: string) => string, opts: { www?: string; wholeDisk?: boolean } = {}): Promise<{ disk: HostDisk; job: ReflashResult }> {
   const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
   await installFlasher(layout, w.config, flasherFiles(w));
-  const config = parseConfig(CONFIG.replace('file:///unused', `file://${w.www}`), 'test config');
+  if (opts.wholeDisk) await blockDevicesUnder(layout.root, { uuid: HOST_UUID, disk: 'vda', partition: 'vda1', diskBytes: DISK_MIB * 1048576 });
+  const config = parseConfig(CONFIG.replace('file:///unused', `file://${opts.www ?? w.www}`), 'test config');
   const job = await reflash(layout, config, { version: '2', reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
   // As root could edit it (the flasher trusts only root's files): e.g. a reserve no VM has.
   if (editJob) await fs.writeFile(job.job, editJob(await fs.readFile(job.job, 'utf8')));
@@ -181,6 +192,9 @@ async function refusedBeforeWriting(t: Test, name: string, disk: HostDisk, www: 
   t.comment(`${name}: power-on to refusal ${secs(performance.now() - started)} s`);
   return result;
 }
+
+/** The first MBR partition entry's start sector (bytes 446 + 8..11). */
+const partitionStart = (mbr: Buffer) => mbr.readUInt32LE(446 + 8);
 
 const flasherLines = (vm: Vm) => vm.serial.split('\n').filter((l) => l.includes('upgradectl-flasher:'));
 
@@ -302,6 +316,44 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
     const { server, lines } = await refusedBeforeWriting(t, 'e', disk, w.www, /\[failed\] not enough memory: \d+ MiB available, \d+ MiB needed/);
     t.notOk(lines.some((l) => /\[fetch\]/.test(l)), 'nothing fetched');
     t.same(server.requests, [], 'no request reached the server');
+  });
+
+  t.test('f: a whole-disk release: the machine rewrites its disk (table, GRUB, partition at a new offset), the kernel re-reads the table, and the new disk boots image 2', async (t) => {
+    // Release 2 as a whole disk, built like the machines' own disks (GRUB's boot code and core.img in
+    // the MBR gap) from the same host tree as the partition release, in a www of its own.
+    const www = path.join(w.dir, 'www-f');
+    const image = await buildHostDisk({ hostTree: path.join(w.dir, 'new-host/host'), hostUuid: HOST_UUID, out: path.join(w.dir, 'new-disk.img'), sizeMiB: NEW_DISK.mib, hostOffset: NEW_DISK.hostOffset });
+    const key = await loadPrivateKey(path.join(w.dir, 'keys/release'));
+    await publishRelease({ to: `file://${www}`, key, rollout: 100, boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, expiresInDays: 30, frameSize: 4 << 20, image: image.file, version: '2', reflash: 'disk' });
+    const { disk, job } = await armedMachine(w, 'f', undefined, { www, wholeDisk: true });
+    t.same(job.target, { kind: 'disk', device: '/dev/vda', size: DISK_MIB * 1048576, partition: 'vda1' }, 'commit --reflash names the disk it will overwrite');
+    t.equal(partitionStart(await fs.readFile(disk.file)), PARTITION_OFFSET / 512, 'before: the host partition starts at 1 MiB');
+    const started = performance.now();
+    await withServer(www, async (server) => {
+      const vm = await startVm(t, 'flasher-f', disk, server, { allowReboot: true, maxBoots: 3 });
+      await vm.waitForLine(/upgradectl-flasher: \[table\]/, 240_000, 'the flasher wrote the disk and the kernel read its new table');
+      const written = performance.now();
+      await vm.waitForLine(/UPGRADECTL-MARKER booted version=2 /, 120_000, 'image 2 booted from the new disk');
+      await vm.waitForExit(60_000);
+      const lines = flasherLines(vm);
+      t.comment(lines.join('\n'));
+      t.ok(lines.some((l) => /\[job\] release 2: \d+ bytes onto \/dev\/vda from/.test(l)), 'the flasher targets the whole disk');
+      t.ok(lines.some((l) => /\[written\] \/dev\/vda holds release 2, read back and verified/.test(l)), 'written onto the disk and read back');
+      t.ok(lines.some((l) => new RegExp(`\\[table\\] /dev/vda: new partition table read; the host partition is /dev/vda1 \\(${(NEW_DISK.mib * 1048576) - NEW_DISK.hostOffset} bytes at sector ${NEW_DISK.hostOffset / 512}\\)`).test(l)), 'the kernel sees the release\'s partition: its size and offset');
+      t.equal(server.requests.filter((r) => r.path === '/releases/2/image.lz4').length, 1, 'fetched once');
+      const boots = vm.boots();
+      t.match(boots[0]!.cmdline, new RegExp(`upgradectl.flasher=${job.nonce}`), 'GRUB passed the job nonce to the flasher');
+      t.equal(boots.length, 2, 'the flasher, then image 2 (GRUB from the new disk found the host partition at its new offset)');
+      t.comment(`f: power-on to disk written and table re-read ${secs(written - started)} s; total with v2 boot ${secs(performance.now() - started)} s`);
+    });
+    const bytes = await fs.readFile(disk.file);
+    t.equal(partitionStart(bytes), NEW_DISK.hostOffset / 512, 'after: the partition table is the release\'s (host partition at 2 MiB)');
+    // Nothing but the flasher writes before the partition (GRUB writes grubenv inside the filesystem).
+    t.ok(bytes.subarray(0, NEW_DISK.hostOffset).equals((await fs.readFile(image.file)).subarray(0, NEW_DISK.hostOffset)), 'boot code, table and core.img in the gap are the release\'s');
+    const moved = { ...disk, offset: NEW_DISK.hostOffset };
+    t.match((await readHostFile(moved, '/boot/upgradectl/flasher/status'))?.toString(), /phase=table\n/, 'the status file is on the new host partition');
+    t.ok(await readHostFile(moved, '/images/2.img'), 'image 2 on the new host partition');
+    t.notOk(await readHostFile(moved, '/images/1.img'), 'image 1 is gone');
   });
 
 });
