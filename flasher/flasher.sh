@@ -286,6 +286,51 @@ verify_payload() {
   status verify "image SHA-256 matches the manifest (and so its $job_image_size bytes and $job_frames frames), as do the payload's size and SHA-256: ready to write"
 }
 
+# Bytes [$1, $1 + $2) of the decoded image, one hex byte per line (from the verified payload in RAM).
+image_bytes() { lz4 -dc "$PAYLOAD" 2>/dev/null | tail -c +$(($1 + 1)) | head -c "$2" | od -An -v -tx1 -w1 | tr -d ' '; }
+
+# The start sectors of the partitions in the image's table (MBR, or GPT behind a protective MBR), one a
+# line; '?' when the GPT entries lie outside the first MiB, nothing without a boot signature.
+image_partition_starts() {
+  image_bytes 0 1048576 | awk '
+    function le(at, n,   v, i) { v = 0; for (i = n - 1; i >= 0; i--) v = v * 256 + b[at + i]; return v }
+    { b[NR - 1] = (index(H, substr($0, 1, 1)) - 1) * 16 + index(H, substr($0, 2, 1)) - 1 }
+    END {
+      if (b[510] != 85 || b[511] != 170) exit
+      for (i = 0; i < 4; i++) { t = b[446 + 16 * i + 4]; if (t == 238) gpt = 1; else if (t != 0) print le(446 + 16 * i + 8, 4) }
+      if (!gpt) exit
+      e = le(512 + 72, 8) * 512; n = le(512 + 80, 4); s = le(512 + 84, 4)
+      for (i = 0; i < n; i++) {
+        o = e + i * s; if (o + s > NR) { print "?"; exit }
+        z = 0; for (k = 0; k < 16; k++) z += b[o + k]
+        if (z) print le(o + 32, 8)
+      }
+    }' H=0123456789abcdef
+}
+
+# The filesystem UUID of an ext4 superblock at byte $1 of the image (its magic 0xEF53 at 56, UUID at 104).
+image_ext4_uuid() {
+  image_bytes $(($1 + 1024)) 120 | awk 'NR == 57 { m = $0 } NR == 58 { m = m $0 } NR >= 105 && NR <= 120 { u = u $0; if (NR == 108 || NR == 110 || NR == 112 || NR == 114) u = u "-" }
+    END { if (m == "53ef") print u }'
+}
+
+# Whole-disk job, before anything is written: the image's table must have a partition carrying the host
+# filesystem UUID that GRUB's core.img and every grub.cfg entry search for. Without one, the written disk
+# would have no host partition we know of: refused while the old system is still intact.
+check_disk_image() {
+  want=$(echo "$job_target_uuid" | tr A-F a-f)
+  starts=$(image_partition_starts)
+  [ -n "$starts" ] || fail_before_write "the image has no partition table (no MBR boot signature): it is not a whole disk"
+  for lba in $starts; do
+    [ "$lba" = '?' ] && { say "warning: the image's GPT entries lie beyond its first MiB: the host partition is checked after writing"; return 0; }
+    if [ "$(image_ext4_uuid $((lba * 512)))" = "$want" ]; then
+      status verify "the image's partition at sector $lba carries the host filesystem UUID $job_target_uuid"
+      return 0
+    fi
+  done
+  fail_before_write "no partition in the image's table ($(echo $starts | tr ' ' ,)) carries the host filesystem UUID $job_target_uuid that GRUB searches for"
+}
+
 # One attempt: decode from RAM onto the target, flush, drop the cache, read back and hash.
 write_once() {
   set -o pipefail
@@ -355,6 +400,7 @@ flasher_main() {
   check_memory
   fetch_payload
   verify_payload
+  [ -n "$job_target_disk" ] && check_disk_image
   write_target
   [ -n "$job_target_disk" ] && reread_table
   record_on_new_host
