@@ -193,6 +193,19 @@ async function refusedBeforeWriting(t: Test, name: string, disk: HostDisk, www: 
   return result;
 }
 
+/**
+ * Release 2 as a whole disk (f, g), built like the machines' own disks (GRUB's boot code and core.img in
+ * the MBR gap) from the same host tree as the partition release, its filesystem UUID `hostUuid`, in a
+ * www of its own.
+ */
+async function publishDiskRelease(w: World, name: string, hostUuid: string): Promise<{ www: string; image: HostDisk }> {
+  const www = path.join(w.dir, `www-${name}`);
+  const image = await buildHostDisk({ hostTree: path.join(w.dir, 'new-host/host'), hostUuid, out: path.join(w.dir, `new-disk-${name}.img`), sizeMiB: NEW_DISK.mib, hostOffset: NEW_DISK.hostOffset });
+  const key = await loadPrivateKey(path.join(w.dir, 'keys/release'));
+  await publishRelease({ to: `file://${www}`, key, rollout: 100, boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, expiresInDays: 30, frameSize: 4 << 20, image: image.file, version: '2', reflash: 'disk' });
+  return { www, image };
+}
+
 /** The first MBR partition entry's start sector (bytes 446 + 8..11). */
 const partitionStart = (mbr: Buffer) => mbr.readUInt32LE(446 + 8);
 
@@ -319,12 +332,7 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
   });
 
   t.test('f: a whole-disk release: the machine rewrites its disk (table, GRUB, partition at a new offset), the kernel re-reads the table, and the new disk boots image 2', async (t) => {
-    // Release 2 as a whole disk, built like the machines' own disks (GRUB's boot code and core.img in
-    // the MBR gap) from the same host tree as the partition release, in a www of its own.
-    const www = path.join(w.dir, 'www-f');
-    const image = await buildHostDisk({ hostTree: path.join(w.dir, 'new-host/host'), hostUuid: HOST_UUID, out: path.join(w.dir, 'new-disk.img'), sizeMiB: NEW_DISK.mib, hostOffset: NEW_DISK.hostOffset });
-    const key = await loadPrivateKey(path.join(w.dir, 'keys/release'));
-    await publishRelease({ to: `file://${www}`, key, rollout: 100, boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, expiresInDays: 30, frameSize: 4 << 20, image: image.file, version: '2', reflash: 'disk' });
+    const { www, image } = await publishDiskRelease(w, 'f', HOST_UUID);
     const { disk, job } = await armedMachine(w, 'f', undefined, { www, wholeDisk: true });
     t.same(job.target, { kind: 'disk', device: '/dev/vda', size: DISK_MIB * 1048576, partition: 'vda1' }, 'commit --reflash names the disk it will overwrite');
     t.equal(partitionStart(await fs.readFile(disk.file)), PARTITION_OFFSET / 512, 'before: the host partition starts at 1 MiB');
@@ -338,6 +346,7 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
       const lines = flasherLines(vm);
       t.comment(lines.join('\n'));
       t.ok(lines.some((l) => /\[job\] release 2: \d+ bytes onto \/dev\/vda from/.test(l)), 'the flasher targets the whole disk');
+      t.ok(lines.some((l) => new RegExp(`\\[verify\\] the image's partition at sector ${NEW_DISK.hostOffset / 512} carries the host filesystem UUID ${HOST_UUID}`).test(l)), "the image's table checked before writing");
       t.ok(lines.some((l) => /\[written\] \/dev\/vda holds release 2, read back and verified/.test(l)), 'written onto the disk and read back');
       t.ok(lines.some((l) => new RegExp(`\\[table\\] /dev/vda: new partition table read; the host partition is /dev/vda1 \\(${(NEW_DISK.mib * 1048576) - NEW_DISK.hostOffset} bytes at sector ${NEW_DISK.hostOffset / 512}\\)`).test(l)), 'the kernel sees the release\'s partition: its size and offset');
       t.equal(server.requests.filter((r) => r.path === '/releases/2/image.lz4').length, 1, 'fetched once');
@@ -352,8 +361,17 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
     t.ok(bytes.subarray(0, NEW_DISK.hostOffset).equals((await fs.readFile(image.file)).subarray(0, NEW_DISK.hostOffset)), 'boot code, table and core.img in the gap are the release\'s');
     const moved = { ...disk, offset: NEW_DISK.hostOffset };
     t.match((await readHostFile(moved, '/boot/upgradectl/flasher/status'))?.toString(), /phase=table\n/, 'the status file is on the new host partition');
+    t.comment(`f: flasher log\n${(await readHostFile(moved, '/boot/upgradectl/flasher/log'))?.toString().split('\n').filter((l) => /\] /.test(l)).join('\n')}`);
     t.ok(await readHostFile(moved, '/images/2.img'), 'image 2 on the new host partition');
     t.notOk(await readHostFile(moved, '/images/1.img'), 'image 1 is gone');
+  });
+
+  t.test('g: a whole-disk release whose partitions do not carry the host UUID GRUB searches for: refused before writing, the disk untouched', async (t) => {
+    const { www } = await publishDiskRelease(w, 'g', '0ddba11e-0000-4000-8000-00000000d15c');
+    const { disk } = await armedMachine(w, 'g', undefined, { www, wholeDisk: true });
+    const mbr = (await fs.readFile(disk.file)).subarray(0, PARTITION_OFFSET);
+    await refusedBeforeWriting(t, 'g', disk, www, new RegExp(`\\[failed\\] no partition in the image's table \\(${NEW_DISK.hostOffset / 512}\\) carries the host filesystem UUID ${HOST_UUID}`));
+    t.ok((await fs.readFile(disk.file)).subarray(0, PARTITION_OFFSET).equals(mbr), 'boot code, table and GRUB gap unchanged');
   });
 
 });
