@@ -73,7 +73,7 @@ export async function reflashToRoute(layout: Layout, config: Config, policy: Off
   if (offer.kind === 'up-to-date' || !offer.release.manifest.reflash) return undefined;
   const version = offer.release.manifest.version;
   if (!flasherInstalled(layout)) {
-    throw new UpgradeError('NOT_FOUND', `release ${version} rewrites the whole host partition and needs the RAM flasher, which is not installed in ${layout.flasherDir}`, {
+    throw new UpgradeError('NOT_FOUND', `release ${version} rewrites the whole ${offer.release.manifest.reflash === 'disk' ? 'disk' : 'host partition'} and needs the RAM flasher, which is not installed in ${layout.flasherDir}`, {
       hint: 'run upgradectl flasher install, then upgradectl commit again',
     });
   }

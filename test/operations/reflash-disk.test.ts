@@ -71,6 +71,11 @@ t.test('commit --reflash of a whole-disk release names the disk it overwrites, a
   t.match(c.stdout, /writes 8 MiB over the WHOLE DISK \/dev\/vda \(64 MiB: its partition table and every partition on it, including the host partition vda1\)/, 'says which disk it overwrites');
   t.match(readFileSync(path.join(fits.flasherDir, 'job'), 'utf8'), `\ntarget_uuid ${HOST_UUID}\ntarget_disk vda\n`, 'the job names the disk');
 
+  const routed = await machine('routed', { uuid: HOST_UUID, disk: 'vda', partition: 'vda1', diskBytes: 64 << 20 });
+  const cr = await upgradectl(['--root', routed.root, 'commit', '--no-reboot']);
+  t.equal(cr.code, 0, cr.stderr);
+  t.match(cr.stdout, /^release 2\.0 rewrites the whole disk: flash job for 2\.0 written/, 'commit with nothing prepared routes to the flasher and says it is the disk');
+
   const small = await machine('small', { uuid: HOST_UUID, disk: 'sda', partition: 'sda2', diskBytes: 4 << 20 });
   const r1 = await commit(small);
   t.not(r1.code, 0);

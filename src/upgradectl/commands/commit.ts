@@ -24,7 +24,7 @@ export const commitCommand: Command = {
       return {
         data: r,
         text: [
-          `${routed ? `release ${r.version} rewrites the whole host partition: ` : ''}flash job for ${r.version} written (${r.job}); signed by ${r.signedBy}`,
+          `${routed ? `release ${r.version} rewrites the whole ${r.target.kind === 'disk' ? 'disk' : 'host partition'}: ` : ''}flash job for ${r.version} written (${r.job}); signed by ${r.signedBy}`,
           `  the flasher fetches ${mib(r.payloadSize)} from ${r.url} into RAM (needs ${mib(r.ramNeeded)}), verifies it, and writes ${mib(r.imageSize)} over ${targetText(r.target)}`,
           r.rebooted ? '  rebooting into the flasher' : '  the flasher boots once at the next reboot',
         ].join('\n'),
