@@ -375,6 +375,7 @@ reread_table() {
 }
 
 disk_stuck() {
+  if [ -n "${retry_mode:-}" ]; then status stuck "$*"; exit 1; fi
   status stuck "$* — $target_dev holds release $job_version as published (read back and verified), but it will not boot as this machine's host; the flasher stays up (a shell is on the console)"
   setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
   while :; do
