@@ -6,6 +6,7 @@
 #   fetch    the compressed image into RAM (tmpfs)
 #   verify   size, SHA-256 of the payload, every frame decoded and hashed, the whole image decoded and hashed
 #   write    the target, from the copy in RAM; read back and hashed; retried from RAM on failure
+#   table    whole-disk jobs only: the kernel re-reads the new partition table, which must hold the host UUID
 #
 # Until `write` starts, the target has not been written by anything here (the host partition is mounted
 # read-only, without journal replay): every failure reboots, and GRUB, whose one-shot this boot consumed,
@@ -100,7 +101,7 @@ check_job() {
     [ "$1" = 0 ] || { echo "$f is owned by uid $1, not root: refused"; return 1; }
     [ $(( 0$2 & 022 )) -eq 0 ] || { echo "$f has mode $2: writable by group or others, refused"; return 1; }
   done
-  job_nonce= job_version= job_url= job_payload_size= job_payload_sha256= job_image_size= job_image_sha256= job_target_uuid= job_ram_reserve= job_frames=
+  job_nonce= job_version= job_url= job_payload_size= job_payload_sha256= job_image_size= job_image_sha256= job_target_uuid= job_target_disk= job_ram_reserve= job_frames=
   job_net=dhcp job_net_mac= job_net_addr= job_net_gw= job_net_dns=
   mkdir -p "$FLASHER_DIR"
   : > "$FLASHER_DIR/frames"
@@ -121,6 +122,11 @@ check_job() {
       payload_sha256|image_sha256) is_hex 64 "$a" || { echo "bad $key"; return 1; }; eval "job_$key=\$a" ;;
       target_uuid) case "$a" in ''|*[!0-9A-Fa-f-]*) echo "bad target_uuid"; return 1;; esac; job_target_uuid=$a ;;
       network) check_network "$a" "$b" "$c" "$d" "$rest" || return 1 ;;
+      # A whole-disk release: the disk's kernel name (src/flasher/job.ts DISK_NAME_RE).
+      target_disk) [ "$JOB_KIND" = flash ] || { echo "a rescue job never targets a disk"; return 1; }
+                   case "$a" in [a-z]*) ;; *) echo "bad target_disk"; return 1;; esac
+                   case "$a" in *[!a-z0-9]*) echo "bad target_disk"; return 1;; esac
+                   [ ${#a} -le 32 ] || { echo "bad target_disk"; return 1; }; job_target_disk=$a ;;
       frame) { is_uint "$a" && is_uint "$b" && is_uint "$c" && is_hex 64 "$d"; } || { echo "bad frame line $((n + 1))"; return 1; }
              echo "$a $b $c $d" >> "$FLASHER_DIR/frames"; n=$((n + 1)) ;;
       '') ;;
@@ -228,11 +234,28 @@ read_job() {
   check_job "$HOST_MNT/$job_rel" "$nonce" "$host_uuid" > "$FLASHER_DIR/refused" || fail_before_write "$JOB_KIND job refused: $(cat "$FLASHER_DIR/refused")"
   umount "$HOST_MNT"
   target_dev=$host_dev
+  [ -n "$job_target_disk" ] && disk_target
   # For `flasher.sh retry` from the console of a stuck flasher.
   set | grep -E '^(job_[a-z0-9_]+|target_dev)=' > "$FLASHER_DIR/job.env"
   status job "release $job_version: ${job_image_size} bytes onto $target_dev from $job_url (${job_payload_size} bytes to fetch)"
   size=$(blockdev --getsize64 "$target_dev") || fail_before_write "cannot read the size of $target_dev"
   [ "$job_image_size" -le "$size" ] || fail_before_write "the image ($job_image_size bytes) is larger than $target_dev ($size bytes)"
+}
+
+# The kernel name of the disk holding partition $1 (/sys/class/block/<partition>/..), or nothing when
+# $1 is not a partition.
+disk_of() {
+  p=$(basename "$1")
+  [ -f "/sys/class/block/$p/partition" ] || return 1
+  basename "$(readlink -f "/sys/class/block/$p/..")"
+}
+
+# Whole-disk job: the disk is the one holding the partition this flasher booted from, found here again
+# from that partition; the job's name for it (found the same way by commit --reflash) must agree.
+disk_target() {
+  disk=$(disk_of "$host_dev") || fail_before_write "the host partition $host_dev is not a partition of a disk: refusing a whole-disk job"
+  [ "$disk" = "$job_target_disk" ] || fail_before_write "the job's disk $job_target_disk is not the disk holding the host partition $host_dev ($disk): refused"
+  target_dev=/dev/$disk
 }
 
 network_up() {
@@ -330,6 +353,53 @@ verify_payload() {
   status verify "image SHA-256 matches the manifest (and so its $job_image_size bytes and $job_frames frames), as do the payload's size and SHA-256: ready to write"
 }
 
+# Bytes [$1, $1 + $2) of the decoded image, one hex byte per line (from the verified payload in RAM).
+image_bytes() { lz4 -dc "$PAYLOAD" 2>/dev/null | tail -c +$(($1 + 1)) | head -c "$2" | od -An -v -tx1 -w1 | tr -d ' '; }
+
+# Little-endian numbers from one hex byte per line (image_bytes): b[] and le() for the awk programs below.
+LE_AWK='function le(at, n,   v, i) { v = 0; for (i = n - 1; i >= 0; i--) v = v * 256 + b[at + i]; return v }
+  { b[NR - 1] = (index(H, substr($0, 1, 1)) - 1) * 16 + index(H, substr($0, 2, 1)) - 1 }'
+
+# The start sectors of the partitions in the image's table (MBR, or GPT behind a protective MBR), one a
+# line; '?' when the GPT entries are too many to look at here, nothing without a boot signature. Only the
+# bytes needed are decoded and dumped: busybox awk over a MiB of hex lines takes tens of seconds in QEMU.
+image_partition_starts() {
+  set -- $(image_bytes 0 1024 | awk "$LE_AWK"'
+    END {
+      if (b[510] != 85 || b[511] != 170) exit
+      for (i = 0; i < 4; i++) { t = b[446 + 16 * i + 4]; if (t == 238) gpt = 1; else if (t != 0) print le(446 + 16 * i + 8, 4) }
+      if (gpt) print "gpt", le(512 + 72, 8), le(512 + 80, 4), le(512 + 84, 4)
+    }' H=0123456789abcdef)
+  while [ $# -gt 0 ] && [ "$1" != gpt ]; do echo "$1"; shift; done
+  [ "${1:-}" = gpt ] || return 0
+  [ $(($3 * $4)) -le 65536 ] || { echo '?'; return 0; }
+  image_bytes $(($2 * 512)) $(($3 * $4)) | awk "$LE_AWK"'
+    END { for (o = 0; o + s <= NR; o += s) { z = 0; for (k = 0; k < 16; k++) z += b[o + k]; if (z) print le(o + 32, 8) } }' H=0123456789abcdef s="$4"
+}
+
+# The filesystem UUID of an ext4 superblock at byte $1 of the image (its magic 0xEF53 at 56, UUID at 104).
+image_ext4_uuid() {
+  image_bytes $(($1 + 1024)) 120 | awk 'NR == 57 { m = $0 } NR == 58 { m = m $0 } NR >= 105 && NR <= 120 { u = u $0; if (NR == 108 || NR == 110 || NR == 112 || NR == 114) u = u "-" }
+    END { if (m == "53ef") print u }'
+}
+
+# Whole-disk job, before anything is written: the image's table must have a partition carrying the host
+# filesystem UUID that GRUB's core.img and every grub.cfg entry search for. Without one, the written disk
+# would have no host partition we know of: refused while the old system is still intact.
+check_disk_image() {
+  want=$(echo "$job_target_uuid" | tr A-F a-f)
+  starts=$(image_partition_starts)
+  [ -n "$starts" ] || fail_before_write "the image has no partition table (no MBR boot signature): it is not a whole disk"
+  for lba in $starts; do
+    [ "$lba" = '?' ] && { say "warning: the image's GPT has more entries than the flasher looks at: the host partition is checked after writing"; return 0; }
+    if [ "$(image_ext4_uuid $((lba * 512)))" = "$want" ]; then
+      status verify "the image's partition at sector $lba carries the host filesystem UUID $job_target_uuid"
+      return 0
+    fi
+  done
+  fail_before_write "no partition in the image's table ($(echo $starts | tr ' ' ,)) carries the host filesystem UUID $job_target_uuid that GRUB searches for"
+}
+
 # One attempt: decode from RAM onto the target, flush, drop the cache, read back and hash.
 write_once() {
   set -o pipefail
@@ -358,9 +428,32 @@ write_target() {
   done
 }
 
+# Whole-disk job, once the disk is written and read back: the kernel reads the new partition table,
+# which must have a partition of this disk with the host filesystem UUID that GRUB's core.img (and every
+# grub.cfg entry) searches for. When it has not, the disk is written and verified (it is what the
+# publisher made) but nothing on it is the host partition we know: a reboot would at best reach a GRUB
+# prompt. There is no old system to go back to either, so the flasher stays up and says so.
+reread_table() {
+  blockdev --rereadpt "$target_dev" 2>> "$LOG" || disk_stuck "the kernel could not re-read the partition table of $target_dev (blockdev --rereadpt, see $LOG)"
+  wait_for "findfs UUID=$job_target_uuid" 10 || disk_stuck "no partition on the new $target_dev carries the host filesystem UUID $job_target_uuid"
+  new_host_dev=$(findfs "UUID=$job_target_uuid")
+  [ "$(disk_of "$new_host_dev")" = "$job_target_disk" ] || disk_stuck "the host filesystem UUID $job_target_uuid is on $new_host_dev, not on a partition of $target_dev"
+  status table "$target_dev: new partition table read; the host partition is $new_host_dev ($(blockdev --getsize64 "$new_host_dev") bytes at sector $(cat "/sys/class/block/$(basename "$new_host_dev")/start"))"
+}
+
+disk_stuck() {
+  if [ -n "${retry_mode:-}" ]; then status stuck "$*"; exit 1; fi
+  status stuck "$* — $target_dev holds release $job_version as published (read back and verified), but it will not boot as this machine's host; the flasher stays up (a shell is on the console)"
+  setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
+  while :; do
+    say "STUCK: $* ($target_dev is written and cannot be taken back; see $STATUS)"
+    sleep 60
+  done
+}
+
 # The status onto the new host partition, for the new system to read; best effort: the flash is done.
 record_on_new_host() {
-  if mount -t ext4 "$target_dev" "$HOST_MNT" 2>> "$LOG"; then
+  if mount -t ext4 "${new_host_dev:-$target_dev}" "$HOST_MNT" 2>> "$LOG"; then
     mkdir -p "$HOST_MNT/boot/upgradectl/flasher" && cp "$STATUS" "$HOST_MNT/boot/upgradectl/flasher/status" && cp "$LOG" "$HOST_MNT/boot/upgradectl/flasher/log"
     umount "$HOST_MNT"
   else
@@ -378,7 +471,9 @@ flasher_main() {
   check_memory
   fetch_payload
   verify_payload
+  [ -n "$job_target_disk" ] && check_disk_image
   write_target
+  [ -n "$job_target_disk" ] && reread_table
   arm_first_boot
   record_on_new_host
   status done "rebooting into release $job_version"
@@ -546,7 +641,8 @@ arm_on_new_host() {
 }
 
 arm_first_boot() {
-  if ! mount -t ext4 "$target_dev" "$HOST_MNT" 2>> "$LOG"; then
+  # A whole-disk flash: the host partition found on the re-read table (reread_table).
+  if ! mount -t ext4 "${new_host_dev:-$target_dev}" "$HOST_MNT" 2>> "$LOG"; then
     say "warning: cannot mount the new host partition: its first boot is not a trial"
     return 0
   fi
@@ -589,5 +685,5 @@ hold_main() {
 if [ "${1:-}" = retry ]; then
   retry_mode=1 WRITE_ATTEMPTS=1
   . "$FLASHER_DIR/job.env"
-  write_target && arm_first_boot && record_on_new_host && reboot -f
+  write_target && { [ -z "$job_target_disk" ] || reread_table; } && arm_first_boot && record_on_new_host && reboot -f
 fi

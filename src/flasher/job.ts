@@ -36,8 +36,14 @@ export interface FlashJob {
   payloadSha256: string;
   imageSize: number;
   imageSha256: string;
-  /** Filesystem UUID of the partition to overwrite: the host partition the flasher was booted from. */
+  /** Filesystem UUID of the host partition the flasher was booted from: the partition it overwrites. */
   targetUuid: string;
+  /**
+   * A whole-disk release (manifest `reflash: 'disk'`): the kernel name of the disk holding that host
+   * partition (`vda`, `sda`, `nvme0n1`), which the flasher overwrites instead, after finding the same disk
+   * from the partition it booted from. Absent: the partition is the target.
+   */
+  targetDisk?: string;
   /** RAM the flasher must have beyond the payload before it downloads (decoder, dd, page cache). */
   ramReserve: number;
   frames: Array<{ offset: number; length: number; rawLength: number; sha256: string }>;
@@ -92,7 +98,8 @@ export function newNonce(): string {
 }
 
 /** The job for a verified manifest; the payload is fetched from `url`. No nonce: a rescue job. */
-export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined, network: FlasherNetwork = { mode: 'dhcp' }): FlashJob {
+export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined, extra: { network?: FlasherNetwork; targetDisk?: string } = {}): FlashJob {
+  const { network = { mode: 'dhcp' }, targetDisk } = extra;
   const p = manifest.payload;
   if (p.compression !== 'lz4-frames' || !p.frames?.length) {
     throw new UpgradeError('UNSUPPORTED', `release ${manifest.version}: the flasher verifies every frame, but its payload is '${p.compression}' without a frame index`, {
@@ -108,6 +115,7 @@ export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonc
     imageSize: manifest.image.size,
     imageSha256: manifest.image.sha256,
     targetUuid,
+    ...(targetDisk === undefined ? {} : { targetDisk }),
     ramReserve: RAM_RESERVE,
     frames: p.frames.map((f) => ({ offset: f.offset, length: f.length, rawLength: f.rawLength, sha256: f.sha256 })),
     network,
@@ -123,6 +131,8 @@ const HEX = (n: number) => new RegExp(`^[0-9a-f]{${n}}$`);
 // What the flasher's check_job accepts: RFC 3986 characters, no quotes, spaces or backslashes.
 const URL_RE = /^https?:\/\/[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+$/;
 const UUID_RE = /^[0-9A-Fa-f-]+$/;
+/** A disk's kernel name, as /sys/class/block lists it (the flasher's check_job accepts the same). */
+export const DISK_NAME_RE = /^[a-z][a-z0-9]{0,31}$/;
 
 export function renderJob(job: FlashJob, kind: 'flash' | 'rescue' = 'flash'): string {
   const bad = (what: string) => {
@@ -134,6 +144,8 @@ export function renderJob(job: FlashJob, kind: 'flash' | 'rescue' = 'flash'): st
   if (!isVersion(job.version)) bad(`'${job.version}' is not a version`);
   if (!URL_RE.test(job.url) || job.url.includes("'")) bad(`the URL '${job.url}' must be http(s) with plain characters`);
   if (!UUID_RE.test(job.targetUuid)) bad(`'${job.targetUuid}' is not a filesystem UUID`);
+  if (job.targetDisk !== undefined && kind === 'rescue') bad('a rescue job restores an image file; it never targets a disk');
+  if (job.targetDisk !== undefined && !DISK_NAME_RE.test(job.targetDisk)) bad(`'${job.targetDisk}' is not a disk's kernel name (e.g. vda, sda, nvme0n1)`);
   if (![job.payloadSize, job.imageSize, job.ramReserve].every(uint)) bad('sizes must be whole numbers');
   if (!HEX(64).test(job.payloadSha256) || !HEX(64).test(job.imageSha256)) bad('hashes must be SHA-256 hex');
   const network = job.network ?? { mode: 'dhcp' };
@@ -152,6 +164,7 @@ export function renderJob(job: FlashJob, kind: 'flash' | 'rescue' = 'flash'): st
     `image_size ${job.imageSize}`,
     `image_sha256 ${job.imageSha256}`,
     `target_uuid ${job.targetUuid}`,
+    ...(job.targetDisk === undefined ? [] : [`target_disk ${job.targetDisk}`]),
     `ram_reserve ${job.ramReserve}`,
     networkLine(network),
     `frames ${job.frames.length}`,

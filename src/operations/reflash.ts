@@ -5,6 +5,7 @@ import type { Layout } from '../core/layout.js';
 import { acquireLock } from '../core/lock.js';
 import { log } from '../core/log.js';
 import { jobFor, newNonce, ramNeeded, writeJob, type FlashJob } from '../flasher/job.js';
+import { diskOfHostPartition } from '../flasher/target-disk.js';
 import { checkpointHost, detectHostUuid } from '../grub/host-fs.js';
 import { FLASHER_ENTRY_ID, FLASHER_NONCE_VAR } from '../grub/render.js';
 import type { ResolvedRelease } from '../release/resolve.js';
@@ -43,6 +44,8 @@ export interface ReflashResult {
   ramNeeded: number;
   payloadSize: number;
   imageSize: number;
+  /** What the flasher overwrites: the host partition, or (whole-disk release) the disk holding it. */
+  target: { kind: 'partition'; uuid: string } | { kind: 'disk'; device: string; size: number; partition: string };
   signedBy: string;
   rebooted: boolean;
 }
@@ -72,7 +75,7 @@ export async function reflashToRoute(layout: Layout, config: Config, policy: Off
   if (offer.kind === 'up-to-date' || !offer.release.manifest.reflash) return undefined;
   const version = offer.release.manifest.version;
   if (!flasherInstalled(layout)) {
-    throw new UpgradeError('NOT_FOUND', `release ${version} rewrites the whole host partition and needs the RAM flasher, which is not installed in ${layout.flasherDir}`, {
+    throw new UpgradeError('NOT_FOUND', `release ${version} rewrites the whole ${offer.release.manifest.reflash === 'disk' ? 'disk' : 'host partition'} and needs the RAM flasher, which is not installed in ${layout.flasherDir}`, {
       hint: 'run upgradectl flasher install, then upgradectl commit again',
     });
   }
@@ -119,7 +122,12 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
     });
   }
   const nonce = newNonce();
-  const job: FlashJob = jobFor(release.manifest, payload.url, await detectHostUuid(layout.host, config.boot.hostUuid), nonce, await flasherNetwork(layout, config));
+  const hostUuid = await detectHostUuid(layout.host, config.boot.hostUuid);
+  const target = await targetOf(layout, release, hostUuid);
+  const job: FlashJob = jobFor(release.manifest, payload.url, hostUuid, nonce, {
+    network: await flasherNetwork(layout, config),
+    targetDisk: target.kind === 'disk' ? path.basename(target.device) : undefined,
+  });
   const total = await memTotal(layout);
   // The flasher also keeps its own kernel and initrd in RAM while it writes: they go onto the new
   // partition for the hold mode of its first boot (docs/flasher.md, "The first boot after a flash").
@@ -145,12 +153,12 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
   } finally {
     await lock.release();
   }
-  log.info(`flash job for ${job.version} written to ${file}; the flasher boots once at the next reboot`);
+  log.info(`flash job for ${job.version} written to ${file}; the flasher boots once at the next reboot and overwrites ${targetText(target)}`);
   // The signed URL is a bearer token: never printed, only its lifetime.
   if (payload.signed) log.info(`the flasher fetches the payload from S3 with a URL pre-signed for ${FLASH_URL_SECONDS / 3600} h (or until this machine's credentials expire): reboot before then`);
   const result: ReflashResult = {
     version: job.version, job: file, nonce, url: payload.signed ? `${job.url.split('?')[0]} (pre-signed for ${FLASH_URL_SECONDS / 3600} h)` : job.url, ramNeeded: needed,
-    payloadSize: job.payloadSize, imageSize: job.imageSize, signedBy: release.signedBy, rebooted: false,
+    payloadSize: job.payloadSize, imageSize: job.imageSize, target, signedBy: release.signedBy, rebooted: false,
   };
   if (opts.reboot) {
     await rebootMachine(config, `reflash ${job.version}`);
@@ -160,3 +168,25 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
 }
 
 const mib = (n: number) => Math.ceil(n / 1048576);
+
+/**
+ * A whole-disk release overwrites the disk holding the host partition (partition table, boot code and
+ * every partition on it): refused here, before any job exists, when the image does not fit that disk.
+ */
+async function targetOf(layout: Layout, release: ResolvedRelease, hostUuid: string): Promise<ReflashResult['target']> {
+  if (release.manifest.reflash !== 'disk') return { kind: 'partition', uuid: hostUuid };
+  const d = await diskOfHostPartition(layout.root, hostUuid);
+  const imageSize = release.manifest.image.size;
+  if (imageSize > d.size) {
+    throw new UpgradeError('NO_SPACE', `release ${release.manifest.version} is a whole-disk image of ${imageSize} bytes, larger than /dev/${d.disk} (${d.size} bytes), the disk holding the host partition ${d.partition}`, {
+      hint: 'publish a disk image no larger than the smallest disk it is for',
+    });
+  }
+  return { kind: 'disk', device: `/dev/${d.disk}`, size: d.size, partition: d.partition };
+}
+
+export function targetText(target: ReflashResult['target']): string {
+  return target.kind === 'disk'
+    ? `the WHOLE DISK ${target.device} (${mib(target.size)} MiB: its partition table and every partition on it, including the host partition ${target.partition})`
+    : `the host partition (filesystem UUID ${target.uuid})`;
+}

@@ -36,7 +36,7 @@ async function rescueJobText(layout: Layout, config: Config, state: State): Prom
   if (manifest.version !== version) return { reason: `${layout.manifestFile(version)} is the manifest of ${manifest.version}, not ${version}` };
   if (manifest.reflash) return { reason: `release ${version} is a whole host partition (reflash), not an image rescue can put into /images` };
   try {
-    const job = jobFor(manifest, payloadUrl(config, manifest), await detectHostUuid(layout.host, config.boot.hostUuid), undefined, await flasherNetwork(layout, config));
+    const job = jobFor(manifest, payloadUrl(config, manifest), await detectHostUuid(layout.host, config.boot.hostUuid), undefined, { network: await flasherNetwork(layout, config) });
     return { version, job, text: renderJob(job, 'rescue') };
   } catch (err) {
     return { reason: messageOf(err) };

@@ -89,7 +89,7 @@ export function validateManifest(doc: unknown, where: string): Manifest {
   if (typeof boot.cmdline !== 'string') fail('boot.cmdline', 'a string');
   const argsProblem = kernelArgsProblem(boot.cmdline);
   if (argsProblem) fail('boot.cmdline', `kernel arguments GRUB can pass safely: ${argsProblem}`);
-  if (typeof m.reflash !== 'boolean') fail('reflash', 'true or false');
+  if (typeof m.reflash !== 'boolean' && m.reflash !== 'disk') fail('reflash', 'true, false or "disk"');
   if (Number.isNaN(Date.parse(created))) fail('created', 'an ISO 8601 date');
   return m as unknown as Manifest;
 }

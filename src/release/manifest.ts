@@ -83,8 +83,13 @@ export interface Manifest {
   };
   payload: Payload;
   boot: BootData;
-  /** This release must rewrite the root device (RAM flasher) instead of adding an image file. */
-  reflash: boolean;
+  /**
+   * This release must be written by the RAM flasher instead of added as an image file: `true`, its
+   * payload is a whole host partition; `'disk'`, a whole disk (partition table, GRUB's boot code and
+   * core.img, partitions). A string, not a second boolean, so that a machine that predates whole-disk
+   * releases refuses one ('true or false') instead of writing a disk image onto a partition.
+   */
+  reflash: boolean | 'disk';
 }
 
 export interface Channel {

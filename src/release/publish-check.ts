@@ -21,8 +21,8 @@ export interface PublishArgs {
   channel?: string;
   rollout: number;
   boot: BootData;
-  /** A whole host partition for the RAM flasher: no kernel at its root to look for. */
-  reflash?: boolean;
+  /** A whole host partition (true) or disk ('disk') for the RAM flasher: no kernel at its root to look for. */
+  reflash?: boolean | 'disk';
   expiresInDays: number;
   frameSize: number;
   chunkSize?: number;
@@ -68,12 +68,23 @@ export async function checkPublishArgs(a: PublishArgs): Promise<{ lz4: boolean }
 
 const EXT4_MAGIC_OFFSET = 1080;
 const EXT4_MAGIC = 0xef53;
+const MBR_SIGNATURE_OFFSET = 510;
+const MBR_SIGNATURE = 0xaa55;
 
 /** The input is an ext4 filesystem (raw or inside an LZ4 stream) that holds its kernel and initrd. */
-async function checkImage(image: string, boot: BootData, reflash = false): Promise<{ lz4: boolean }> {
+async function checkImage(image: string, boot: BootData, reflash: boolean | 'disk' = false): Promise<{ lz4: boolean }> {
   const head = await readHead(image);
   const lz4 = head.length >= 4 && head.readUInt32LE(0) === FRAME_MAGIC;
   const fs0 = lz4 ? await decodedHead(image) : head;
+  if (reflash === 'disk') {
+    // A whole disk starts with an MBR (or GPT's protective MBR): its boot signature, not a superblock.
+    if (fs0.length < 512 || fs0.readUInt16LE(MBR_SIGNATURE_OFFSET) !== MBR_SIGNATURE) {
+      throw new UpgradeError('USAGE', `${image} is not a whole-disk image: no partition table (boot signature 0x55AA at byte 510)${lz4 ? ' inside its LZ4 stream' : ''}`, {
+        hint: 'publish the disk (partition table, boot code, partitions) with --reflash-disk, or a host partition with --reflash',
+      });
+    }
+    return { lz4 };
+  }
   if (fs0.length < EXT4_MAGIC_OFFSET + 2 || fs0.readUInt16LE(EXT4_MAGIC_OFFSET) !== EXT4_MAGIC) {
     throw new UpgradeError('USAGE', `${image} is not an ext4 filesystem image${lz4 ? ' (inside its LZ4 stream)' : ''}`, {
       hint: 'machines loop-mount the image as /: build one with upgradectl image build ROOTFS_DIR OUT.img',

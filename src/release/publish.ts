@@ -29,7 +29,8 @@ export interface PublishOptions {
   /** Channel only: the rollout is paused (no machine starts taking the release). */
   paused?: boolean;
   boot: BootData;
-  reflash: boolean;
+  /** A host partition (true) or a whole disk ('disk') for the RAM flasher (Manifest.reflash). */
+  reflash: boolean | 'disk';
   /** Days until machines refuse this release (and the channel pointer). */
   expiresInDays: number;
   /** Channel only: the version floor machines must keep to (carried forward while the same key signs). */

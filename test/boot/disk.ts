@@ -90,13 +90,18 @@ export interface BuildDiskOptions {
   sizeMiB?: number;
   /** Default bios. */
   firmware?: Firmware;
+  /** BIOS only: where the host partition starts (default PARTITION_OFFSET, 1 MiB); GRUB's gap before it grows with it. */
+  hostOffset?: number;
   /** UEFI only: boot through shim and Debian's signed GRUB with Secure Boot on, instead of grub-mkimage's GRUB. */
   secureBoot?: SignedBoot;
 }
 
 export async function buildHostDisk(opts: BuildDiskOptions): Promise<HostDisk> {
   const firmware = opts.firmware ?? 'bios';
-  const offset = firmware === 'uefi' ? EFI_HOST_OFFSET : PARTITION_OFFSET;
+  if (opts.hostOffset !== undefined && (firmware === 'uefi' || opts.hostOffset % PARTITION_OFFSET !== 0)) {
+    throw new UpgradeError('USAGE', `hostOffset ${opts.hostOffset}: BIOS disks only, in whole MiB`);
+  }
+  const offset = firmware === 'uefi' ? EFI_HOST_OFFSET : opts.hostOffset ?? PARTITION_OFFSET;
   const sizeMiB = opts.sizeMiB ?? (await apparentMiB(opts.hostTree)) + 64 + (firmware === 'uefi' ? offset / 1048576 : 0);
   await fs.rm(opts.out, { force: true });
   const handle = await fs.open(opts.out, 'w');
@@ -110,7 +115,7 @@ export async function buildHostDisk(opts: BuildDiskOptions): Promise<HostDisk> {
   await run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', opts.out], {
     input: firmware === 'uefi'
       ? `label: gpt\nstart=${ESP_OFFSET / SECTOR}, size=${(EFI_HOST_OFFSET - ESP_OFFSET) / SECTOR}, type=${ESP_TYPE}\nstart=${EFI_HOST_OFFSET / SECTOR}, size=${hostBytes / SECTOR}, type=${LINUX_TYPE}\n`
-      : `label: dos\nstart=${PARTITION_OFFSET / SECTOR}, type=83, bootable\n`,
+      : `label: dos\nstart=${offset / SECTOR}, type=83, bootable\n`,
   });
   // Default block size and a journal, as a real host partition has (the GRUB-journal trap needs one to
   // be tested at all). Under Secure Boot 4 KiB blocks: mke2fs -d leaves zero blocks of the files it
@@ -125,9 +130,9 @@ export async function buildHostDisk(opts: BuildDiskOptions): Promise<HostDisk> {
   try {
     const grub = await grubImage(work, firmware, opts.hostUuid);
     if (firmware === 'uefi') return { ...(await installEfiGrub(work, opts, grub, offset)), firmware };
-    // core.img must fit in the gap before the partition (sectors 1..2047).
-    if (grub.length > PARTITION_OFFSET - SECTOR) {
-      throw new UpgradeError('GRUB', `core.img is ${grub.length} bytes, more than the ${PARTITION_OFFSET - SECTOR} before the partition`);
+    // core.img must fit in the gap before the partition (sectors 1..2047 at the default offset).
+    if (grub.length > offset - SECTOR) {
+      throw new UpgradeError('GRUB', `core.img is ${grub.length} bytes, more than the ${offset - SECTOR} before the partition`);
     }
     const bootImg = await fs.readFile(path.join(GRUB_PC_DIR, 'boot.img'));
     // Only the code area of the MBR: bytes 440.. hold the disk signature and sfdisk's partition table.
@@ -137,7 +142,7 @@ export async function buildHostDisk(opts: BuildDiskOptions): Promise<HostDisk> {
   } finally {
     await fs.rm(work, { recursive: true, force: true });
   }
-  return { file: opts.out, hostUuid: opts.hostUuid, offset: PARTITION_OFFSET, firmware };
+  return { file: opts.out, hostUuid: opts.hostUuid, offset, firmware };
 }
 
 /**

@@ -15,6 +15,7 @@ import { publishRelease } from '../../src/release/publish.js';
 import { generateKeyPair, loadPrivateKey } from '../../src/release/signing.js';
 import { cacheDir } from '../helpers/debian-root.js';
 import { startHttpServer, type TestHttpServer } from '../helpers/http-server.js';
+import { blockDevicesUnder } from '../helpers/block-devices.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { buildBusyboxTree } from './busybox-image.js';
 import { buildHostDisk, installGrubModules, readHostFile, PARTITION_OFFSET, type HostDisk } from './disk.js';
@@ -34,6 +35,11 @@ import { serialLogPath, Vm } from './qemu.js';
 const skip = skipUnless({ root: true, commands: ['qemu-system-x86_64', 'mke2fs', 'debugfs', 'sfdisk', 'grub-mkimage', 'busybox', 'lz4', 'mkinitramfs', 'ssh', 'ssh-keygen'], files: ['/usr/sbin/dropbear', '/usr/bin/openssl'] });
 const DISK_MIB = 160;
 const NEW_HOST_MIB = 96;
+/**
+ * The whole-disk release (f): smaller than the VM's disk, its host partition at 2 MiB instead of
+ * 1 MiB, so the partition table the machine ends with is visibly the release's.
+ */
+const NEW_DISK = { mib: 128, hostOffset: 2 * 1048576 };
 const SERVER = { guestAddr: '10.0.2.100', guestPort: 80 };
 const CONFIG = `${TEST_BOOT_CONFIG}[source]\nurl = file:///unused\n[flasher]\nurl = http://${SERVER.guestAddr}/\n`;
 
@@ -105,6 +111,8 @@ interface ArmOptions {
   flasherConfig?: string;
   /** Default release 2 from the world's server. */
   release?: { version: string; www: string };
+  /** The machine's root shows its disk as the VM's kernel will (vda, host partition vda1), which commit --reflash of a whole-disk release reads. */
+  wholeDisk?: boolean;
 }
 
 /** Machine 1: image 1, the flasher installed, reflash to 2 (or `release`) armed by upgradectl's own operation. */
@@ -112,6 +120,7 @@ async function armedMachine(w: World, name: string, opts: ArmOptions = {}): Prom
   const release = opts.release ?? { version: '2', www: w.www };
   const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
   await installFlasher(layout, w.config, flasherFiles(w));
+  if (opts.wholeDisk) await blockDevicesUnder(layout.root, { uuid: HOST_UUID, disk: 'vda', partition: 'vda1', diskBytes: DISK_MIB * 1048576 });
   // CONFIG ends in [flasher]: extra keys land there.
   const config = parseConfig(CONFIG.replace('file:///unused', `file://${release.www}`) + (opts.flasherConfig ?? ''), 'test config');
   const job = await reflash(layout, config, { version: release.version, reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
@@ -248,6 +257,22 @@ async function reflashedSystemPanics(t: Test, w: World): Promise<void> {
     await vm.kill('hold mode reached: it stays up by design');
   });
 }
+
+/**
+ * Release 2 as a whole disk (f, g), built like the machines' own disks (GRUB's boot code and core.img in
+ * the MBR gap) from the same host tree as the partition release, its filesystem UUID `hostUuid`, in a
+ * www of its own.
+ */
+async function publishDiskRelease(w: World, name: string, hostUuid: string): Promise<{ www: string; image: HostDisk }> {
+  const www = path.join(w.dir, `www-${name}`);
+  const image = await buildHostDisk({ hostTree: path.join(w.dir, 'new-host/host'), hostUuid, out: path.join(w.dir, `new-disk-${name}.img`), sizeMiB: NEW_DISK.mib, hostOffset: NEW_DISK.hostOffset });
+  const key = await loadPrivateKey(path.join(w.dir, 'keys/release'));
+  await publishRelease({ to: `file://${www}`, key, rollout: 100, boot: { kernel: '/vmlinuz', initrd: '/initrd.img', cmdline: '' }, expiresInDays: 30, frameSize: 4 << 20, image: image.file, version: '2', reflash: 'disk' });
+  return { www, image };
+}
+
+/** The first MBR partition entry's start sector (bytes 446 + 8..11). */
+const partitionStart = (mbr: Buffer) => mbr.readUInt32LE(446 + 8);
 
 const flasherLines = (vm: Vm) => vm.serial.split('\n').filter((l) => l.includes('upgradectl-flasher:'));
 
@@ -398,6 +423,49 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
 
   t.test("f: the reflashed system panics at its first boot (a trial): GRUB's reboot entry boots the flasher in hold mode, not a reboot loop", async (t) => {
     await reflashedSystemPanics(t, w);
+  });
+
+  t.test('g: a whole-disk release: the machine rewrites its disk (table, GRUB, partition at a new offset), the kernel re-reads the table, and the new disk boots image 2', async (t) => {
+    const { www, image } = await publishDiskRelease(w, 'g', HOST_UUID);
+    const { disk, job } = await armedMachine(w, 'g', { release: { version: '2', www }, wholeDisk: true });
+    t.same(job.target, { kind: 'disk', device: '/dev/vda', size: DISK_MIB * 1048576, partition: 'vda1' }, 'commit --reflash names the disk it will overwrite');
+    t.equal(partitionStart(await fs.readFile(disk.file)), PARTITION_OFFSET / 512, 'before: the host partition starts at 1 MiB');
+    const started = performance.now();
+    await withServer(www, async (server) => {
+      const vm = await startVm(t, 'flasher-g', disk, server, { allowReboot: true, maxBoots: 3 });
+      await vm.waitForLine(/upgradectl-flasher: \[table\]/, 240_000, 'the flasher wrote the disk and the kernel read its new table');
+      const written = performance.now();
+      await vm.waitForLine(/UPGRADECTL-MARKER booted version=2 /, 120_000, 'image 2 booted from the new disk');
+      await vm.waitForExit(60_000);
+      const lines = flasherLines(vm);
+      t.comment(lines.join('\n'));
+      t.ok(lines.some((l) => /\[job\] release 2: \d+ bytes onto \/dev\/vda from/.test(l)), 'the flasher targets the whole disk');
+      t.ok(lines.some((l) => new RegExp(`\\[verify\\] the image's partition at sector ${NEW_DISK.hostOffset / 512} carries the host filesystem UUID ${HOST_UUID}`).test(l)), "the image's table checked before writing");
+      t.ok(lines.some((l) => /\[written\] \/dev\/vda holds release 2, read back and verified/.test(l)), 'written onto the disk and read back');
+      t.ok(lines.some((l) => new RegExp(`\\[table\\] /dev/vda: new partition table read; the host partition is /dev/vda1 \\(${(NEW_DISK.mib * 1048576) - NEW_DISK.hostOffset} bytes at sector ${NEW_DISK.hostOffset / 512}\\)`).test(l)), 'the kernel sees the release\'s partition: its size and offset');
+      t.equal(server.requests.filter((r) => r.path === '/releases/2/image.lz4').length, 1, 'fetched once');
+      const boots = vm.boots();
+      t.match(boots[0]!.cmdline, new RegExp(`upgradectl.flasher=${job.nonce}`), 'GRUB passed the job nonce to the flasher');
+      t.equal(boots.length, 2, 'the flasher, then image 2 (GRUB from the new disk found the host partition at its new offset)');
+      t.comment(`g: power-on to disk written and table re-read ${secs(written - started)} s; total with v2 boot ${secs(performance.now() - started)} s`);
+    });
+    const bytes = await fs.readFile(disk.file);
+    t.equal(partitionStart(bytes), NEW_DISK.hostOffset / 512, 'after: the partition table is the release\'s (host partition at 2 MiB)');
+    // Nothing but the flasher writes before the partition (GRUB writes grubenv inside the filesystem).
+    t.ok(bytes.subarray(0, NEW_DISK.hostOffset).equals((await fs.readFile(image.file)).subarray(0, NEW_DISK.hostOffset)), 'boot code, table and core.img in the gap are the release\'s');
+    const moved = { ...disk, offset: NEW_DISK.hostOffset };
+    t.match((await readHostFile(moved, '/boot/upgradectl/flasher/status'))?.toString(), /phase=trial\n/, 'the status file is on the new host partition (its last step: the first boot armed as a trial)');
+    t.comment(`g: flasher log\n${(await readHostFile(moved, '/boot/upgradectl/flasher/log'))?.toString().split('\n').filter((l) => /\] /.test(l)).join('\n')}`);
+    t.ok(await readHostFile(moved, '/images/2.img'), 'image 2 on the new host partition');
+    t.notOk(await readHostFile(moved, '/images/1.img'), 'image 1 is gone');
+  });
+
+  t.test('h: a whole-disk release whose partitions do not carry the host UUID GRUB searches for: refused before writing, the disk untouched', async (t) => {
+    const { www } = await publishDiskRelease(w, 'h', '0ddba11e-0000-4000-8000-00000000d15c');
+    const { disk } = await armedMachine(w, 'h', { release: { version: '2', www }, wholeDisk: true });
+    const mbr = (await fs.readFile(disk.file)).subarray(0, PARTITION_OFFSET);
+    await refusedBeforeWriting(t, 'h', disk, www, new RegExp(`\\[failed\\] no partition in the image's table \\(${NEW_DISK.hostOffset / 512}\\) carries the host filesystem UUID ${HOST_UUID}`));
+    t.ok((await fs.readFile(disk.file)).subarray(0, PARTITION_OFFSET).equals(mbr), 'boot code, table and GRUB gap unchanged');
   });
 
 });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { chmodSync, chownSync, mkdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/core/exec.js';
 import { FLASHER_SCRIPTS } from '../../src/flasher/initrd.js';
@@ -19,7 +19,7 @@ function job(nonce: string): FlashJob {
   };
 }
 
-async function checkJob(dir: string, file: string, nonce: string, kind: 'flash' | 'rescue' = 'flash', show = 'OK $job_version $job_frames $(cat $FLASHER_DIR/frames)'): Promise<{ ok: boolean; out: string }> {
+async function checkJob(dir: string, file: string, nonce: string, kind: 'flash' | 'rescue' = 'flash', show = 'OK $job_version $job_frames $(cat $FLASHER_DIR/frames) disk=$job_target_disk'): Promise<{ ok: boolean; out: string }> {
   const script = `. ${path.join(FLASHER_SCRIPTS, 'flasher.sh')}; check_job "$1" "$2" "$3" && echo "${show}"`;
   try {
     const { stdout } = await run('busybox', ['sh', '-c', script, 'sh', file, nonce, UUID], { env: { ...process.env, FLASHER_DIR: path.join(dir, 'run'), JOB_KIND: kind } });
@@ -113,6 +113,33 @@ t.test('the network line: DHCP by default, the machine\'s static address read by
   t.throws(() => renderJob({ ...fixed, network: { ...bareNet, dns: [], address: '10.0.2' } }), /network: address/);
   t.throws(() => renderJob({ ...fixed, network: { ...bareNet, dns: [], mac: '52-54-00-12-34-56' } }), /network: .*MAC/);
   t.throws(() => renderJob({ ...fixed, network: { ...bareNet, dns: ['::1'] } }), /name server/);
+});
+
+t.test('a whole-disk job names the disk; both sides refuse a disk name the flasher could misread, and a rescue job that names one', { skip }, async (t) => {
+  const dir = t.testdir();
+  const nonce = newNonce();
+  const flasherDir = path.join(dir, 'boot/upgradectl/flasher');
+  const file = await writeJob(flasherDir, { ...job(nonce), targetDisk: 'nvme0n1' });
+  t.match(readFileSync(file, 'utf8'), `\ntarget_uuid ${UUID}\ntarget_disk nvme0n1\n`);
+  const ok = await checkJob(dir, file, nonce);
+  t.ok(ok.ok, ok.out);
+  t.match(ok.out, / disk=nvme0n1$/, 'the flasher read the disk');
+  const partition = await checkJob(dir, await writeJob(flasherDir, job(nonce)), nonce);
+  t.match(partition.out, / disk=$/, 'no target_disk: the partition is the target, as before');
+  for (const bad of ['../sda', 'sda;reboot', 'SDA', '1sda', 'a'.repeat(33)]) {
+    t.throws(() => renderJob({ ...job(nonce), targetDisk: bad }), /not a disk's kernel name/, `writer refuses '${bad}'`);
+    writeFileSync(file, renderJob(job(nonce)).replace(`target_uuid ${UUID}\n`, `target_uuid ${UUID}\ntarget_disk ${bad}\n`), { mode: 0o600 });
+    const r = await checkJob(dir, file, nonce);
+    t.notOk(r.ok, `flasher refuses '${bad}'`);
+    t.match(r.out, /bad target_disk/);
+  }
+  const { nonce: _unused, ...rest } = job(nonce);
+  t.throws(() => renderJob({ ...rest, targetDisk: 'vda' }, 'rescue'), /never targets a disk/);
+  const rescue = path.join(flasherDir, 'rescue-job');
+  writeFileSync(rescue, renderJob(rest, 'rescue').replace(`target_uuid ${UUID}\n`, `target_uuid ${UUID}\ntarget_disk vda\n`), { mode: 0o600 });
+  const r = await checkJob(dir, rescue, '', 'rescue');
+  t.notOk(r.ok);
+  t.match(r.out, /a rescue job never targets a disk/);
 });
 
 t.test('a rescue job has no nonce and is valid at any boot that reaches rescue; the two kinds never stand in for each other', { skip }, async (t) => {

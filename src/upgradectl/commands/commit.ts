@@ -1,7 +1,7 @@
 import type { Command } from '../cli.js';
 import { loadConfig } from '../../operations/config.js';
 import { commit, planCommit } from '../../operations/commit.js';
-import { reflash, reflashToRoute } from '../../operations/reflash.js';
+import { reflash, reflashToRoute, targetText } from '../../operations/reflash.js';
 import { trustPolicy, TRUST_OPTIONS } from './trust.js';
 
 export const commitCommand: Command = {
@@ -24,8 +24,8 @@ export const commitCommand: Command = {
       return {
         data: r,
         text: [
-          `${routed ? `release ${r.version} rewrites the whole host partition: ` : ''}flash job for ${r.version} written (${r.job}); signed by ${r.signedBy}`,
-          `  the flasher fetches ${mib(r.payloadSize)} from ${r.url} into RAM (needs ${mib(r.ramNeeded)}), verifies it, and writes ${mib(r.imageSize)}`,
+          `${routed ? `release ${r.version} rewrites the whole ${r.target.kind === 'disk' ? 'disk' : 'host partition'}: ` : ''}flash job for ${r.version} written (${r.job}); signed by ${r.signedBy}`,
+          `  the flasher fetches ${mib(r.payloadSize)} from ${r.url} into RAM (needs ${mib(r.ramNeeded)}), verifies it, and writes ${mib(r.imageSize)} over ${targetText(r.target)}`,
           r.rebooted ? '  rebooting into the flasher' : '  the flasher boots once at the next reboot',
         ].join('\n'),
       };

@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 
 export const publishCommand: Command = {
   summary: 'compress, index, sign and upload a release (file:// or s3://)',
-  usage: 'publish IMAGE --version V --to URL --key KEY [--channel NAME] [--rollout PCT] [--kernel P] [--initrd P] [--cmdline ARGS] [--reflash] [--expires-days N] [--min-version V] [--revoke KEYID[,KEYID…]]',
+  usage: 'publish IMAGE --version V --to URL --key KEY [--channel NAME] [--rollout PCT] [--kernel P] [--initrd P] [--cmdline ARGS] [--reflash | --reflash-disk] [--expires-days N] [--min-version V] [--revoke KEYID[,KEYID…]]',
   options: {
     version: { type: 'string' },
     to: { type: 'string' },
@@ -19,6 +19,7 @@ export const publishCommand: Command = {
     initrd: { type: 'string' },
     cmdline: { type: 'string' },
     reflash: { type: 'boolean' },
+    'reflash-disk': { type: 'boolean' },
     'expires-days': { type: 'string' },
     'min-version': { type: 'string' },
     revoke: { type: 'string' },
@@ -30,6 +31,7 @@ export const publishCommand: Command = {
     const [image] = positionals;
     const need = (name: string) => requiredOption(options, name, 'publish', publishCommand.usage);
     if (!image || positionals.length > 1) throw new UpgradeError('USAGE', 'publish needs exactly one IMAGE (file or block device)', { hint: `usage: upgradectl ${publishCommand.usage}` });
+    if (options.reflash && options['reflash-disk']) throw new UpgradeError('USAGE', '--reflash (a host partition) and --reflash-disk (a whole disk) exclude each other', { hint: 'give the one that says what IMAGE is' });
     const key = await loadPrivateKey(need('key'));
     const size = await fs.stat(image).then((s) => s.size).catch(() => 0);
     const result = await publishRelease({
@@ -44,7 +46,7 @@ export const publishCommand: Command = {
         initrd: (options.initrd as string | undefined) ?? '/initrd.img',
         cmdline: (options.cmdline as string | undefined) ?? '',
       },
-      reflash: Boolean(options.reflash),
+      reflash: options['reflash-disk'] ? 'disk' : Boolean(options.reflash),
       minVersion: options['min-version'] as string | undefined,
       revokeKeys: typeof options.revoke === 'string' ? options.revoke.split(',').map((id) => id.trim()).filter(Boolean) : [],
       expiresInDays: parseWhole(options['expires-days'] as string | undefined, '--expires-days', 365, 1, 36500),
