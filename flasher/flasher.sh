@@ -68,11 +68,18 @@ fail_before_write() {
 flasher_stuck() {
   if [ "$writing" = 0 ]; then fail_before_write "$*"; fi
   if [ -n "${retry_mode:-}" ]; then status stuck "$*"; exit 1; fi
-  status stuck "$* — the target is half-written and will not boot; the flasher stays up. The verified image is still in $PAYLOAD: on this console run 'sh /lib/upgradectl/flasher.sh retry' or power-cycle only once the target is rewritten"
+  stay_up stuck "$* — the target is half-written and will not boot; the flasher stays up. The verified image is still in $PAYLOAD: on this console run 'sh /lib/upgradectl/flasher.sh retry' or power-cycle only once the target is rewritten" \
+    "STUCK: $* (target ${target_dev:-?} half-written; see $STATUS; a shell is on the console)"
+}
+
+# Never returns, never reboots: PHASE and MESSAGE in the status file, a shell on the console, LINE on the
+# console every SECONDS (default 60).
+stay_up() {
+  status "$1" "$2"
   setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
   while :; do
-    say "STUCK: $* (target ${target_dev:-?} half-written; see $STATUS; a shell is on the console)"
-    sleep 60
+    say "$3"
+    sleep "${4:-60}"
   done
 }
 
@@ -443,12 +450,8 @@ reread_table() {
 
 disk_stuck() {
   if [ -n "${retry_mode:-}" ]; then status stuck "$*"; exit 1; fi
-  status stuck "$* — $target_dev holds release $job_version as published (read back and verified), but it will not boot as this machine's host; the flasher stays up (a shell is on the console)"
-  setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
-  while :; do
-    say "STUCK: $* ($target_dev is written and cannot be taken back; see $STATUS)"
-    sleep 60
-  done
+  stay_up stuck "$* — $target_dev holds release $job_version as published (read back and verified), but it will not boot as this machine's host; the flasher stays up (a shell is on the console)" \
+    "STUCK: $* ($target_dev is written and cannot be taken back; see $STATUS)"
 }
 
 # The status onto the new host partition, for the new system to read; best effort: the flash is done.
@@ -672,12 +675,7 @@ hold_main() {
   fi
   msg="release ${job_version:-?}'s reflashed system (image ${v:-?}) did not confirm its first boot and there is no old system to go back to: this machine stays in the flasher and does not reboot. The flash log is boot/upgradectl/flasher/log on the host partition; a shell is on the console"
   ( network_up ) || say "warning: $(sed -n 's/^message=//p' "$STATUS")"
-  status hold "$msg"
-  setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' &
-  while :; do
-    say "HOLD: $msg"
-    sleep "$HOLD_SAY_SECONDS"
-  done
+  stay_up hold "$msg" "HOLD: $msg" "$HOLD_SAY_SECONDS"
 }
 
 # `sh /lib/upgradectl/flasher.sh retry` on the console of a stuck flasher: the same verified payload
