@@ -654,6 +654,15 @@ arm_first_boot() {
   sync
 }
 
+# The flash job's network line from the trial marker $1 (hold mode has no job), checked as in a job:
+# absent or malformed means DHCP.
+trial_network() {
+  job_net=dhcp
+  net=$(sed -n 's/^network //p' "$1" 2>/dev/null | head -n 1)
+  [ -n "$net" ] || return 0
+  check_network $net > /dev/null || job_net=dhcp
+}
+
 # GRUB's reboot entry, after a reflashed system's first boot did not confirm: nothing to go back to,
 # nothing to write. Network and SSH for the operator, the reason on the console every minute and in
 # the status file, a shell on the console; never a reboot (it would come straight back here).
@@ -667,10 +676,7 @@ hold_main() {
     copy_ssh_keys
     v=$(sed -n 's/^version \([A-Za-z0-9._+~-]*\)$/\1/p' "$HOST_MNT/$FLASH_TRIAL_REL" 2>/dev/null | head -n 1)
     job_version=$(sed -n 's/^release \([A-Za-z0-9._+~-]*\)$/\1/p' "$HOST_MNT/$FLASH_TRIAL_REL" 2>/dev/null | head -n 1)
-    # The flash job's network line, checked as in a job (a malformed one: DHCP).
-    job_net=dhcp
-    net=$(sed -n 's/^network //p' "$HOST_MNT/$FLASH_TRIAL_REL" 2>/dev/null | head -n 1)
-    [ -n "$net" ] && { check_network $net > /dev/null || job_net=dhcp; }
+    trial_network "$HOST_MNT/$FLASH_TRIAL_REL"
     umount "$HOST_MNT"
   fi
   msg="release ${job_version:-?}'s reflashed system (image ${v:-?}) did not confirm its first boot and there is no old system to go back to: this machine stays in the flasher and does not reboot. The flash log is boot/upgradectl/flasher/log on the host partition; a shell is on the console"

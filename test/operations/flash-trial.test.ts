@@ -1,6 +1,6 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Layout } from '../../src/core/layout.js';
 import { setLogLevel } from '../../src/core/log.js';
@@ -107,4 +107,22 @@ t.test('a published partition whose grub.cfg has no hold branch is not armed: it
   t.match(armed.out, /grub\.cfg has no hold mode/);
   t.same(envList(layout), before, 'grubenv untouched');
   t.notOk(existsSync(layout.flashTrialFile), 'no marker');
+});
+
+t.test("hold mode's network comes from the trial marker: the job's static set-up as written, DHCP when absent or malformed", { skip: skipUnless({ commands: ['busybox'] }) }, (t) => {
+  const dir = t.testdir();
+  const marker = path.join(dir, 'trial');
+  const hold = (text: string | undefined) => {
+    if (text === undefined) rmSync(marker, { force: true });
+    else writeFileSync(marker, text);
+    const script = `. ${FLASHER_SCRIPTS}/flasher.sh; trial_network ${marker}; echo "$job_net|$job_net_mac|$job_net_addr|$job_net_gw|$job_net_dns"`;
+    return spawnSync('busybox', ['sh', '-c', script], { env: { ...process.env, FLASHER_DIR: path.join(dir, 'run') }, encoding: 'utf8' }).stdout.trim();
+  };
+  const head = 'upgradectl-flash-trial 1\nversion 2\nrelease 2\n';
+  t.equal(hold(`${head}network static 52:54:00:12:34:56 192.0.2.10/24 192.0.2.1 192.0.2.53\n`), 'static|52:54:00:12:34:56|192.0.2.10/24|192.0.2.1|192.0.2.53');
+  t.equal(hold(`${head}network dhcp\n`), 'dhcp||||');
+  t.equal(hold(head), 'dhcp||||', 'a marker written before the line existed');
+  t.equal(hold(`${head}network static any 192.0.2.999/24 none none\n`), 'dhcp||||', 'malformed: DHCP rather than a bad address');
+  t.equal(hold(undefined), 'dhcp||||', 'no marker');
+  t.end();
 });
