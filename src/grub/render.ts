@@ -400,18 +400,26 @@ function renderFlasherNonce(input: GrubConfigInput, full: boolean): string[] {
   ];
 }
 
-function renderFlasher(input: GrubConfigInput): string[] {
-  const f = input.flasher;
-  if (!f) return [];
+/**
+ * The kernel words of the flasher's three entries (flash, rescue, hold), quoted for GRUB: its mode's
+ * words between the host partition's UUID (the flasher finds its job there by UUID, as GRUB does) and
+ * the machine's own kernel arguments and console.
+ */
+function flasherKernelWords(input: GrubConfigInput, mode: string[]): string[] {
   const serial = parseSerial(input.serialConsole);
-  const words = [
+  return [
     `panic=${input.panicTimeout}`,
-    // The flasher finds the host partition (where its job is) by UUID, as GRUB does.
     `upgradectl.host=${input.hostUuid}`,
-    ...splitArgs(f.cmdline),
+    ...mode,
     ...splitArgs(input.kernelArgs),
     ...(serial ? ['console=tty0', `console=${input.serialConsole}`] : []),
   ].map(grubQuote);
+}
+
+function renderFlasher(input: GrubConfigInput): string[] {
+  const f = input.flasher;
+  if (!f) return [];
+  const words = flasherKernelWords(input, splitArgs(f.cmdline));
   // The one variable spliced into a kernel line: the nonce is a fresh random value per job, so it cannot
   // be a literal of this config. Empty when the flasher is booted by hand: the flasher then runs no job.
   words.push(`"${FLASHER_ARG}=\${upgradectl_flasher_boot}"`);
@@ -452,15 +460,7 @@ function rebootEntryNumber(input: GrubConfigInput): number {
 function renderRescueEntry(input: GrubConfigInput): string[] {
   const f = input.flasher;
   if (!f?.rescue || input.entries.length === 0) return [];
-  const serial = parseSerial(input.serialConsole);
-  const words = [
-    `panic=${input.panicTimeout}`,
-    `upgradectl.host=${input.hostUuid}`,
-    RESCUE_ARG,
-    ...splitArgs(f.cmdline),
-    ...splitArgs(input.kernelArgs),
-    ...(serial ? ['console=tty0', `console=${input.serialConsole}`] : []),
-  ].map(grubQuote);
+  const words = flasherKernelWords(input, [RESCUE_ARG, ...splitArgs(f.cmdline)]);
   return [
     `menuentry 'upgradectl rescue: no image could be loaded, re-download the current release' --id ${RESCUE_ENTRY_ID} {`,
     `  echo 'upgradectl: no image could be loaded; starting the rescue flasher'`,
@@ -523,14 +523,7 @@ function renderRebootEntry(input: GrubConfigInput): string[] {
 function renderHoldBranch(input: GrubConfigInput): string[] {
   const h = input.hold;
   if (!h) return [];
-  const serial = parseSerial(input.serialConsole);
-  const words = [
-    `panic=${input.panicTimeout}`,
-    `upgradectl.host=${input.hostUuid}`,
-    HOLD_ARG,
-    ...splitArgs(input.kernelArgs),
-    ...(serial ? ['console=tty0', `console=${input.serialConsole}`] : []),
-  ].map(grubQuote);
+  const words = flasherKernelWords(input, [HOLD_ARG]);
   const [kernel, initrd, marker] = [h.kernel, h.initrd, h.marker].map(imagePath);
   return [
     `  search --no-floppy --fs-uuid --set=root ${input.hostUuid}`,
