@@ -76,3 +76,10 @@ export async function servedRelease(t: { teardown: (fn: () => unknown) => void }
   t.teardown(() => server.close());
   return { pub, image, server, url: server.url.replace(/\/$/, ''), payloadPath: `/releases/${version}/image.lz4`, manifest: manifestOf(pub.releases, version) };
 }
+
+/** The flasher's files as `flasher install` leaves them (their content only matters to GRUB and the VM tests). */
+export function installFlasherFiles(layout: { flasherDir: string }): void {
+  mkdirSync(layout.flasherDir, { recursive: true });
+  writeFileSync(path.join(layout.flasherDir, 'vmlinuz'), 'kernel\n');
+  writeFileSync(path.join(layout.flasherDir, 'initrd.img'), 'initrd\n');
+}

@@ -1,12 +1,12 @@
 import t from 'tap';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Layout } from '../../src/core/layout.js';
 import { run } from '../../src/core/exec.js';
 import { validateManifest } from '../../src/release/manifest-check.js';
 import { blockDevicesUnder } from '../helpers/block-devices.js';
 import { upgradectl } from '../helpers/cli.js';
-import { makeMachine, makePublisher, manifestOf } from '../helpers/release-fixture.js';
+import { installFlasherFiles, makeMachine, makePublisher, manifestOf } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 
 /**
@@ -29,12 +29,6 @@ async function diskImage(dir: string): Promise<string> {
   await run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', file], { input: 'label: dos\nstart=2048, type=83\n' });
   await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-U', HOST_UUID, '-E', 'offset=1048576', file, `${DISK_IMAGE_MIB - 1}M`]);
   return file;
-}
-
-function installFlasherFiles(layout: Layout): void {
-  mkdirSync(layout.flasherDir, { recursive: true });
-  writeFileSync(path.join(layout.flasherDir, 'vmlinuz'), 'kernel\n');
-  writeFileSync(path.join(layout.flasherDir, 'initrd.img'), 'initrd\n');
 }
 
 t.test('publish --reflash-disk takes a partitioned disk only, and says so in the signed manifest', { skip }, async (t) => {

@@ -6,7 +6,7 @@ import { Layout } from '../../src/core/layout.js';
 import { run } from '../../src/core/exec.js';
 import { RAM_RESERVE } from '../../src/flasher/job.js';
 import { upgradectl } from '../helpers/cli.js';
-import { makeMachine, makePublisher } from '../helpers/release-fixture.js';
+import { installFlasherFiles, makeMachine, makePublisher } from '../helpers/release-fixture.js';
 import { s3Fleet } from '../helpers/s3-server.js';
 import { skipUnless } from '../helpers/requirements.js';
 
@@ -19,13 +19,6 @@ import { skipUnless } from '../helpers/requirements.js';
 const skip = skipUnless({ root: true, commands: ['mke2fs', 'grub-editenv', 'grub-script-check'] });
 const HOST_UUID = '0c6d2a3e-6f3b-4a5e-9a41-2b7c1d9e8f10';
 const CONFIG = `[boot]\nhost_uuid = ${HOST_UUID}\n[flasher]\nurl = http://127.0.0.1:9/releases-over-http\n`;
-
-/** The flasher's files as `flasher install` leaves them (their content only matters to GRUB and the VM tests). */
-function installFlasherFiles(layout: Layout): void {
-  mkdirSync(layout.flasherDir, { recursive: true });
-  writeFileSync(path.join(layout.flasherDir, 'vmlinuz'), 'kernel\n');
-  writeFileSync(path.join(layout.flasherDir, 'initrd.img'), 'initrd\n');
-}
 
 t.test('a reflash release: prepare downloads nothing, commit routes to the flasher or says how to get it', { skip }, async (t) => {
   const dir = t.testdir();
