@@ -17,7 +17,7 @@ FLASHER_DIR=${FLASHER_DIR:-/run/upgradectl-flasher}
 STATUS=$FLASHER_DIR/status
 LOG=$FLASHER_DIR/log
 PAYLOAD=/ram/payload.lz4
-HOST_MNT=/host
+HOST_MNT=${HOST_MNT:-/host}
 JOB_REL=boot/upgradectl/flasher/job
 JOB_MAGIC='upgradectl-flash-job 1'
 # Rescue mode (upgradectl.rescue=1, GRUB's fallback when no image could be loaded): put the image of
@@ -109,6 +109,7 @@ check_job() {
     [ $(( 0$2 & 022 )) -eq 0 ] || { echo "$f has mode $2: writable by group or others, refused"; return 1; }
   done
   job_nonce= job_version= job_url= job_payload_size= job_payload_sha256= job_image_size= job_image_sha256= job_target_uuid= job_target_disk= job_ram_reserve= job_frames=
+  job_keep_size= job_keep_sha256=
   job_net=dhcp job_net_mac= job_net_addr= job_net_gw= job_net_dns=
   mkdir -p "$FLASHER_DIR"
   : > "$FLASHER_DIR/frames"
@@ -134,6 +135,10 @@ check_job() {
                    case "$a" in [a-z]*) ;; *) echo "bad target_disk"; return 1;; esac
                    case "$a" in *[!a-z0-9]*) echo "bad target_disk"; return 1;; esac
                    [ ${#a} -le 32 ] || { echo "bad target_disk"; return 1; }; job_target_disk=$a ;;
+      # What to keep: the machine's own files packed beside the job (src/operations/kept-files.ts).
+      keep) [ "$JOB_KIND" = flash ] || { echo "a rescue job keeps nothing"; return 1; }
+            { is_uint "$a" && is_hex 64 "$b"; } || { echo "bad keep line"; return 1; }
+            job_keep_size=$a job_keep_sha256=$b ;;
       frame) { is_uint "$a" && is_uint "$b" && is_uint "$c" && is_hex 64 "$d"; } || { echo "bad frame line $((n + 1))"; return 1; }
              echo "$a $b $c $d" >> "$FLASHER_DIR/frames"; n=$((n + 1)) ;;
       '') ;;
@@ -587,30 +592,69 @@ fi
 # trial marker, and GRUB's one-shot names the new default while saved_entry names the reboot entry,
 # which boots the flasher in hold mode when those files exist (src/grub/render.ts, renderHoldBranch).
 # The new system's upgradectl turns the marker into its trial state and confirms it as any trial.
-KEEP=/keep
+KEEP=${KEEP:-/keep}
+KEPT_NAME=machine-files.tar
+KEPT_HASH=machine-files.sha256
 FLASH_TRIAL_REL=boot/upgradectl/flasher/trial
 FLASH_TRIAL_MAGIC='upgradectl-flash-trial 1'
 HOLD_SAY_SECONDS=${HOLD_SAY_SECONDS:-60}
 
 # In RAM (a tmpfs of their size: MemAvailable no longer counts them, so the memory check that follows
-# does). Without them the flash goes on, and the new system's first boot is not a trial.
+# does). Without the flasher's own files the flash goes on, and the new system's first boot is not a
+# trial. Without the machine's files (a job with `keep`) it does not: a flash without them would bring
+# the machine up as the release as published, with no identity, network set-up, host keys or accounts.
 keep_flasher_files() {
   d=$HOST_MNT/boot/upgradectl/flasher
   mount -t ext4 -o ro,noload "$host_dev" "$HOST_MNT" || fail_before_write "cannot mount the host partition $host_dev to keep the flasher's files"
   # A failed stat must not reach ash's arithmetic (a syntax error there would end PID 1's script).
   k=$(stat -c %s "$d/vmlinuz" 2>/dev/null) i=$(stat -c %s "$d/initrd.img" 2>/dev/null)
   is_uint "$k" && is_uint "$i" || k=0 i=0
-  size=$((k + i + 65536))
+  m=${job_keep_size:-0}
+  size=$((k + i + m + 65536))
   mkdir -p "$KEEP"
-  if [ "$k" != 0 ] && mount -t tmpfs -o "size=$size,mode=0700" tmpfs "$KEEP" && cp "$d/vmlinuz" "$d/initrd.img" "$KEEP/"; then
+  if [ "$k" = 0 ] && [ "$m" = 0 ] || ! mount -t tmpfs -o "size=$size,mode=0700" tmpfs "$KEEP"; then
+    [ "$m" = 0 ] || fail_before_write "cannot hold this machine's files in RAM (a tmpfs of $size bytes)"
+    say "warning: could not keep the flasher's files in RAM: the new system's first boot will not be a trial"
+    umount "$HOST_MNT"
+    return 0
+  fi
+  if [ "$m" != 0 ]; then
+    why=$(keep_machine_files "$d/$KEPT_NAME") || fail_before_write "$why"
+  fi
+  if [ "$k" != 0 ] && cp "$d/vmlinuz" "$d/initrd.img" "$KEEP/"; then
     # Only keys copy_ssh_keys accepted (root's, not writable by others).
     [ -s /root/.ssh/authorized_keys ] && cp /root/.ssh/authorized_keys "$KEEP/"
-    status keep "the flasher's kernel and initrd$([ -f "$KEEP/authorized_keys" ] && echo ' and SSH keys') kept in RAM ($((size / 1048576)) MiB) for the new partition"
+    status keep "the flasher's kernel and initrd$([ -f "$KEEP/authorized_keys" ] && echo ' and SSH keys')$([ "$m" != 0 ] && echo " and this machine's files") kept in RAM ($((size / 1048576)) MiB) for the new partition"
   else
-    umount "$KEEP" 2>/dev/null
+    rm -f "$KEEP/vmlinuz" "$KEEP/initrd.img"
     say "warning: could not keep the flasher's files in RAM: the new system's first boot will not be a trial"
+    [ "$m" = 0 ] || status keep "this machine's files kept in RAM ($m bytes) for the new partition"
   fi
   umount "$HOST_MNT"
+}
+
+# The archive $1 commit --reflash packed, into RAM: root-only, of the job's size, and (checked on the
+# copy in RAM, which is what goes onto the new partition) of the job's SHA-256. Prints why it is not.
+keep_machine_files() {
+  [ -f "$1" ] && [ ! -L "$1" ] || { echo "this machine's files ($1) are missing"; return 1; }
+  set -- "$1" $(stat -c '%u %a %s' "$1")
+  [ "$2" = 0 ] && [ $(( 0$3 & 077 )) -eq 0 ] || { echo "$1 is not root-only (uid $2, mode $3): refused"; return 1; }
+  [ "$4" = "$job_keep_size" ] || { echo "$1 has $4 bytes, the job says $job_keep_size"; return 1; }
+  cp "$1" "$KEEP/$KEPT_NAME" || { echo "cannot copy $1 into RAM"; return 1; }
+  [ "$(sha256 "$KEEP/$KEPT_NAME")" = "$job_keep_sha256" ] || { rm -f "$KEEP/$KEPT_NAME"; echo "$1 is not the archive the job names (SHA-256)"; return 1; }
+}
+
+# The machine's files onto the mounted new partition, with the hash file that only the flasher writes:
+# the new system's upgradectl restores an archive only when that file is beside it (kept-files.ts).
+place_kept_files() {
+  [ -f "$KEEP/$KEPT_NAME" ] || return 0
+  d=$HOST_MNT/boot/upgradectl/flasher
+  if mkdir -p "$d" && cp "$KEEP/$KEPT_NAME" "$d/$KEPT_NAME.tmp" && chmod 600 "$d/$KEPT_NAME.tmp" && mv "$d/$KEPT_NAME.tmp" "$d/$KEPT_NAME" \
+    && echo "$job_keep_sha256" > "$d/$KEPT_HASH.tmp" && chmod 600 "$d/$KEPT_HASH.tmp" && mv "$d/$KEPT_HASH.tmp" "$d/$KEPT_HASH"; then
+    status kept "this machine's files ($job_keep_size bytes) are on the new partition: its upgradectl restores them at its first boot"
+  else
+    say "warning: could not put this machine's files on the new partition: the new system starts without its identity, network set-up, host keys and accounts"
+  fi
 }
 
 # On the new partition, mounted: prints what it armed, or why it did not and fails (nothing armed).
@@ -646,9 +690,10 @@ arm_on_new_host() {
 arm_first_boot() {
   # A whole-disk flash: the host partition found on the re-read table (reread_table).
   if ! mount -t ext4 "${new_host_dev:-$target_dev}" "$HOST_MNT" 2>> "$LOG"; then
-    say "warning: cannot mount the new host partition: its first boot is not a trial"
+    say "warning: cannot mount the new host partition: its first boot is not a trial$([ -f "$KEEP/$KEPT_NAME" ] && echo ", and this machine's files are not on it")"
     return 0
   fi
+  place_kept_files
   if why=$(arm_on_new_host); then status trial "$why"; else say "warning: the new system's first boot is not a trial: $why"; fi
   umount "$HOST_MNT"
   sync

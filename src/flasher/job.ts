@@ -49,7 +49,20 @@ export interface FlashJob {
   frames: Array<{ offset: number; length: number; rawLength: number; sha256: string }>;
   /** How the flasher brings its network up; DHCP when absent. */
   network?: FlasherNetwork;
+  /**
+   * What to keep: the machine's own files (identity, network, SSH host keys, accounts: the migration
+   * whitelist), packed by commit --reflash into KEPT_FILES_NAME beside the job. The flasher checks them
+   * against this size and hash, holds them in RAM while it writes and puts them on the new partition,
+   * where the new system's upgradectl restores them before its network and SSH start. Absent: the new
+   * system is the release as published.
+   */
+  keep?: { size: number; sha256: string };
 }
+
+/** The machine's files kept across a reflash, in the flasher directory (root-only, 0600). */
+export const KEPT_FILES_NAME = 'machine-files.tar';
+/** Written only by the flasher, beside the archive on the partition it flashed: its SHA-256 (flasher.sh, place_kept_files). */
+export const KEPT_FILES_HASH = 'machine-files.sha256';
 
 /**
  * The flasher's network: DHCP, or the machine's own static IPv4 set-up, copied from the running system
@@ -98,8 +111,8 @@ export function newNonce(): string {
 }
 
 /** The job for a verified manifest; the payload is fetched from `url`. No nonce: a rescue job. */
-export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined, extra: { network?: FlasherNetwork; targetDisk?: string } = {}): FlashJob {
-  const { network = { mode: 'dhcp' }, targetDisk } = extra;
+export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonce: string | undefined, extra: { network?: FlasherNetwork; targetDisk?: string; keep?: FlashJob['keep'] } = {}): FlashJob {
+  const { network = { mode: 'dhcp' }, targetDisk, keep } = extra;
   const p = manifest.payload;
   if (p.compression !== 'lz4-frames' || !p.frames?.length) {
     throw new UpgradeError('UNSUPPORTED', `release ${manifest.version}: the flasher verifies every frame, but its payload is '${p.compression}' without a frame index`, {
@@ -119,12 +132,13 @@ export function jobFor(manifest: Manifest, url: string, targetUuid: string, nonc
     ramReserve: RAM_RESERVE,
     frames: p.frames.map((f) => ({ offset: f.offset, length: f.length, rawLength: f.rawLength, sha256: f.sha256 })),
     network,
+    ...(keep === undefined ? {} : { keep }),
   };
 }
 
-/** RAM the flasher needs, as it checks it: the payload plus the reserve. */
-export function ramNeeded(job: Pick<FlashJob, 'payloadSize' | 'ramReserve'>): number {
-  return job.payloadSize + job.ramReserve;
+/** RAM the flasher needs, as it checks it: the payload, the reserve and the kept machine files. */
+export function ramNeeded(job: Pick<FlashJob, 'payloadSize' | 'ramReserve' | 'keep'>): number {
+  return job.payloadSize + job.ramReserve + (job.keep?.size ?? 0);
 }
 
 const HEX = (n: number) => new RegExp(`^[0-9a-f]{${n}}$`);
@@ -147,6 +161,8 @@ export function renderJob(job: FlashJob, kind: 'flash' | 'rescue' = 'flash'): st
   if (job.targetDisk !== undefined && kind === 'rescue') bad('a rescue job restores an image file; it never targets a disk');
   if (job.targetDisk !== undefined && !DISK_NAME_RE.test(job.targetDisk)) bad(`'${job.targetDisk}' is not a disk's kernel name (e.g. vda, sda, nvme0n1)`);
   if (![job.payloadSize, job.imageSize, job.ramReserve].every(uint)) bad('sizes must be whole numbers');
+  if (job.keep !== undefined && kind === 'rescue') bad('a rescue job keeps nothing: there is no running system to take files from');
+  if (job.keep !== undefined && (!uint(job.keep.size) || !HEX(64).test(job.keep.sha256))) bad('keep: a size and a SHA-256');
   if (!HEX(64).test(job.payloadSha256) || !HEX(64).test(job.imageSha256)) bad('hashes must be SHA-256 hex');
   const network = job.network ?? { mode: 'dhcp' };
   const netProblem = staticNetworkProblem(network);
@@ -167,6 +183,7 @@ export function renderJob(job: FlashJob, kind: 'flash' | 'rescue' = 'flash'): st
     ...(job.targetDisk === undefined ? [] : [`target_disk ${job.targetDisk}`]),
     `ram_reserve ${job.ramReserve}`,
     networkLine(network),
+    ...(job.keep === undefined ? [] : [`keep ${job.keep.size} ${job.keep.sha256}`]),
     `frames ${job.frames.length}`,
     ...job.frames.map((f) => `frame ${f.offset} ${f.length} ${f.rawLength} ${f.sha256}`),
     '',

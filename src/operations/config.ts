@@ -80,6 +80,11 @@ export interface Config {
     gateway: string | undefined;
     dns: string[];
     mac: string | undefined;
+    /**
+     * Carry the machine's own files (the migration whitelist) across a reflash (src/operations/kept-files.ts).
+     * Off: the reflashed system is the release exactly as published (a factory reset).
+     */
+    keep: boolean;
   };
   /** Remote check-in over Eclipse hawkBit's DDI API (src/daemon/ddi/); off while `url` is unset. */
   hawkbit: {
@@ -112,7 +117,7 @@ export const CONFIG_SCHEMA: IniSchema = {
   boot: ['panic_timeout', 'trial_attempts', 'default_attempts', 'kernel_args', 'serial_console', 'menu_timeout', 'host_uuid', 'save_env', 'reboot_command', 'trial_deadline'],
   health: ['timeout'],
   hooks: ['timeout'],
-  flasher: ['url', 'network', 'address', 'gateway', 'dns', 'mac'],
+  flasher: ['url', 'network', 'address', 'gateway', 'dns', 'mac', 'keep'],
   hawkbit: ['url', 'tenant', 'controller_id', 'token_file', 'token_kind', 'ca_file', 'cert_file', 'key_file', 'confirm'],
 };
 
@@ -242,6 +247,7 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       gateway: checked('flasher', 'gateway', isIPv4, 'an IPv4 address'),
       dns: (checked('flasher', 'dns', (v) => v.split(/[\s,]+/).filter(Boolean).every(isIPv4), 'IPv4 addresses separated by commas') ?? '').split(/[\s,]+/).filter(Boolean),
       mac: checked('flasher', 'mac', isMac, 'a MAC address in lower case, e.g. 52:54:00:12:34:56'),
+      keep: bool('flasher', 'keep', true),
     },
     hawkbit: {
       url: str('hawkbit', 'url'),

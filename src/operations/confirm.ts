@@ -11,6 +11,7 @@ import { rebootMachine } from './reboot.js';
 import { endTrialDeadline } from './trial-deadline.js';
 import { endFailedTrial, reconcile } from './reconcile/index.js';
 import { endFlashTrial } from './reconcile/flash-trial.js';
+import { restoreLateKeptFiles } from './kept-files.js';
 import type { TransitionResult } from './result.js';
 import type { State } from './state.js';
 
@@ -40,10 +41,16 @@ export async function confirm(layout: Layout, config: Config, opts: { reboot: bo
       failure = `confirm was interrupted ${ctl.reentries} times (last at step '${ctl.resumedAt}')`;
     } else if (ctl.resumedAt !== 'set-default') {
       await ctl.mark('health', version);
-      const checks: HookRun[] = await runHooks(layout, 'health', ctx, config.health.timeout);
-      detail.checks = checks;
-      const failed = checks.filter((c) => !c.ok);
-      if (failed.length) failure = `health check ${failed.map((c) => `${c.name} ${c.reason}`).join('; ')}`;
+      const kept = await restoreLateKeptFiles(layout);
+      if (kept) {
+        // A reflashed system that came up without its own identity, network and accounts is not healthy.
+        failure = kept;
+      } else {
+        const checks: HookRun[] = await runHooks(layout, 'health', ctx, config.health.timeout);
+        detail.checks = checks;
+        const failed = checks.filter((c) => !c.ok);
+        if (failed.length) failure = `health check ${failed.map((c) => `${c.name} ${c.reason}`).join('; ')}`;
+      }
     }
     if (!failure) {
       await ctl.mark('set-default');

@@ -20,6 +20,7 @@ import { rebootMachine } from './reboot.js';
 import { flasherInstalled } from '../grub/boot-files.js';
 import { reconcile } from './reconcile/index.js';
 import { loadState } from './state.js';
+import { packKeptFiles, type PackedFiles } from './kept-files.js';
 
 /**
  * `commit --reflash [VERSION]`: rewrite the host partition from RAM (DESIGN.md §8, docs/flasher.md).
@@ -48,6 +49,8 @@ export interface ReflashResult {
   target: { kind: 'partition'; uuid: string } | { kind: 'disk'; device: string; size: number; partition: string };
   signedBy: string;
   rebooted: boolean;
+  /** The machine's files carried across (undefined: [flasher] keep = no). */
+  kept: { file: string; entries: number; bytes: number; skipped: string[] } | undefined;
 }
 
 /**
@@ -124,25 +127,38 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
   const nonce = newNonce();
   const hostUuid = await detectHostUuid(layout.host, config.boot.hostUuid);
   const target = await targetOf(layout, release, hostUuid);
-  const job: FlashJob = jobFor(release.manifest, payload.url, hostUuid, nonce, {
-    network: await flasherNetwork(layout, config),
+  const network = await flasherNetwork(layout, config);
+  const jobOf = (keep?: PackedFiles) => jobFor(release.manifest, payload.url, hostUuid, nonce, {
+    network,
     targetDisk: target.kind === 'disk' ? path.basename(target.device) : undefined,
+    ...(keep ? { keep: { size: keep.size, sha256: keep.sha256 } } : {}),
   });
   const total = await memTotal(layout);
   // The flasher also keeps its own kernel and initrd in RAM while it writes: they go onto the new
   // partition for the hold mode of its first boot (docs/flasher.md, "The first boot after a flash").
   const kept = (await fs.stat(layout.flasherKernel)).size + (await fs.stat(layout.flasherInitrd)).size;
-  const needed = ramNeeded(job) + kept;
-  if (total !== undefined && total < needed) {
-    throw new UpgradeError('NO_SPACE', `the flasher would need ${mib(needed)} MiB of RAM (payload ${mib(job.payloadSize)} MiB + ${mib(job.ramReserve)} MiB + its own kernel and initrd ${mib(kept)} MiB), this machine has ${mib(total)} MiB`, {
-      hint: 'publish the release with better compression or a smaller image, or add memory',
-    });
-  }
+  const checkRam = (job: FlashJob) => {
+    const needed = ramNeeded(job) + kept;
+    if (total !== undefined && total < needed) {
+      throw new UpgradeError('NO_SPACE', `the flasher would need ${mib(needed)} MiB of RAM (payload ${mib(job.payloadSize)} MiB + ${mib(job.ramReserve)} MiB + its own kernel and initrd ${mib(kept)} MiB${job.keep ? ` + this machine's files ${mib(job.keep.size)} MiB` : ''}), this machine has ${mib(total)} MiB`, {
+        hint: 'publish the release with better compression or a smaller image, or add memory',
+      });
+    }
+    return needed;
+  };
+  checkRam(jobOf());
 
   const lock = await acquireLock(layout, 'reflash');
   let file: string;
+  let job: FlashJob;
+  let packed: PackedFiles | undefined;
+  let needed: number;
   try {
     const state = await loadState(layout);
+    // What to keep: packed under the lock, right before the job that names its hash.
+    packed = config.flasher.keep ? await packKeptFiles(layout) : undefined;
+    job = jobOf(packed);
+    needed = checkRam(job);
     file = await writeJob(layout.flasherDir, job);
     // grub.cfg with the flasher entry and its nonce selection, then the one-shot with the nonce:
     // after this write GRUB boots the flasher once; nothing before it may fail silently.
@@ -154,11 +170,14 @@ export async function reflash(layout: Layout, config: Config, opts: ReflashOptio
     await lock.release();
   }
   log.info(`flash job for ${job.version} written to ${file}; the flasher boots once at the next reboot and overwrites ${targetText(target)}`);
+  if (packed) log.info(`this machine's files (${packed.entries} entries of the migration whitelist, ${packed.bytes} bytes) are kept across the reflash in ${packed.file}`);
+  else log.warn('[flasher] keep = no: the reflashed system is the release as published, without this machine\'s identity, network, SSH host keys or accounts');
   // The signed URL is a bearer token: never printed, only its lifetime.
   if (payload.signed) log.info(`the flasher fetches the payload from S3 with a URL pre-signed for ${FLASH_URL_SECONDS / 3600} h (or until this machine's credentials expire): reboot before then`);
   const result: ReflashResult = {
     version: job.version, job: file, nonce, url: payload.signed ? `${job.url.split('?')[0]} (pre-signed for ${FLASH_URL_SECONDS / 3600} h)` : job.url, ramNeeded: needed,
     payloadSize: job.payloadSize, imageSize: job.imageSize, target, signedBy: release.signedBy, rebooted: false,
+    kept: packed ? { file: packed.file, entries: packed.entries, bytes: packed.bytes, skipped: packed.skipped } : undefined,
   };
   if (opts.reboot) {
     await rebootMachine(config, `reflash ${job.version}`);

@@ -22,6 +22,7 @@ export const COMMANDS: CommandTable = {
   publish: async () => (await import('./commands/publish.js')).publishCommand,
   'flasher install': async () => (await import('./commands/flasher.js')).flasherInstallCommand,
   'flasher add-key': async () => (await import('./commands/flasher.js')).flasherAddKeyCommand,
+  'flasher restore': async () => (await import('./commands/flasher.js')).flasherRestoreCommand,
   'image build': async () => (await import('./commands/image-build.js')).imageBuildCommand,
 };
 

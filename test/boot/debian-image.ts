@@ -217,6 +217,6 @@ export async function configure(tree: string, opts: DebianImageOptions): Promise
   for (const [rel, f] of Object.entries(opts.files ?? {})) await write(rel.replace(/^\/+/, ''), f.content, f.mode ?? 0o644);
   await fs.mkdir(path.join(tree, 'host'), { recursive: true });
 
-  await run('systemctl', ['--root', tree, 'enable', 'systemd-networkd.service', 'upgradectl-confirm.service', 'upgradectl-test-driver.service']);
+  await run('systemctl', ['--root', tree, 'enable', 'systemd-networkd.service', 'upgradectl-confirm.service', 'upgradectl-kept-files.service', 'upgradectl-test-driver.service']);
   await run('systemctl', ['--root', tree, 'mask', ...MASKED_UNITS]);
 }

@@ -113,21 +113,28 @@ interface ArmOptions {
   release?: { version: string; www: string };
   /** The machine's root shows its disk as the VM's kernel will (vda, host partition vda1), which commit --reflash of a whole-disk release reads. */
   wholeDisk?: boolean;
+  /** Files of the running machine (path under its root → content, mode), which commit --reflash keeps. */
+  machineFiles?: Record<string, { content: string; mode: number }>;
 }
 
 /** Machine 1: image 1, the flasher installed, reflash to 2 (or `release`) armed by upgradectl's own operation. */
-async function armedMachine(w: World, name: string, opts: ArmOptions = {}): Promise<{ disk: HostDisk; job: ReflashResult }> {
+async function armedMachine(w: World, name: string, opts: ArmOptions = {}): Promise<{ disk: HostDisk; job: ReflashResult; jobText: string }> {
   const release = opts.release ?? { version: '2', www: w.www };
   const layout = await hostTree(w.dir, name, w.kernel, '1', w.config, w.keysDir, w.image1);
+  for (const [rel, f] of Object.entries(opts.machineFiles ?? {})) {
+    await fs.mkdir(path.dirname(path.join(layout.root, rel)), { recursive: true });
+    await fs.writeFile(path.join(layout.root, rel), f.content, { mode: f.mode });
+  }
   await installFlasher(layout, w.config, flasherFiles(w));
   if (opts.wholeDisk) await blockDevicesUnder(layout.root, { uuid: HOST_UUID, disk: 'vda', partition: 'vda1', diskBytes: DISK_MIB * 1048576 });
   // CONFIG ends in [flasher]: extra keys land there.
   const config = parseConfig(CONFIG.replace('file:///unused', `file://${release.www}`) + (opts.flasherConfig ?? ''), 'test config');
   const job = await reflash(layout, config, { version: release.version, reboot: false, policy: { allowDowngrade: false, allowUnsigned: false, allowExpired: false, force: false } });
   if (opts.editJob) await fs.writeFile(job.job, opts.editJob(await fs.readFile(job.job, 'utf8')));
+  const jobText = await fs.readFile(job.job, 'utf8');
   const disk = await buildHostDisk({ hostTree: layout.host, hostUuid: HOST_UUID, out: path.join(w.dir, `${name}.disk`), sizeMiB: DISK_MIB });
   await fs.rm(path.join(w.dir, name), { recursive: true, force: true });
-  return { disk, job };
+  return { disk, job, jobText };
 }
 
 /**
@@ -216,7 +223,7 @@ async function firstBootWasATrial(t: Test, disk: HostDisk): Promise<void> {
   t.ok(await readHostFile(disk, '/boot/upgradectl/flasher/vmlinuz'), "the flasher's kernel, kept in RAM, is on the new partition");
   t.ok(await readHostFile(disk, '/boot/upgradectl/flasher/initrd.img'), 'and its initrd');
   const log = (await readHostFile(disk, '/boot/upgradectl/flasher/log'))?.toString() ?? '';
-  t.match(log, /\[keep\] the flasher's kernel and initrd kept in RAM/, 'kept before writing');
+  t.match(log, /\[keep\] the flasher's kernel and initrd[^\n]* kept in RAM/, 'kept before writing');
   t.match(log, /\[written\][^]*\[trial\] the first boot of image 2 is a trial/, 'armed after the read-back');
 }
 
@@ -271,6 +278,33 @@ async function publishDiskRelease(w: World, name: string, hostUuid: string): Pro
   return { www, image };
 }
 
+/** Machine a's own files: what a reflash must not lose (docs/flasher.md, "What a reflash keeps"). */
+const MACHINE_A = {
+  'etc/hostname': { content: 'machine-a\n', mode: 0o644 },
+  'etc/ssh/ssh_host_ed25519_key': { content: 'machine a private host key\n', mode: 0o600 },
+  'etc/passwd': { content: 'root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n', mode: 0o644 },
+  'etc/shadow': { content: 'root:*:19000:0:99999:7:::\nalice:$6$salt$hash:19000:0:99999:7:::\n', mode: 0o640 },
+  'etc/group': { content: 'root:x:0:\nalice:x:1000:\n', mode: 0o644 },
+};
+
+/**
+ * The archive commit --reflash packed went through the flasher's RAM onto the new partition, byte for
+ * byte as the job names it, with the hash file that makes the new system restore it (the restore
+ * itself: test/operations/kept-files.test.ts, on real Debian trees).
+ */
+async function machineFilesCarried(t: Test, w: World, disk: HostDisk, jobText: string): Promise<void> {
+  const [, size, sha] = /^keep (\d+) ([0-9a-f]{64})$/m.exec(jobText) ?? [];
+  t.ok(sha, 'the job names the machine files to keep');
+  const archive = await readHostFile(disk, '/boot/upgradectl/flasher/machine-files.tar');
+  t.equal(archive?.length, Number(size), 'the archive is on the new partition, of the size the job names');
+  t.equal(archive && createHash('sha256').update(archive).digest('hex'), sha, 'and the hash');
+  t.equal((await readHostFile(disk, '/boot/upgradectl/flasher/machine-files.sha256'))?.toString().trim(), sha, 'with the hash file only the flasher writes');
+  const copy = path.join(w.dir, 'a-machine-files.tar');
+  await fs.writeFile(copy, archive ?? '');
+  const members = (await run('tar', ['--list', '--file', copy])).stdout.split('\n');
+  for (const rel of Object.keys(MACHINE_A)) t.ok(members.includes(`./${rel}`), `kept: /${rel}`);
+}
+
 /** The first MBR partition entry's start sector (bytes 446 + 8..11). */
 const partitionStart = (mbr: Buffer) => mbr.readUInt32LE(446 + 8);
 
@@ -280,7 +314,7 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
   const w = await makeWorld(t.testdir());
 
   t.test('a: the machine reflashes its own host partition from a release on loopback, through an I/O error mid-write (retried from RAM), and boots the result', async (t) => {
-    const { disk, job } = await armedMachine(w, 'a');
+    const { disk, job, jobText } = await armedMachine(w, 'a', { machineFiles: MACHINE_A });
     t.comment(`flash job: ${job.url}, payload ${(job.payloadSize / 1048576).toFixed(1)} MiB, image ${job.imageSize / 1048576} MiB, RAM needed ${(job.ramNeeded / 1048576).toFixed(0)} MiB`);
     // A real I/O error (QEMU blkdebug): one EIO on the first write that covers a sector 48 MiB into the
     // partition. Only the flasher's dd writes there (GRUB writes grubenv, near the start), so it hits
@@ -315,6 +349,7 @@ t.test('RAM flasher in QEMU', { skip }, async (t) => {
     t.ok(await readHostFile(disk, '/images/2.img'), 'image 2 on the host partition');
     t.notOk(await readHostFile(disk, '/images/1.img'), 'image 1 is gone: the whole partition was rewritten');
     await firstBootWasATrial(t, disk);
+    await machineFilesCarried(t, w, disk, jobText);
   });
 
   t.test('b: a corrupt payload is refused before writing; the partition is untouched and image 1 boots', async (t) => {

@@ -16,7 +16,7 @@ import { startHttpServer, type TestHttpServer } from '../helpers/http-server.js'
 import { makeTestCertificate } from '../helpers/tls.js';
 import { buildBusyboxTree } from './busybox-image.js';
 import { FW_CFG_RUN, FW_CFG_SCRIPT, buildDebianImage } from './debian-image.js';
-import { buildHostDisk, installGrubModules, readHostFile, type HostDisk } from './disk.js';
+import { buildHostDisk, installGrubModules, readHostFile, writeHostFile, type HostDisk } from './disk.js';
 import { bootKernel, type BootKernel } from './kernel.js';
 import { HOST_UUID, envOnDisk } from './machine.js';
 import { serialLogPath, Vm } from './qemu.js';
@@ -215,6 +215,11 @@ export class Fleet {
   /** A file of the host partition as GRUB would read it (no journal replay); undefined if absent. */
   hostFile(file: string): Promise<Buffer | undefined> {
     return readHostFile(this.disk, file);
+  }
+
+  /** Put a root-owned file onto the host partition of the powered-off machine. */
+  writeHostFile(file: string, data: Uint8Array | string, mode: number): Promise<void> {
+    return writeHostFile(this.disk, file, data, mode);
   }
 
   /** grubenv as GRUB will read it at the next power-on (no journal replay). */

@@ -2,7 +2,10 @@ import t, { type Test } from 'tap';
 import { skipUnless } from '../helpers/requirements.js';
 import { startDdiServer } from '../helpers/ddi-server.js';
 import { DDI_ADDR, Fleet, IDENTITY } from './fleet.js';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { Layout } from '../../src/core/layout.js';
+import { packKeptFiles } from '../../src/operations/kept-files.js';
 import { BOOT_REQUIREMENTS } from './requirements.js';
 import { secs } from './machine.js';
 import type { Vm } from './qemu.js';
@@ -98,6 +101,37 @@ esac`);
     t.equal((await fleet.saved('rollback-back'))?.rc, 0, 'rollback on v1 succeeded');
     t.match(await fleet.savedJson('back-on-v2'), { booted: '2', current: '2', previous: '1', phase: 'idle' }, 'back on v2 as the default');
     t.match(await fleet.grubEnv(), { saved_entry: 'upgradectl-2' }, 'GRUB\'s default is v2 again');
+  });
+
+  await t.test("reflash's first boot: the machine files the flasher carried are restored by upgradectl-kept-files.service before the network starts", async (t) => {
+    await fleet.restore(upgraded);
+    // What commit --reflash packs (kept-files.ts) from a machine whose migrate.conf keeps its name and
+    // one secret, put where the flasher puts it on the new partition, with the hash file only it writes.
+    const machine = path.join(fleet.workDir, 'kept-machine');
+    const put = async (rel: string, text: string, mode: number) => {
+      await fs.mkdir(path.dirname(path.join(machine, rel)), { recursive: true });
+      await fs.writeFile(path.join(machine, rel), text, { mode });
+    };
+    await put('etc/hostname', 'kept-host\n', 0o644);
+    await put('etc/kept-proof', 'kept across the reflash\n', 0o600);
+    await put('etc/upgradectl/migrate.conf', '[options]\ndefaults = no\n[paths]\n/etc/hostname = copy\n/etc/kept-proof = copy\n/etc/upgradectl/migrate.conf = copy\n', 0o644);
+    const packed = await packKeptFiles(new Layout(machine));
+    await fleet.writeHostFile('/boot/upgradectl/flasher/machine-files.tar', await fs.readFile(packed.file), 0o600);
+    await fleet.writeHostFile('/boot/upgradectl/flasher/machine-files.sha256', `${packed.sha256}\n`, 0o600);
+    const vm = await runVm(t, 'flow-k-kept-files', 1, `
+case $BOOT:$VERSION in
+1:2) save kept-names sh -c 'cat /etc/hostname; hostname; stat -c "%a %U" /etc/kept-proof; cat /etc/kept-proof'
+     save kept-order sh -c 'systemctl show -P ExecMainExitTimestampMonotonic upgradectl-kept-files.service; systemctl show -P ExecMainStartTimestampMonotonic systemd-networkd.service; systemctl show -P Result upgradectl-kept-files.service'
+     save kept-left ls /host/boot/upgradectl/flasher
+     systemctl poweroff ;;
+*) marker unexpected boot=$BOOT version=$VERSION; exit 1 ;;
+esac`);
+    t.equal(vm.boots().length, 1);
+    t.same((await fleet.saved('kept-names'))?.out.split('\n').slice(0, 4), ['kept-host', 'kept-host', '600 root', 'kept across the reflash'], 'the name in /etc/hostname and in the kernel, the secret with its mode and owner');
+    const [restoredAt, networkAt, result] = (await fleet.saved('kept-order'))?.out.split('\n') ?? [];
+    t.equal(result, 'success', 'the unit succeeded');
+    t.ok(Number(restoredAt) > 0 && Number(restoredAt) <= Number(networkAt), `restored (${restoredAt} µs) before systemd-networkd started (${networkAt} µs)`);
+    t.notMatch((await fleet.saved('kept-left'))?.out ?? 'missing', /machine-files/, 'archive and hash file removed once restored');
   });
 
   await t.test('scenario 8: nobody typing — the daemon takes v5 from a hawkBit server, the trial confirms, the server hears success', async (t) => {

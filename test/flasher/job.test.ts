@@ -1,9 +1,10 @@
 import t from 'tap';
-import { chmodSync, chownSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/core/exec.js';
 import { FLASHER_SCRIPTS } from '../../src/flasher/initrd.js';
-import { newNonce, renderJob, writeJob, type FlashJob } from '../../src/flasher/job.js';
+import { KEPT_FILES_HASH, KEPT_FILES_NAME, newNonce, renderJob, writeJob, type FlashJob } from '../../src/flasher/job.js';
 import { skipUnless } from '../helpers/requirements.js';
 
 // The flasher's own check (flasher/flasher.sh check_job), run with busybox sh on real files: the refusals
@@ -178,4 +179,46 @@ t.test('rescue rewrites grubenv in place: the restored image is the default, no 
   t.equal(statSync(env).ino, inode, 'the same file, overwritten in place (GRUB does not replay the journal)');
   const { stdout } = await run('grub-editenv', [env, 'list']);
   t.same(stdout.trim().split('\n').sort(), ['other_tool=keep', 'saved_entry=upgradectl-1']);
+});
+
+t.test("what to keep: the job names the machine files' size and hash; the flasher holds only that archive and puts it on the new partition with the hash file", { skip }, async (t) => {
+  const dir = t.testdir();
+  const nonce = newNonce();
+  const flasherDir = path.join(dir, 'boot/upgradectl/flasher');
+  const archive = path.join(flasherDir, KEPT_FILES_NAME);
+  mkdirSync(flasherDir, { recursive: true });
+  writeFileSync(archive, 'the machine files\n', { mode: 0o600 });
+  const sha = createHash('sha256').update('the machine files\n').digest('hex');
+  const keep = { size: statSync(archive).size, sha256: sha };
+  const file = await writeJob(flasherDir, { ...job(nonce), keep });
+  t.match(readFileSync(file, 'utf8'), `\nkeep ${keep.size} ${sha}\n`);
+  const read = await checkJob(dir, file, nonce, 'flash', 'OK keep=$job_keep_size:$job_keep_sha256');
+  t.equal(read.out, `OK keep=${keep.size}:${sha}`, 'the flasher read the keep line');
+  t.throws(() => renderJob({ ...job(nonce), keep: { size: 1, sha256: 'x' } }), /keep: a size and a SHA-256/);
+  const { nonce: _n, ...rest } = job(nonce);
+  t.throws(() => renderJob({ ...rest, keep }, 'rescue'), /a rescue job keeps nothing/);
+  writeFileSync(file, renderJob(job(nonce)).replace('\nframes ', `\nkeep ${keep.size} ${sha.slice(1)}\nframes `), { mode: 0o600 });
+  t.match((await checkJob(dir, file, nonce)).out, /bad keep line/, 'a malformed hash is refused');
+
+  // keep_machine_files (into RAM, before anything is written) and place_kept_files (onto the new partition).
+  const ram = path.join(dir, 'ram');
+  const host = path.join(dir, 'newhost');
+  mkdirSync(ram);
+  mkdirSync(host);
+  const carry = async (size = keep.size, hash = sha) => {
+    const script = `. ${path.join(FLASHER_SCRIPTS, 'flasher.sh')}; job_keep_size=${size} job_keep_sha256=${hash}; why=$(keep_machine_files "$1") || { echo "REFUSED $why"; exit 0; }; place_kept_files; echo PLACED`;
+    const { stdout } = await run('busybox', ['sh', '-c', script, 'sh', archive], { env: { ...process.env, FLASHER_DIR: path.join(dir, 'run'), KEEP: ram, HOST_MNT: host } });
+    return stdout.trim().split('\n').pop() ?? '';
+  };
+  t.match(await carry(keep.size + 1), /REFUSED .* has 18 bytes, the job says 19/, 'another size: refused before writing');
+  t.match(await carry(keep.size, 'd'.repeat(64)), /REFUSED .*not the archive the job names/, 'another hash: refused before writing');
+  t.notOk(existsSync(path.join(ram, KEPT_FILES_NAME)), 'a refused archive is not left in RAM');
+  chmodSync(archive, 0o644);
+  t.match(await carry(), /REFUSED .*not root-only/, 'readable by others: refused');
+  chmodSync(archive, 0o600);
+  t.equal(await carry(), 'PLACED');
+  const placed = path.join(host, 'boot/upgradectl/flasher');
+  t.equal(readFileSync(path.join(placed, KEPT_FILES_NAME), 'utf8'), 'the machine files\n', 'the archive is on the new partition');
+  t.equal(readFileSync(path.join(placed, KEPT_FILES_HASH), 'utf8').trim(), sha, 'with the hash file only the flasher writes');
+  for (const f of [KEPT_FILES_NAME, KEPT_FILES_HASH]) t.equal(statSync(path.join(placed, f)).mode & 0o777, 0o600, `${f} is root-only`);
 });

@@ -113,3 +113,35 @@ t.test("commit --reflash counts the flasher's own kernel and initrd, kept in RAM
   t.match(r.stderr, /the flasher would need \d+ MiB of RAM \(payload \d+ MiB \+ 48 MiB \+ its own kernel and initrd 9 MiB\)/);
   t.notOk(existsSync(path.join(layout.flasherDir, 'job')), 'no job');
 });
+
+t.test("commit --reflash keeps the machine's files: packed root-only beside the job, which names their size and hash; [flasher] keep = no keeps nothing", { skip: skipUnless({ root: true, commands: ['mke2fs', 'grub-editenv', 'grub-script-check', 'tar'] }) }, async (t) => {
+  const dir = t.testdir();
+  const pub = await makePublisher(dir);
+  await pub.publish('2.0', ['--reflash', '--channel', 'stable']);
+  for (const [name, keep] of [['kept', ''], ['reset', 'keep = no\n']] as const) {
+    const layout = new Layout(makeMachine(dir, name, `file://${pub.releases}`, pub.pub, CONFIG + keep));
+    installFlasherFiles(layout);
+    mkdirSync(path.join(layout.root, 'etc/ssh'), { recursive: true });
+    writeFileSync(path.join(layout.root, 'etc/hostname'), `${name}\n`);
+    writeFileSync(path.join(layout.root, 'etc/ssh/ssh_host_ed25519_key'), 'private\n', { mode: 0o600 });
+    writeFileSync(path.join(layout.root, 'etc/motd'), 'not on the whitelist\n');
+    const r = await upgradectl(['--root', layout.root, 'commit', '--reflash', '2.0', '--no-reboot']);
+    t.equal(r.code, 0, r.stderr);
+    const job = readFileSync(path.join(layout.flasherDir, 'job'), 'utf8');
+    const archive = path.join(layout.flasherDir, 'machine-files.tar');
+    if (keep) {
+      t.match(r.stdout, /keeps nothing \(\[flasher\] keep = no\)/, `${name}: says so`);
+      t.notMatch(job, /^keep /m, `${name}: no keep line`);
+      t.notOk(existsSync(archive), `${name}: no archive`);
+      continue;
+    }
+    t.match(r.stdout, /keeps this machine's files: \d+ entries of the migration whitelist/);
+    const [, size, sha] = /^keep (\d+) ([0-9a-f]{64})$/m.exec(job) ?? [];
+    const bytes = readFileSync(archive);
+    t.equal(bytes.length, Number(size), 'the job names the archive\'s size');
+    t.equal(createHash('sha256').update(bytes).digest('hex'), sha, 'and its hash');
+    const { stdout } = await run('tar', ['--list', '--file', archive]);
+    t.ok(stdout.split('\n').includes('./etc/hostname') && stdout.split('\n').includes('./etc/ssh/ssh_host_ed25519_key'), 'identity and host keys packed');
+    t.notMatch(stdout, /etc\/motd/, 'nothing the whitelist does not name');
+  }
+});

@@ -50,6 +50,7 @@ t.test('the .deb: layout, the packaged Node runs upgradectl, and it installs int
     ['etc/kernel/postrm.d/zz-upgradectl', '755'],
     ['lib/systemd/system/upgradectl.service', '644'],
     ['lib/systemd/system/upgradectl-confirm.service', '644'],
+    ['lib/systemd/system/upgradectl-kept-files.service', '644'],
     ['usr/share/doc/upgradectl/upgradectl.conf.example', '644'],
     ['usr/share/man/man8/upgradectl.8.gz', '644'],
     ['usr/share/bash-completion/completions/upgradectl', '644'],

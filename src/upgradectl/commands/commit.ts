@@ -26,6 +26,9 @@ export const commitCommand: Command = {
         text: [
           `${routed ? `release ${r.version} rewrites the whole ${r.target.kind === 'disk' ? 'disk' : 'host partition'}: ` : ''}flash job for ${r.version} written (${r.job}); signed by ${r.signedBy}`,
           `  the flasher fetches ${mib(r.payloadSize)} from ${r.url} into RAM (needs ${mib(r.ramNeeded)}), verifies it, and writes ${mib(r.imageSize)} over ${targetText(r.target)}`,
+          r.kept
+            ? `  keeps this machine's files: ${r.kept.entries} entries of the migration whitelist (${r.kept.bytes} bytes) in ${r.kept.file}, restored at the new system's first boot`
+            : `  keeps nothing ([flasher] keep = no): the new system is the release as published`,
           r.rebooted ? '  rebooting into the flasher' : '  the flasher boots once at the next reboot',
         ].join('\n'),
       };

@@ -3,6 +3,7 @@ import { loadConfig } from '../../operations/config.js';
 import { promises as fs } from 'node:fs';
 import { UpgradeError } from '../../core/errors.js';
 import { addFlasherKey, installFlasher } from '../../operations/flasher-install.js';
+import { restoreKeptFiles } from '../../operations/kept-files.js';
 
 export const flasherInstallCommand: Command = {
   summary: 'install the RAM flasher (kernel + initrd under HOST/boot/upgradectl/flasher/) and its GRUB entry',
@@ -35,5 +36,20 @@ export const flasherAddKeyCommand: Command = {
     if (!from) throw new UpgradeError('USAGE', 'flasher add-key needs the public key file', { hint: 'upgradectl flasher add-key ~/.ssh/id_ed25519.pub' });
     const r = await addFlasherKey(layout, await fs.readFile(from, 'utf8'));
     return { data: r, text: `${r.added ? 'added' : 'already there'}: ${from} (${r.keys} key${r.keys === 1 ? '' : 's'} in ${r.file}); the flasher reads them at each of its boots` };
+  },
+};
+
+export const flasherRestoreCommand: Command = {
+  summary: "restore this machine's files kept across a reflash (run once at the reflashed system's first boot by upgradectl-kept-files.service)",
+  usage: 'flasher restore',
+  options: {},
+  async run({ layout }) {
+    const r = await restoreKeptFiles(layout);
+    if (!r) return { data: { restored: false }, text: 'nothing to restore: no machine files kept across a reflash' };
+    const left = r.leftOut.length ? `; left out (mount points of the running system): ${r.leftOut.join(', ')}` : '';
+    return {
+      data: { restored: true, ...r },
+      text: `restored ${r.moved} machine files kept across the reflash (${r.bytes} bytes${r.accounts ? ', accounts merged' : ''})${left}`,
+    };
   },
 };
