@@ -224,30 +224,6 @@ export async function readHostFile(disk: HostDisk, file: string): Promise<Buffer
   }
 }
 
-/**
- * Put a file onto the host partition of a powered-off disk as root would have written it (owner root,
- * `mode`): the partition loop-mounted at its offset (debugfs -w left the block bitmap checksums wrong
- * on these metadata_csum filesystems, which the guest kernel then reported as corruption), unmounted
- * before returning. Missing directories are made; an existing file is replaced.
- */
-export async function writeHostFile(disk: HostDisk, file: string, data: Uint8Array | string, mode: number): Promise<void> {
-  const mnt = await fs.mkdtemp(path.join(os.tmpdir(), 'upgradectl-hostfs-'));
-  try {
-    await run('mount', ['-o', `loop,offset=${disk.offset}`, '-t', 'ext4', disk.file, mnt]);
-    try {
-      const dest = path.join(mnt, file);
-      await fs.mkdir(path.dirname(dest), { recursive: true, mode: 0o755 });
-      await fs.writeFile(`${dest}.tmp`, data, { mode });
-      await fs.chmod(`${dest}.tmp`, mode);
-      await fs.rename(`${dest}.tmp`, dest);
-    } finally {
-      await run('umount', [mnt]);
-    }
-  } finally {
-    await fs.rmdir(mnt).catch(() => undefined);
-  }
-}
-
 async function apparentMiB(dir: string): Promise<number> {
   const { stdout } = await run('du', ['-s', '--apparent-size', '--block-size=1M', dir]);
   return Number.parseInt(stdout, 10);

@@ -10,13 +10,14 @@ import { setLogLevel } from '../../src/core/log.js';
 import { Layout } from '../../src/core/layout.js';
 import { testModeFlag } from '../../src/core/test-switches.js';
 import { initialState } from '../../src/operations/state.js';
+import { installFlasher } from '../../src/operations/flasher-install.js';
 import { upgradectl } from '../helpers/cli.js';
 import { cacheDir } from '../helpers/debian-root.js';
 import { startHttpServer, type TestHttpServer } from '../helpers/http-server.js';
 import { makeTestCertificate } from '../helpers/tls.js';
 import { buildBusyboxTree } from './busybox-image.js';
 import { FW_CFG_RUN, FW_CFG_SCRIPT, buildDebianImage } from './debian-image.js';
-import { buildHostDisk, installGrubModules, readHostFile, writeHostFile, type HostDisk } from './disk.js';
+import { buildHostDisk, installGrubModules, readHostFile, type HostDisk } from './disk.js';
 import { bootKernel, type BootKernel } from './kernel.js';
 import { HOST_UUID, envOnDisk } from './machine.js';
 import { serialLogPath, Vm } from './qemu.js';
@@ -81,8 +82,8 @@ export interface FleetRun {
   /** Kernel starts after which the VM is killed as a boot loop. */
   maxBoots: number;
   echo?: (line: string) => void;
-  /** More host servers the guest reaches on port 443 at these addresses (e.g. a DDI server at DDI_ADDR). */
-  forward?: Array<{ guestAddr: string; hostPort: number }>;
+  /** More host servers the guest reaches at these addresses, on port 443 unless guestPort says otherwise (e.g. a DDI server at DDI_ADDR). */
+  forward?: Array<{ guestAddr: string; hostPort: number; guestPort?: number }>;
 }
 
 export class Fleet {
@@ -182,7 +183,7 @@ export class Fleet {
       memoryMiB: 1024,
       guestfwd: [
         { guestAddr: RELEASE_ADDR, guestPort: 443, hostPort: this.server.port },
-        ...(runOpts.forward ?? []).map((f) => ({ guestAddr: f.guestAddr, guestPort: 443, hostPort: f.hostPort })),
+        ...(runOpts.forward ?? []).map((f) => ({ guestAddr: f.guestAddr, guestPort: f.guestPort ?? 443, hostPort: f.hostPort })),
       ],
       fwCfg: { [FW_CFG_SCRIPT]: script, [FW_CFG_RUN]: runId },
       echo: runOpts.echo,
@@ -217,9 +218,48 @@ export class Fleet {
     return readHostFile(this.disk, file);
   }
 
-  /** Put a root-owned file onto the host partition of the powered-off machine. */
-  writeHostFile(file: string, data: Uint8Array | string, mode: number): Promise<void> {
-    return writeHostFile(this.disk, file, data, mode);
+  /**
+   * A reflash release (docs/flasher.md): a whole host partition holding the Debian image `version` as
+   * its default (no identity: that is what the reflash must keep), its GRUB files written by
+   * upgradectl's own code, under the host UUID GRUB's core.img searches for; published --reflash to the
+   * channel. Returns seconds spent.
+   */
+  async reflashRelease(version: string): Promise<number> {
+    const started = performance.now();
+    const hostTree = path.join(this.workDir, `reflash-${version}`);
+    const host = new Layout(hostTree);
+    await fs.mkdir(host.imagesDir, { recursive: true });
+    await buildDebianImage(this.workDir, host.imageFile(version), { ...(await imageBase(this.kernel, this.key, this.caCert)), version });
+    await writeBootFiles(host, parseConfig(BOOT_CONFIG, 'fleet config'), { ...initialState(), current: version });
+    await installGrubModules(hostTree);
+    const imageBytes = (await fs.stat(host.imageFile(version))).size;
+    const partition = path.join(this.workDir, `reflash-${version}.img`);
+    const mib = Math.ceil((imageBytes * 1.15) / 1048576) + 32;
+    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'host', '-U', HOST_UUID, '-d', hostTree, partition, `${mib}M`]);
+    await fs.rm(hostTree, { recursive: true, force: true });
+    const releases = `file://${path.join(this.workDir, 'www/fleet')}`;
+    const p = await upgradectl(['publish', partition, '--version', version, '--to', releases, '--key', this.key, '--channel', 'stable', '--reflash']);
+    if (p.code !== 0) throw new Error(`publish --reflash ${version} failed: ${p.stderr}`);
+    await fs.rm(partition, { force: true });
+    return (performance.now() - started) / 1000;
+  }
+
+  /**
+   * `upgradectl flasher install` as the machine would run it, on its powered-off host partition
+   * (loop-mounted): the flasher built from the kernel the fleet boots and this machine's busybox, lz4
+   * and openssl (the Debian image carries none of them), its GRUB entries in grub.cfg.
+   */
+  async installFlasher(): Promise<void> {
+    const mnt = await fs.mkdtemp(path.join(this.workDir, 'hostfs-'));
+    await run('mount', ['-o', `loop,offset=${this.disk.offset}`, '-t', 'ext4', this.disk.file, mnt]);
+    try {
+      await installFlasher(new Layout(mnt), parseConfig(BOOT_CONFIG, 'fleet config'), {
+        kernel: this.kernel.vmlinuz, modulesDir: `/lib/modules/${this.kernel.release}`, busybox: '/bin/busybox', lz4: '/usr/bin/lz4', openssl: '/usr/bin/openssl',
+      });
+    } finally {
+      await run('umount', [mnt]);
+      await fs.rmdir(mnt);
+    }
   }
 
   /** grubenv as GRUB will read it at the next power-on (no journal replay). */

@@ -2,10 +2,11 @@ import t, { type Test } from 'tap';
 import { skipUnless } from '../helpers/requirements.js';
 import { startDdiServer } from '../helpers/ddi-server.js';
 import { DDI_ADDR, Fleet, IDENTITY } from './fleet.js';
-import { promises as fs } from 'node:fs';
+import { startHttpServer } from '../helpers/http-server.js';
+
+/** Where the reflash scenario's flasher finds the releases over plain HTTP (busybox wget). */
+const FLASH_ADDR = '10.0.2.102';
 import path from 'node:path';
-import { Layout } from '../../src/core/layout.js';
-import { packKeptFiles } from '../../src/operations/kept-files.js';
 import { BOOT_REQUIREMENTS } from './requirements.js';
 import { secs } from './machine.js';
 import type { Vm } from './qemu.js';
@@ -103,35 +104,57 @@ esac`);
     t.match(await fleet.grubEnv(), { saved_entry: 'upgradectl-2' }, 'GRUB\'s default is v2 again');
   });
 
-  await t.test("reflash's first boot: the machine files the flasher carried are restored by upgradectl-kept-files.service before the network starts", async (t) => {
+  await t.test('reflash: commit --reflash inside v2 rewrites the host partition from RAM; the reflashed Debian system restores the machine\'s files before its network starts and confirms its own trial', async (t) => {
     await fleet.restore(upgraded);
-    // What commit --reflash packs (kept-files.ts) from a machine whose migrate.conf keeps its name and
-    // one secret, put where the flasher puts it on the new partition, with the hash file only it writes.
-    const machine = path.join(fleet.workDir, 'kept-machine');
-    const put = async (rel: string, text: string, mode: number) => {
-      await fs.mkdir(path.dirname(path.join(machine, rel)), { recursive: true });
-      await fs.writeFile(path.join(machine, rel), text, { mode });
-    };
-    await put('etc/hostname', 'kept-host\n', 0o644);
-    await put('etc/kept-proof', 'kept across the reflash\n', 0o600);
-    await put('etc/upgradectl/migrate.conf', '[options]\ndefaults = no\n[paths]\n/etc/hostname = copy\n/etc/kept-proof = copy\n/etc/upgradectl/migrate.conf = copy\n', 0o644);
-    const packed = await packKeptFiles(new Layout(machine));
-    await fleet.writeHostFile('/boot/upgradectl/flasher/machine-files.tar', await fs.readFile(packed.file), 0o600);
-    await fleet.writeHostFile('/boot/upgradectl/flasher/machine-files.sha256', `${packed.sha256}\n`, 0o600);
-    const vm = await runVm(t, 'flow-k-kept-files', 1, `
-case $BOOT:$VERSION in
-1:2) save kept-names sh -c 'cat /etc/hostname; hostname; stat -c "%a %U" /etc/kept-proof; cat /etc/kept-proof'
-     save kept-order sh -c 'systemctl show -P ExecMainExitTimestampMonotonic upgradectl-kept-files.service; systemctl show -P ExecMainStartTimestampMonotonic systemd-networkd.service; systemctl show -P Result upgradectl-kept-files.service'
-     save kept-left ls /host/boot/upgradectl/flasher
-     systemctl poweroff ;;
-*) marker unexpected boot=$BOOT version=$VERSION; exit 1 ;;
-esac`);
-    t.equal(vm.boots().length, 1);
-    t.same((await fleet.saved('kept-names'))?.out.split('\n').slice(0, 4), ['kept-host', 'kept-host', '600 root', 'kept across the reflash'], 'the name in /etc/hostname and in the kernel, the secret with its mode and owner');
-    const [restoredAt, networkAt, result] = (await fleet.saved('kept-order'))?.out.split('\n') ?? [];
-    t.equal(result, 'success', 'the unit succeeded');
+    t.comment(`reflash release 6 (a host partition holding Debian image 6) built and published in ${(await fleet.reflashRelease('6')).toFixed(1)} s`);
+    await fleet.installFlasher();
+    // The flasher's busybox wget fetches over plain HTTP ([flasher] url): the same releases, another address.
+    const plain = await startHttpServer(path.join(fleet.workDir, 'www'));
+    t.teardown(() => plain.close());
+    const vm = await fleet.start({
+      name: 'flow-r-reflash',
+      maxBoots: 4,
+      forward: [{ guestAddr: FLASH_ADDR, guestPort: 80, hostPort: plain.port }],
+      script: `
+case $VERSION in
+2) printf '\\n[flasher]\\nurl = http://${FLASH_ADDR}/fleet/\\n' >> /etc/upgradectl/upgradectl.conf
+   marker reflash-commit
+   save reflash upgradectl commit --reflash 6 --no-reboot && systemctl reboot ;;
+6) save status upgradectl --json status
+   save identity sh -c 'hostname; stat -c "%a %U" /etc/ssh/ssh_host_ed25519_key; sha256sum < /etc/ssh/ssh_host_ed25519_key; getent passwd ${IDENTITY.user}; getent shadow ${IDENTITY.user} | cut -d: -f2'
+   save kept-order sh -c 'systemctl show -P ExecMainExitTimestampMonotonic upgradectl-kept-files.service; systemctl show -P ExecMainStartTimestampMonotonic systemd-networkd.service; systemctl show -P Result upgradectl-kept-files.service; ls /host/boot/upgradectl/flasher'
+   marker reflash-confirmed
+   systemctl poweroff ;;
+*) marker unexpected version=$VERSION; exit 1 ;;
+esac`,
+    });
+    t.teardown(() => vm.kill('test teardown'));
+    await vm.waitForLine(/UPGRADECTL-MARKER reflash-commit/, RUN_TIMEOUT_MS, 'v2 about to commit the reflash');
+    const committing = performance.now();
+    await vm.waitForLine(/upgradectl-flasher: \[written\]/, RUN_TIMEOUT_MS, 'the flasher wrote and verified the partition');
+    const written = performance.now();
+    await vm.waitForLine(/UPGRADECTL-MARKER reflash-confirmed/, RUN_TIMEOUT_MS, 'the reflashed system confirmed its trial');
+    const confirmed = performance.now();
+    const exit = await vm.waitForExit(RUN_TIMEOUT_MS);
+    t.equal(exit.killedBecause, undefined, 'the machine powered itself off');
+    t.comment(`flow-r-reflash: commit → flasher wrote the partition ${secs(written - committing)} s; commit → the new system confirmed ${secs(confirmed - committing)} s; boots: ${vm.boots().map((b) => b.image ?? 'flasher').join(' -> ')}`);
+    t.comment(vm.serial.split('\n').filter((l) => l.includes('upgradectl-flasher:')).join('\n'));
+    t.equal(vm.boots().length, 3, 'v2, the flasher, the reflashed system');
+    t.match(vm.boots()[1]?.cmdline, /upgradectl\.flasher=[0-9a-f]{32}/, 'GRUB booted the flasher once, with the job\'s nonce');
+    const status = await fleet.savedJson('status');
+    t.match(status, { booted: '6', current: '6', phase: 'idle' }, 'the reflashed system confirmed its first boot and is the default');
+    t.match(status.last, { event: /^confirm/, ok: true }, 'by its own confirm-on-boot');
+    const identity = (await fleet.saved('identity'))?.out.split('\n') ?? [];
+    t.equal(identity[0], IDENTITY.hostname, 'the machine kept its name across the reflash');
+    t.equal(identity[1], '600 root', 'its SSH host key, with mode and owner');
+    t.equal(identity[2]?.split(' ')[0], fleet.identity.sshKeySha256, 'byte for byte');
+    t.match(identity[3], new RegExp(`^${IDENTITY.user}:x:${IDENTITY.uid}:${IDENTITY.uid}:`), 'its operator account');
+    t.equal(identity[4], IDENTITY.passwordHash, 'with its password hash');
+    const [restoredAt, networkAt, result, ...left] = (await fleet.saved('kept-order'))?.out.split('\n') ?? [];
+    t.equal(result, 'success', 'upgradectl-kept-files.service succeeded');
     t.ok(Number(restoredAt) > 0 && Number(restoredAt) <= Number(networkAt), `restored (${restoredAt} µs) before systemd-networkd started (${networkAt} µs)`);
-    t.notMatch((await fleet.saved('kept-left'))?.out ?? 'missing', /machine-files/, 'archive and hash file removed once restored');
+    t.notMatch(left.join(' '), /machine-files|trial/, 'archive, hash file and trial marker gone once restored and confirmed');
+    t.match(await fleet.grubEnv(), { saved_entry: 'upgradectl-6' }, 'GRUB\'s default is image 6');
   });
 
   await t.test('scenario 8: nobody typing — the daemon takes v5 from a hawkBit server, the trial confirms, the server hears success', async (t) => {
