@@ -69,6 +69,8 @@ class DirectHandler implements DirectResponse {
   }
 
   onData(chunk: Buffer): boolean {
+    // After a failure (the sink threw, the request is being aborted) nothing more is handed on.
+    if (this.failure) return false;
     if (!this.sink) {
       this.early.push(chunk);
       return true;
@@ -95,7 +97,7 @@ class DirectHandler implements DirectResponse {
 
   drain(sink: (chunk: Buffer) => void): Promise<void> {
     try {
-      for (const chunk of this.early) sink(chunk);
+      for (const chunk of this.early) if (!this.failure) sink(chunk);
     } catch (err) {
       this.fail(err as Error);
       this.abort?.(err as Error);
