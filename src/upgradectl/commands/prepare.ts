@@ -13,8 +13,9 @@ export const prepareCommand: Command = {
     const version = ctx.positionals[0];
     // A named version that is not on disk yet is almost always a download: the frame workers start
     // now and load their modules while this thread loads the operation and fetches and checks the
-    // manifest (~0.15 s of a 1 GiB prepare's wall time). Without a version (the channel's newest) most
-    // runs find nothing to do, and those must not pay ~0.2 s of CPU per thread for nothing.
+    // manifest (a traced 1 GiB prepare opened its staging file ~0.1 s sooner: docs/performance.md).
+    // Without a version (the channel's newest) most runs find nothing to do, and those must not pay
+    // ~0.1 s of CPU per thread for nothing.
     const pool = version !== undefined && !existsSync(ctx.layout.imageFile(version)) ? new FramePool() : undefined;
     pool?.start();
     try {
