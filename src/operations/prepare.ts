@@ -30,6 +30,11 @@ export interface PrepareOptions {
   signal?: AbortSignal;
   /** Where to read the release instead of [source] url (the daemon's hawkBit artifacts); the caller closes it. */
   source?: Source;
+  /**
+   * Frame workers the caller started before loading this module, because a download was likely (see
+   * commands/prepare.ts); the caller closes it.
+   */
+  pool?: FramePool;
 }
 
 export type PrepareResult =
@@ -70,9 +75,10 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
   const { layout, config } = opts;
   await repairPrivateModes(layout).then((fixed) => fixed.forEach((f) => log.warn(`made ${f.path} root-only (was ${modeText(f.was)})`)));
   const source = opts.source ?? openConfiguredSource(layout, config);
-  // Its threads start only once a download is certain (below): a prepare that finds nothing to do,
-  // the daemon's usual pass, would otherwise start and stop them for ~0.2 s of CPU each.
-  const pool = new FramePool();
+  // Its threads start only once a download is certain (below), unless the caller started them already:
+  // a prepare that finds nothing to do, the daemon's usual pass, would otherwise start and stop them
+  // for ~0.2 s of CPU each.
+  const pool = opts.pool ?? new FramePool();
   try {
     // What booted first: a new machine adopts the image it runs, so a downgrade check and the commit
     // after this have a current image to go by.
@@ -150,7 +156,7 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
     });
     return result!;
   } finally {
-    await pool.close();
+    if (!opts.pool) await pool.close();
     if (!opts.source) await source.close();
   }
 }

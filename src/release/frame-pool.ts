@@ -88,8 +88,9 @@ export class FramePool {
   /** Start the threads now (idempotent), e.g. as soon as a download is certain, so they load meanwhile. */
   start(): void {
     if (this.workers.length) return;
-    log.debug(`starting ${this.size} frame worker threads`);
     this.workers = Array.from({ length: this.size }, () => new FrameWorker());
+    // After the threads, not before: the first log line loads winston (~40 ms), which would hold them back.
+    log.debug(`started ${this.size} frame worker threads`);
   }
 
   run<T extends FrameResult['op']>(task: FrameTask & { op: T }, transfer: ArrayBuffer[] = []): Promise<Extract<FrameResult, { op: T }>> {

@@ -36,7 +36,7 @@ t.test('publish to a directory, prepare from the channel: the image arrives byte
   const r = await upgradectl(['--root', root, '--json', 'prepare'], debug);
   t.equal(r.code, 0, r.stderr);
   t.equal(r.json.action, 'prepared');
-  t.match(r.stderr, /starting \d+ frame worker threads/, 'a download starts the frame workers');
+  t.match(r.stderr, /started \d+ frame worker threads/, 'a download starts the frame workers');
   const staged = path.join(root, 'images/1.0.img');
   t.equal(sha256File(staged), sha256File(image), 'same bytes as the published image');
   t.ok(statSync(staged).blocks * 512 < statSync(staged).size * 0.6, 'zero blocks are holes');
@@ -49,6 +49,15 @@ t.test('publish to a directory, prepare from the channel: the image arrives byte
   t.equal(again.code, 0);
   t.equal(again.json.action, 'already-prepared', 'a second prepare fetches nothing');
   t.notMatch(again.stderr, /frame worker/, 'and starts no frame workers (the daemon\'s usual pass)');
+  const named = await upgradectl(['--root', root, '--json', 'prepare', '1.0'], debug);
+  t.equal(named.json.action, 'already-prepared');
+  t.notMatch(named.stderr, /frame worker/, 'nor does a named version that is on disk already');
+  // A named version not on disk starts the workers before its manifest is even fetched (they load
+  // while the manifest is checked); when there is no such release they are stopped and the command ends.
+  const missing = await upgradectl(['--root', root, '--json', 'prepare', '9.9'], debug);
+  t.not(missing.code, 0);
+  t.match(missing.stderr, /9\.9.*does not exist/);
+  t.match(missing.stderr, /started \d+ frame worker threads/, 'a named version not on disk starts the workers up front');
 });
 
 t.test('over HTTP: retries 503s and dropped connections, resumes after a kill, restarts when the object changed', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {

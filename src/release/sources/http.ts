@@ -1,5 +1,5 @@
 import type { Dispatcher } from 'undici';
-import { Agent, request } from './undici-core.js';
+import { Agent, request, requestDirect, type DirectResponse } from './undici-core.js';
 import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
@@ -8,6 +8,8 @@ import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type
 import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec } from './source.js';
 
 type Response = Dispatcher.ResponseData;
+/** What the status and header checks read: a streamed response or a direct one alike. */
+type Head = Pick<Response, 'statusCode' | 'headers'>;
 
 const RETRY_HINT = 'check the network and that the server is up, then run the command again';
 
@@ -100,6 +102,7 @@ export class HttpSource implements Source {
     if (start === end) return Buffer.alloc(0);
     return withRetry(
       async () => {
+        if (into && into.length >= end - start) return this.rangeInto(url, start, end, etag, into);
         const opened = await this.open(url, start, end, etag);
         const bytes = await collect(opened.chunks, end - start, () => rangeTooLong(printable(url), start, end), into && into.length >= end - start ? into : undefined);
         if (bytes.length < end - start) {
@@ -144,14 +147,57 @@ export class HttpSource implements Source {
   }
 
   /**
+   * GET bytes [start, end) of version `etag` straight into `into` (a frame worker's receive buffer),
+   * each chunk copied there as undici parses it: the checks of `accept` without its stream.
+   */
+  private async rangeInto(url: URL, start: number, end: number, etag: string | undefined, into: Buffer): Promise<Buffer> {
+    const headers = rangeHeaders(start, end, etag);
+    if (this.authorization !== undefined) headers.authorization = this.authorization;
+    let res: DirectResponse;
+    try {
+      res = await requestDirect(url, { dispatcher: this.agent, method: 'GET', headers });
+    } catch (err) {
+      throw certificateError(err, url) ?? err;
+    }
+    const limit = end - start;
+    // A server that ignores Range sends the whole object: skip to `start`, stop after `limit`.
+    let skip = 0;
+    try {
+      this.checkHead(res, url, etag, start, end);
+      if (res.statusCode !== 206) skip = start;
+    } catch (err) {
+      dumpDirect(res);
+      throw err;
+    }
+    let filled = 0;
+    const enough = new Error('range complete');
+    try {
+      await res.drain((chunk) => {
+        if (skip >= chunk.length) {
+          skip -= chunk.length;
+          return;
+        }
+        const part = chunk.subarray(skip, skip + limit - filled + (res.statusCode === 206 ? 1 : 0));
+        skip = 0;
+        if (filled + part.length > limit) throw rangeTooLong(printable(url), start, end);
+        filled += part.copy(into, filled);
+        // Cutting a whole-object answer short costs its connection, not the bytes after our range.
+        if (filled === limit && res.statusCode !== 206) throw enough;
+      });
+    } catch (err) {
+      if (err !== enough) throw err;
+    }
+    // The body ended cleanly but early: only an object shorter than asked does that.
+    if (filled < limit) throw shorterThan(url, start + filled, end);
+    return into.subarray(0, filled);
+  }
+
+  /**
    * GET bytes [start, end) (end undefined: to the object's end) of version `etag`, and return the body
    * positioned exactly at `start`, whatever the server did with the Range.
    */
   private async open(url: URL, start: number, end: number | undefined, etag: string | undefined): Promise<OpenedBody> {
-    const headers: Record<string, string> = {};
-    if (start > 0 || end !== undefined) headers.range = `bytes=${start}-${end === undefined ? '' : end - 1}`;
-    if (etag !== undefined) headers['if-match'] = etag;
-    const res = await this.send('GET', url, headers);
+    const res = await this.send('GET', url, rangeHeaders(start, end, etag));
     if (res.statusCode === 416 && end === undefined) {
       // Asked from the very end of the object (a finished download resumed): nothing left to send.
       await res.body.dump();
@@ -164,28 +210,29 @@ export class HttpSource implements Source {
   /** Check status, version and Content-Range of a GET response; return its body from `start`. */
   private async accept(res: Response, url: URL, etag: string | undefined, start = 0, end?: number): Promise<OpenedBody> {
     try {
-      throwForStatus(res, url, etag);
-      const actual = header(res, 'etag');
-      // Some servers ignore If-Match; compare ourselves so two versions are never spliced together.
-      if (etag !== undefined && actual !== undefined && actual !== etag) throw changed(url, etag, actual);
-      const limit = end === undefined ? Infinity : end - start;
-      if (res.statusCode === 206) {
-        checkContentRange(res, url, start, end);
-        // Read to the end of the (verified) body rather than stop at the limit: cutting a body
-        // short costs the keep-alive connection.
-        return { chunks: res.body, etag: actual ?? etag };
-      }
-      if (start > 0 || end !== undefined) {
-        // 200 to a Range: the whole object follows. Skip to `start` rather than write it at `start`.
-        if (!this.warnedRangeIgnored) {
-          this.warnedRangeIgnored = true;
-          log.warn(`${this.url} ignores HTTP Range requests; resuming and parallel downloads will re-read from the start`);
-        }
-      }
-      return { chunks: byteWindow(res.body, start, limit), etag: actual ?? etag };
+      this.checkHead(res, url, etag, start, end);
+      const actual = header(res, 'etag') ?? etag;
+      // Read a 206 to the end of the (verified) body rather than stop at the limit: cutting a body
+      // short costs the keep-alive connection.
+      if (res.statusCode === 206) return { chunks: res.body, etag: actual };
+      // 200 to a Range: the whole object follows. Skip to `start` rather than write it at `start`.
+      return { chunks: byteWindow(res.body, start, end === undefined ? Infinity : end - start), etag: actual };
     } catch (err) {
       discard(res);
       throw err;
+    }
+  }
+
+  /** Status, version and Content-Range of a GET response for bytes [start, end) of version `etag`. */
+  private checkHead(res: Head, url: URL, etag: string | undefined, start: number, end: number | undefined): void {
+    throwForStatus(res, url, etag);
+    const actual = header(res, 'etag');
+    // Some servers ignore If-Match; compare ourselves so two versions are never spliced together.
+    if (etag !== undefined && actual !== undefined && actual !== etag) throw changed(url, etag, actual);
+    if (res.statusCode === 206) checkContentRange(res, url, start, end);
+    else if ((start > 0 || end !== undefined) && !this.warnedRangeIgnored) {
+      this.warnedRangeIgnored = true;
+      log.warn(`${this.url} ignores HTTP Range requests; resuming and parallel downloads will re-read from the start`);
     }
   }
 }
@@ -219,13 +266,13 @@ function printable(url: URL): string {
   return shown.href;
 }
 
-function header(res: Response, name: string): string | undefined {
+function header(res: Head, name: string): string | undefined {
   const value = res.headers[name];
   return Array.isArray(value) ? value[0] : value;
 }
 
 /** Map a non-success status to the error the operator should see; transient ones are retried. */
-function throwForStatus(res: Response, url: URL, etag: string | undefined): void {
+function throwForStatus(res: Head, url: URL, etag: string | undefined): void {
   const status = res.statusCode;
   if (status === 200 || status === 206) return;
   const shown = printable(url);
@@ -258,7 +305,7 @@ function throwForStatus(res: Response, url: URL, etag: string | undefined): void
   });
 }
 
-function checkContentRange(res: Response, url: URL, start: number, end: number | undefined): void {
+function checkContentRange(res: Head, url: URL, start: number, end: number | undefined): void {
   const value = header(res, 'content-range') ?? '';
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(value);
   const first = m ? Number(m[1]) : NaN;
@@ -296,9 +343,28 @@ function retryAfterMs(value: string | undefined): number | undefined {
   return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
 }
 
+/** The Range and If-Match headers of a GET of bytes [start, end) (end undefined: to the end) of version `etag`. */
+function rangeHeaders(start: number, end: number | undefined, etag: string | undefined): Record<string, string> {
+  const headers: Record<string, string> = {};
+  if (start > 0 || end !== undefined) headers.range = `bytes=${start}-${end === undefined ? '' : end - 1}`;
+  if (etag !== undefined) headers['if-match'] = etag;
+  return headers;
+}
+
 /** Drop a body we will not read: a short one keeps its connection for reuse, a long one is cut. */
 function discard(res: Response): void {
   res.body.dump().catch(() => undefined);
+}
+
+/** `discard` for a direct response: past what undici's dump() reads (128 KiB), the connection is cut. */
+function dumpDirect(res: DirectResponse): void {
+  let left = 128 << 10;
+  res
+    .drain((chunk) => {
+      left -= chunk.length;
+      if (left < 0) throw new Error('discarded body too long to read to its end');
+    })
+    .catch(() => undefined);
 }
 
 async function* emptyChunks(): AsyncGenerator<Buffer> {}

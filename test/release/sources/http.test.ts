@@ -194,6 +194,45 @@ t.test('a version change during a resumed stream is CHANGED, never spliced', asy
   t.equal(server.requests.at(-1)?.status, 412, 'the resume was refused by If-Match');
 });
 
+t.test('a range read into the caller\'s buffer (a frame worker\'s): the same checks as through the stream', async (t) => {
+  const { server, source, dir } = await serve(t);
+  const into = Buffer.alloc(1 << 20);
+  const got = await source.range(KEY, 5000, 900_000, undefined, into);
+  t.equal(got.buffer, into.buffer, 'the bytes are in the given buffer');
+  t.same(got, PAYLOAD.subarray(5000, 900_000));
+
+  await t.test('a drop mid-body is fetched again into the same buffer', async (t) => {
+    server.faults.add({ kind: 'drop', afterBytes: 1000, path: PATH, times: 1 });
+    const before = server.count(PATH);
+    t.same(await source.range(KEY, 7, 800_007, undefined, into), PAYLOAD.subarray(7, 800_007));
+    t.equal(server.count(PATH) - before, 2);
+  });
+  await t.test('a server that ignores Range: the window is cut out of the whole object', async (t) => {
+    server.faults.add({ kind: 'ignore-range', path: PATH, times: 2 });
+    t.same(await source.range(KEY, 123_456, 923_456, undefined, into), PAYLOAD.subarray(123_456, 923_456));
+    t.same(await source.range(KEY, 0, 100, undefined, into), PAYLOAD.subarray(0, 100));
+    t.equal(server.requests.at(-1)?.status, 200);
+  });
+  await t.test('a range past the end of the object is CHANGED (it was truncated)', async (t) => {
+    const err = await failure(source.range(KEY, PAYLOAD.length - 10, PAYLOAD.length + 10, undefined, into));
+    t.equal(err.code, 'CHANGED', err.message);
+  });
+  await t.test('404 is NOT_FOUND, and the connection serves the next range', async (t) => {
+    const err = await failure(source.range('releases/2.0/missing.lz4', 0, 10, undefined, into));
+    t.equal(err.code, 'NOT_FOUND');
+    t.same(await source.range(KEY, 0, 10, undefined, into), PAYLOAD.subarray(0, 10));
+  });
+  await t.test('a server that ignores If-Match: CHANGED, never the other version\'s bytes', async (t) => {
+    const old = (await source.head(KEY)).etag;
+    await fs.writeFile(path.join(dir, `${KEY}.new`), randomBytes(PAYLOAD.length));
+    await fs.rename(path.join(dir, `${KEY}.new`), path.join(dir, KEY));
+    server.faults.add({ kind: 'ignore-if-match', path: PATH, times: 1 });
+    const err = await failure(source.range(KEY, 0, 100, old, into));
+    t.equal(err.code, 'CHANGED', err.message);
+    t.equal((await failure(source.range(KEY, 0, 100, old, into))).code, 'CHANGED', 'and with If-Match honoured (412)');
+  });
+});
+
 t.test('keep-alive connections serve sequential requests', async (t) => {
   const { server, source } = await serve(t);
   for (let i = 0; i < 10; i++) await source.range(KEY, i * 10, i * 10 + 10);
