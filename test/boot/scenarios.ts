@@ -11,6 +11,9 @@ import type { Vm } from './qemu.js';
  * running the next step on the wrong system.
  */
 
+/** `save identity`: the identity v1 was given (hostname, SSH host key's mode, owner and hash, the operator account and its hash), as the running system has it. */
+export const SAVE_IDENTITY = `save identity sh -c 'hostname; stat -c "%a %U" /etc/ssh/ssh_host_ed25519_key; sha256sum < /etc/ssh/ssh_host_ed25519_key; getent passwd ${IDENTITY.user}; getent shadow ${IDENTITY.user} | cut -d: -f2'`;
+
 /**
  * Scenario 2. Boot 1 (v1): prepare the channel's newest and commit; the reboot is issued by the
  * script after `save` has recorded commit's result (commit's own reboot would race the recording).
@@ -24,7 +27,7 @@ case $BOOT:$VERSION in
 	;;
 2:2)
 	save trial-status upgradectl --json status &&
-	save identity sh -c 'hostname; stat -c "%a %U" /etc/ssh/ssh_host_ed25519_key; sha256sum < /etc/ssh/ssh_host_ed25519_key; getent passwd ${IDENTITY.user}; getent shadow ${IDENTITY.user} | cut -d: -f2' &&
+	${SAVE_IDENTITY} &&
 	systemctl reboot
 	;;
 3:2)

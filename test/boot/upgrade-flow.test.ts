@@ -10,7 +10,7 @@ import path from 'node:path';
 import { BOOT_REQUIREMENTS } from './requirements.js';
 import { secs } from './machine.js';
 import type { Vm } from './qemu.js';
-import { PANIC_TRIAL_SCRIPT, UPGRADE_SCRIPT, bootToConfirm } from './scenarios.js';
+import { PANIC_TRIAL_SCRIPT, SAVE_IDENTITY, UPGRADE_SCRIPT, bootToConfirm } from './scenarios.js';
 
 /**
  * The real upgrade flow, inside VMs: a Debian + systemd + Node image with upgradectl installed, a
@@ -67,12 +67,7 @@ t.test('upgrade flow in a VM (scenarios 2, 3, 4, 5, 7, 8)', { skip }, async (t) 
     t.match(trial, { booted: '2', current: '2', previous: '1', phase: 'idle' }, 'confirm-on-boot made the trial the default before the driver ran');
     t.match(trial.last, { event: /^confirm/, ok: true }, 'the last step was the confirm');
 
-    const identity = (await fleet.saved('identity'))?.out.split('\n') ?? [];
-    t.equal(identity[0], IDENTITY.hostname, 'hostname migrated');
-    t.equal(identity[1], '600 root', 'SSH host key migrated with its mode and owner');
-    t.equal(identity[2]?.split(' ')[0], fleet.identity.sshKeySha256, 'SSH host key migrated byte for byte');
-    t.match(identity[3], new RegExp(`^${IDENTITY.user}:x:${IDENTITY.uid}:${IDENTITY.uid}:`), 'the operator account is there');
-    t.equal(identity[4], IDENTITY.passwordHash, 'with its password hash');
+    await identityKept(t, fleet, 'migrated');
 
     const after = await fleet.savedJson('after-status');
     t.match(after, { booted: '2', current: '2', phase: 'idle' }, 'v2 booted as the default');
@@ -121,7 +116,7 @@ case $VERSION in
    marker reflash-commit
    save reflash upgradectl commit --reflash 6 --no-reboot && systemctl reboot ;;
 6) save status upgradectl --json status
-   save identity sh -c 'hostname; stat -c "%a %U" /etc/ssh/ssh_host_ed25519_key; sha256sum < /etc/ssh/ssh_host_ed25519_key; getent passwd ${IDENTITY.user}; getent shadow ${IDENTITY.user} | cut -d: -f2'
+   ${SAVE_IDENTITY}
    save kept-order sh -c 'systemctl show -P ExecMainExitTimestampMonotonic upgradectl-kept-files.service; systemctl show -P ExecMainStartTimestampMonotonic systemd-networkd.service; systemctl show -P Result upgradectl-kept-files.service; ls /host/boot/upgradectl/flasher'
    marker reflash-confirmed
    systemctl poweroff ;;
@@ -144,12 +139,7 @@ esac`,
     const status = await fleet.savedJson('status');
     t.match(status, { booted: '6', current: '6', phase: 'idle' }, 'the reflashed system confirmed its first boot and is the default');
     t.match(status.last, { event: /^confirm/, ok: true }, 'by its own confirm-on-boot');
-    const identity = (await fleet.saved('identity'))?.out.split('\n') ?? [];
-    t.equal(identity[0], IDENTITY.hostname, 'the machine kept its name across the reflash');
-    t.equal(identity[1], '600 root', 'its SSH host key, with mode and owner');
-    t.equal(identity[2]?.split(' ')[0], fleet.identity.sshKeySha256, 'byte for byte');
-    t.match(identity[3], new RegExp(`^${IDENTITY.user}:x:${IDENTITY.uid}:${IDENTITY.uid}:`), 'its operator account');
-    t.equal(identity[4], IDENTITY.passwordHash, 'with its password hash');
+    await identityKept(t, fleet, 'kept across the reflash');
     const [restoredAt, networkAt, result, ...left] = (await fleet.saved('kept-order'))?.out.split('\n') ?? [];
     t.equal(result, 'success', 'upgradectl-kept-files.service succeeded');
     t.ok(Number(restoredAt) > 0 && Number(restoredAt) <= Number(networkAt), `restored (${restoredAt} µs) before systemd-networkd started (${networkAt} µs)`);
@@ -265,3 +255,13 @@ esac`);
     t.match((await fleet.saved('prepare-again'))?.out, /nothing to prepare: 4 failed its trial before/, 'v4 is not offered again');
   });
 });
+
+/** What SAVE_IDENTITY recorded on the last run: v1's identity, byte for byte. */
+async function identityKept(t: Test, fleet: Fleet, how: string): Promise<void> {
+  const identity = (await fleet.saved('identity'))?.out.split('\n') ?? [];
+  t.equal(identity[0], IDENTITY.hostname, `hostname ${how}`);
+  t.equal(identity[1], '600 root', `SSH host key ${how} with its mode and owner`);
+  t.equal(identity[2]?.split(' ')[0], fleet.identity.sshKeySha256, `SSH host key ${how} byte for byte`);
+  t.match(identity[3], new RegExp(`^${IDENTITY.user}:x:${IDENTITY.uid}:${IDENTITY.uid}:`), 'the operator account is there');
+  t.equal(identity[4], IDENTITY.passwordHash, 'with its password hash');
+}
