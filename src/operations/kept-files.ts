@@ -248,6 +248,17 @@ async function setRunningHostname(layout: Layout, plan: Plan): Promise<string | 
   return name;
 }
 
+/**
+ * For doctor: machine files waiting on the host partition. `pending`: the flasher carried them and
+ * nothing restored them yet; `stale`: packed by a commit --reflash whose flash never happened (a copy
+ * of /etc/shadow and the host keys that `upgradectl flasher restore` removes).
+ */
+export async function keptFilesState(layout: Layout): Promise<'none' | 'pending' | 'stale'> {
+  const exists = (f: string) => fs.access(f).then(() => true, () => false);
+  if (!(await exists(keptFilesArchive(layout)))) return 'none';
+  return (await exists(path.join(layout.flasherDir, KEPT_FILES_HASH))) ? 'pending' : 'stale';
+}
+
 /** The old machine's own migrate.conf chose what was packed; it also says how to apply it. */
 async function whitelistOf(tree: string): Promise<Whitelist> {
   return loadWhitelist(new Layout(tree));

@@ -113,3 +113,25 @@ t.test('doctor: an image readable by other users is repaired to 0600 and reporte
   t.notOk(readableBy(layout.imageFile('1.0')), 'nobody cannot read it after doctor');
   t.match((await diagnose(layout)).filter((x) => x.check === 'private files'), [{ level: 'ok' }], 'nothing left to repair');
 });
+
+t.test("doctor: machine files a reflash carried and nothing restored are an error; a dead reflash's copy a warning; restore clears both", { skip: skipUnless({ root: true, commands: ['grub-editenv', 'grub-script-check', 'mke2fs', 'tar'] }) }, async (t) => {
+  const layout = makeMachine(t.testdir(), { images: ['1.0'], current: '1.0' });
+  const kept = (await diagnose(layout)).filter((f) => f.check === 'kept files');
+  t.match(kept, [{ level: 'ok', message: 'no machine files waiting from a reflash' }]);
+  mkdirSync(layout.flasherDir, { recursive: true });
+  const archive = path.join(layout.flasherDir, 'machine-files.tar');
+  writeFileSync(archive, 'packed by a commit --reflash\n', { mode: 0o600 });
+  t.match((await diagnose(layout)).find((f) => f.check === 'kept files'), { level: 'warn', message: /whose flash did not happen/, fix: 'upgradectl flasher restore removes it' });
+  writeFileSync(path.join(layout.flasherDir, 'machine-files.sha256'), `${'0'.repeat(64)}\n`, { mode: 0o600 });
+  t.match((await diagnose(layout)).find((f) => f.check === 'kept files'), { level: 'error', message: /were not restored/, fix: /upgradectl flasher restore/ });
+  // Through the CLI: this archive does not match its hash, so restore refuses and says so; without the hash file it is removed.
+  const refused = await upgradectl(['--root', layout.root, 'flasher', 'restore']);
+  t.not(refused.code, 0);
+  t.match(refused.stderr, /SHA-256 is not the one the flasher recorded/);
+  rmSync(path.join(layout.flasherDir, 'machine-files.sha256'));
+  const removed = await upgradectl(['--root', layout.root, 'flasher', 'restore']);
+  t.equal(removed.code, 0, removed.stderr);
+  t.match(removed.stdout, /nothing to restore/);
+  t.throws(() => statSync(archive), 'the stale copy is gone');
+  t.match((await diagnose(layout)).find((f) => f.check === 'kept files'), { level: 'ok' });
+});

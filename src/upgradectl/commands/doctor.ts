@@ -18,6 +18,7 @@ import type { Layout } from '../../core/layout.js';
 import { modeText, repairPrivateModes } from '../../core/private-files.js';
 import { initialState, loadState, type State } from '../../operations/state.js';
 import { flasherProvenance } from '../../operations/flasher-install.js';
+import { keptFilesArchive, keptFilesState } from '../../operations/kept-files.js';
 import { flasherInstalled } from '../../grub/boot-files.js';
 
 export interface Finding {
@@ -76,7 +77,21 @@ export async function diagnose(layout: Layout): Promise<Finding[]> {
   await step('private files', async () => checkPrivateModes(layout));
   await step('space', async () => checkSpace(layout));
   await step('flasher', async () => checkFlasher(layout, state ?? initialState()));
+  await step('kept files', async () => checkKeptFiles(layout));
   return out;
+}
+
+/** Machine files a reflash carried (or a dead reflash left): docs/flasher.md, "What a reflash keeps". */
+async function checkKeptFiles(layout: Layout): Promise<Omit<Finding, 'check'>> {
+  const archive = keptFilesArchive(layout);
+  switch (await keptFilesState(layout)) {
+    case 'pending':
+      return { level: 'error', message: `the machine files the RAM flasher carried across a reflash (${archive}) were not restored: this system runs without its own identity, network set-up, host keys or accounts`, fix: 'upgradectl flasher restore (journalctl -u upgradectl-kept-files says why the boot-time restore did not)' };
+    case 'stale':
+      return { level: 'warn', message: `${archive} was packed by a commit --reflash whose flash did not happen: a root-only copy of this machine's /etc/shadow and host keys`, fix: 'upgradectl flasher restore removes it' };
+    default:
+      return { level: 'ok', message: 'no machine files waiting from a reflash' };
+  }
 }
 
 /**
