@@ -154,14 +154,22 @@ function processStart(pid: number): string | undefined {
 
 /** The mount at exactly `mountPoint` in /proc/self/mountinfo (octal escapes decoded), if any. */
 function mountAt(mountPoint: string): { source: string } | undefined {
+  return mountTable().get(mountPoint);
+}
+
+/** Every mount point of /proc/self/mountinfo with its source, octal escapes (space, tab, newline, backslash) decoded. */
+export function mountTable(): Map<string, { source: string }> {
   const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const table = new Map<string, { source: string }>();
   for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const fields = line.split(' ');
     const sep = fields.indexOf('-');
-    if (sep < 0 || unescape(fields[4] ?? '') !== mountPoint) continue;
-    return { source: unescape(fields[sep + 2] ?? '') };
+    const point = unescape(fields[4] ?? '');
+    // The first line for a point wins, as mountAt's search always returned the first match.
+    if (sep < 0 || table.has(point)) continue;
+    table.set(point, { source: unescape(fields[sep + 2] ?? '') });
   }
-  return undefined;
+  return table;
 }
 
 /** Loop devices backed by `file`, as `losetup -j` lists them. */

@@ -12,6 +12,7 @@ import { applyPlan } from '../migrate/apply.js';
 import { buildPlan, type Plan } from '../migrate/plan.js';
 import { loadWhitelist, type Whitelist } from '../migrate/index.js';
 import { ACCOUNT_FILES } from '../migrate/whitelist.js';
+import { mountTable } from '../migrate/mount-claim.js';
 
 /**
  * What a reflash keeps (issue 12, docs/flasher.md "What a reflash keeps"). A reflash replaces the whole
@@ -269,19 +270,13 @@ async function whitelistOf(tree: string): Promise<Whitelist> {
  * /etc/hostname) cannot be replaced by a rename: left out with a warning instead of failing the rest.
  */
 async function dropMountPoints(plan: Plan, root: string): Promise<string[]> {
-  let mountinfo: string;
+  let points: Map<string, unknown>;
   try {
-    mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
+    points = mountTable();
   } catch {
     return [];
   }
-  const points = new Set(mountinfo.split('\n').map((l) => l.split(' ')[4]).filter((p): p is string => !!p).map(unescapeMount));
   const left = plan.items.filter((it) => it.kind !== 'dir' && points.has(path.join(root, it.destRel)));
   plan.items = plan.items.filter((it) => !left.includes(it));
   return left.map((it) => it.path);
-}
-
-/** mountinfo escapes space, tab, newline and backslash as \ooo. */
-function unescapeMount(p: string): string {
-  return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
