@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readSync, writeSync, writevSync } from 'node:fs';
+import { readSync, write, writeSync, writevSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort } from 'node:worker_threads';
@@ -91,23 +91,29 @@ export interface AssembleTask {
 const CHUNK = 4 << 20;
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
+/** A run of non-zero 4 KiB blocks: its pieces (views of the caller's buffers), where it goes, its length. */
+interface Run {
+  pieces: Buffer[];
+  at: number;
+  length: number;
+}
+
 /**
- * Write `parts` (consecutive pieces of the image, e.g. a frame's decoded blocks) at `position`,
- * skipping 4 KiB blocks that are all zero: the file was created at its full size, so skipped blocks
- * stay holes and read back as zeros. Each run of non-zero blocks goes out as one gathered write
- * (writev) straight from the pieces, without joining them into one buffer first.
+ * The runs of non-zero 4 KiB blocks of `parts` (consecutive pieces of the image, e.g. a frame's
+ * decoded blocks) placed at `position`. Only these are written: the file was created at its full
+ * size, so skipped blocks stay holes and read back as zeros.
  */
-function writeNonZero(fd: number, parts: Buffer[], position: number, directFd?: number): number {
+function nonZeroRuns(parts: Buffer[], position: number): Run[] {
   // The grain walk needs every piece but the last to end on a 4 KiB boundary (our 64 KiB blocks do;
   // a foreign frame's odd-sized linked blocks are joined first).
   if (parts.slice(0, -1).some((p) => p.length % HOLE_GRAIN)) parts = [Buffer.concat(parts)];
-  let written = 0;
+  const runs: Run[] = [];
   /** The pieces of the run of non-zero blocks being gathered, and where in the file it starts. */
   let run: Buffer[] = [];
   let runAt = -1;
   const flush = () => {
     if (runAt < 0) return;
-    written += writeRun(fd, run, runAt, directFd);
+    runs.push({ pieces: run, at: runAt, length: run.reduce((n, p) => n + p.length, 0) });
     run = [];
     runAt = -1;
   };
@@ -132,22 +138,30 @@ function writeNonZero(fd: number, parts: Buffer[], position: number, directFd?: 
     at += part.length;
   }
   flush();
+  return runs;
+}
+
+/** Write the non-zero blocks of `parts` at `position` (see nonZeroRuns), each run as one gathered write. */
+function writeNonZero(fd: number, parts: Buffer[], position: number, directFd?: number): number {
+  let written = 0;
+  for (const run of nonZeroRuns(parts, position)) written += writeRun(fd, run.pieces, run.at, directFd);
   return written;
 }
 
 /** O_DIRECT wants the memory, the file offset and the length aligned to the device's logical block. */
 const DIRECT_ALIGN = 4096;
-let alignedBuffer: Buffer | undefined;
-/** WebAssembly memory starts on a page boundary (a Buffer's memory need not): the one aligned buffer of this thread. */
-const aligned = () => (alignedBuffer ??= Buffer.from(new WebAssembly.Memory({ initial: MAX_BLOCK / 65536 }).buffer));
+/** WebAssembly memory starts on a page boundary (a Buffer's memory need not): a page-aligned buffer of MAX_BLOCK bytes. */
+const alignedBlock = () => Buffer.from(new WebAssembly.Memory({ initial: MAX_BLOCK / 65536 }).buffer);
 /** Set when the filesystem refused a direct write (EINVAL): this thread writes through the page cache from then on. */
 let directRefused = false;
+const directFits = (at: number, length: number) => at % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && length <= MAX_BLOCK;
 
 /** One run of non-zero blocks: through O_DIRECT when it can (aligned, whole blocks), else buffered. */
 function writeRun(fd: number, pieces: Buffer[], position: number, directFd: number | undefined): number {
   const length = pieces.reduce((n, p) => n + p.length, 0);
-  if (directFd !== undefined && !directRefused && position % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0 && length <= MAX_BLOCK) {
-    const buf = aligned();
+  if (directFd !== undefined && !directRefused && directFits(position, length)) {
+    // A spare of the asynchronous writes' buffers (made when there is none): one set per thread.
+    const buf = spareAligned.pop() ?? alignedBlock();
     let at = 0;
     for (const p of pieces) at += p.copy(buf, at);
     try {
@@ -156,9 +170,73 @@ function writeRun(fd: number, pieces: Buffer[], position: number, directFd: numb
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
       directRefused = true;
+    } finally {
+      giveAligned(buf);
     }
   }
   return writeAll(fd, pieces, position);
+}
+
+/**
+ * Aligned buffers of the frames whose direct writes are out: a fetched frame's write runs on libuv's
+ * thread pool while this thread decodes and hashes the next one (written synchronously, the disk's
+ * ~4 ms per frame kept each worker idle half the time: docs/performance.md). A frame waits here when
+ * all are out, which also bounds the memory (a worker has about `parallel` / workers frames at once).
+ */
+const ASYNC_BUFFERS = 3;
+const spareAligned: Buffer[] = [];
+let alignedMade = 0;
+const alignedWaiters: Array<(buf: Buffer) => void> = [];
+
+async function takeAligned(): Promise<Buffer> {
+  const spare = spareAligned.pop();
+  if (spare) return spare;
+  if (alignedMade < ASYNC_BUFFERS) {
+    alignedMade++;
+    return alignedBlock();
+  }
+  return new Promise((resolve) => alignedWaiters.push(resolve));
+}
+
+function giveAligned(buf: Buffer): void {
+  const waiter = alignedWaiters.shift();
+  if (waiter) waiter(buf);
+  else spareAligned.push(buf);
+}
+
+const writeAt = (fd: number, buf: Buffer, offset: number, length: number, position: number) =>
+  new Promise<number>((resolve, reject) => write(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+
+/**
+ * writeNonZero for a frame at `position` without blocking the thread on the disk: its direct runs are
+ * copied into one aligned buffer at their offsets in the frame and written from there on the thread
+ * pool; the promise resolves once every byte is out.
+ */
+async function writeFrameAsync(fd: number, parts: Buffer[], position: number, directFd: number | undefined): Promise<number> {
+  const runs = nonZeroRuns(parts, position);
+  if (directFd === undefined || directRefused || position % DIRECT_ALIGN !== 0) return runs.reduce((n, r) => n + writeRun(fd, r.pieces, r.at, directFd), 0);
+  const buf = await takeAligned();
+  try {
+    const written = await Promise.all(
+      runs.map(async (run) => {
+        const offset = run.at - position;
+        if (directRefused || !directFits(run.at, run.length) || offset + run.length > buf.length) return writeAll(fd, run.pieces, run.at);
+        let to = offset;
+        for (const p of run.pieces) to += p.copy(buf, to);
+        try {
+          for (let done = 0; done < run.length; ) done += await writeAt(directFd, buf, offset + done, run.length - done, run.at + done);
+          return run.length;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+          directRefused = true;
+          return writeAll(fd, run.pieces, run.at);
+        }
+      }),
+    );
+    return written.reduce((n, w) => n + w, 0);
+  } finally {
+    giveAligned(buf);
+  }
 }
 
 /** writev until every byte is out (a write may be partial; at most IOV_MAX pieces go per call). */
@@ -185,10 +263,10 @@ function writeAll(fd: number, pieces: Buffer[], position: number): number {
 type Verified = { ok: true; written: number; sha256: string; raw?: Buffer } | { ok: false; got: string; reason: string };
 
 /**
- * Decode a frame block by block, hash each block while it is in the cache, and only when the whole
- * frame matches its SHA-256 write it (holes for zero blocks). Nothing unverified reaches the file.
+ * Decode a frame block by block and hash each block while it is in the cache: the decoded blocks
+ * (views of `frame` where stored uncompressed) when the whole frame matches its SHA-256.
  */
-function decodeVerifyWrite(frame: Buffer, rawLength: number, sha256: string, fd: number, position: number, keepRaw: boolean, directFd: number | undefined): Verified {
+function decodeVerify(frame: Buffer, rawLength: number, sha256: string): { ok: true; parts: Buffer[]; sha256: string } | { ok: false; got: string; reason: string } {
   const hash = createHash('sha256');
   const parts: Buffer[] = [];
   try {
@@ -201,9 +279,17 @@ function decodeVerifyWrite(frame: Buffer, rawLength: number, sha256: string, fd:
   }
   const got = hash.digest('hex');
   if (got !== sha256) return { ok: false, got, reason: 'SHA-256 mismatch' };
+  return { ok: true, parts, sha256: got };
+}
+
+/** decodeVerify, then the write (holes for zero blocks): nothing unverified reaches the file. */
+function decodeVerifyWrite(frame: Buffer, rawLength: number, sha256: string, fd: number, position: number, keepRaw: boolean, directFd: number | undefined): Verified {
+  const v = decodeVerify(frame, rawLength, sha256);
+  if (!v.ok) return v;
+  const { parts } = v;
   const written = writeNonZero(fd, parts, position, directFd);
-  if (!keepRaw) return { ok: true, written, sha256: got };
-  return { ok: true, written, sha256: got, raw: parts.length === 1 && parts[0]!.byteLength === parts[0]!.buffer.byteLength ? parts[0]! : Buffer.concat(parts, rawLength) };
+  if (!keepRaw) return { ok: true, written, sha256: v.sha256 };
+  return { ok: true, written, sha256: v.sha256, raw: parts.length === 1 && parts[0]!.byteLength === parts[0]!.buffer.byteLength ? parts[0]! : Buffer.concat(parts, rawLength) };
 }
 
 /** One source per spec in this worker: its keep-alive connections serve every frame it fetches. */
@@ -231,7 +317,11 @@ async function fetchFrame(task: Extract<FrameTask, { op: 'fetch-frame' }>): Prom
   const buffer = receiveBuffers.pop() ?? Buffer.allocUnsafeSlow(RECEIVE_SIZE);
   try {
     const bytes = await source.range(task.key, task.start, task.end, task.etag, length <= buffer.length ? buffer : undefined);
-    return { op: 'fetch-frame', ...decodeVerifyWrite(bytes, task.rawLength, task.sha256, task.fd, task.position, false, task.directFd) };
+    const v = decodeVerify(bytes, task.rawLength, task.sha256);
+    if (!v.ok) return { op: 'fetch-frame', ...v };
+    // Reported done only once it is on disk (the caller's progress file counts it as kept).
+    const written = await writeFrameAsync(task.fd, v.parts, task.position, task.directFd);
+    return { op: 'fetch-frame', ok: true, written, sha256: v.sha256 };
   } finally {
     // The frame is on disk (or refused) by now: nothing refers to the buffer any more.
     receiveBuffers.push(buffer);

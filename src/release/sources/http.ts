@@ -1,5 +1,6 @@
 import type { Dispatcher } from 'undici';
-import { Agent, request, requestDirect, type DirectResponse } from './undici-core.js';
+import { newAgent, request, requestDirect, type DirectResponse } from './undici-core.js';
+import { RangeSockets } from './range-socket.js';
 import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
@@ -25,8 +26,12 @@ export class HttpSource implements Source {
   private readonly base: URL;
   private readonly authorization: string | undefined;
   private readonly policy: RetryPolicy;
-  private readonly agent: InstanceType<typeof Agent>;
+  private undiciAgent: Dispatcher | undefined;
   private warnedRangeIgnored = false;
+  /** Frame-sized ranged GETs read straight into the caller's buffer (range-socket.ts), made on first use. */
+  private sockets: RangeSockets | undefined;
+  /** Set once the server answered a range in a way only undici handles (Range ignored, chunked): undici from then on. */
+  private socketsDeclined = false;
   /** A pre-signed object URL (an S3 frame fetched by a worker): its query is the signature, and it is the only key. */
   private readonly signed: { key: string; url: URL } | undefined;
 
@@ -48,13 +53,17 @@ export class HttpSource implements Source {
     if (!base.pathname.endsWith('/') && !this.signed) base.pathname += '/';
     this.base = base;
     this.url = printable(base);
-    this.agent = new Agent({
+  }
+
+  /** undici's keep-alive Agent, made on first use (a frame worker's ranges may never need it). */
+  private get agent(): Dispatcher {
+    return (this.undiciAgent ??= newAgent({
       keepAliveTimeout: 30_000,
       headersTimeout: this.policy.stallTimeoutMs,
       bodyTimeout: this.policy.stallTimeoutMs,
       connect: { timeout: this.policy.stallTimeoutMs },
       connections: 16,
-    });
+    }));
   }
 
   /** The same prefix opened again: every key is reachable from it. */
@@ -126,7 +135,8 @@ export class HttpSource implements Source {
 
   /** Abandons requests still in flight (a consumer that stopped reading) rather than wait for them. */
   async close(): Promise<void> {
-    await this.agent.destroy();
+    this.sockets?.close();
+    await this.undiciAgent?.destroy();
   }
 
   private urlOf(key: string): URL {
@@ -153,6 +163,28 @@ export class HttpSource implements Source {
   private async rangeInto(url: URL, start: number, end: number, etag: string | undefined, into: Buffer): Promise<Buffer> {
     const headers = rangeHeaders(start, end, etag);
     if (this.authorization !== undefined) headers.authorization = this.authorization;
+    if (!this.socketsDeclined) {
+      const limit = end - start;
+      let reply;
+      try {
+        reply = await (this.sockets ??= new RangeSockets(new URL(url.origin), this.policy.stallTimeoutMs)).get({
+          path: `${url.pathname}${url.search}`,
+          headers,
+          into,
+          limit,
+          // The same checks as every response; a whole object (Range ignored) is undici's to skip through.
+          accept: (head) => {
+            this.checkHead(head, url, etag, start, end);
+            return head.statusCode === 206;
+          },
+        });
+      } catch (err) {
+        throw certificateError(err, url) ?? err;
+      }
+      if (reply.kind === 'filled') return into.subarray(0, limit);
+      this.socketsDeclined = true;
+      log.debug(`${this.url}: ranges through undici from now on (${reply.reason})`);
+    }
     let res: DirectResponse;
     try {
       res = await requestDirect(url, { dispatcher: this.agent, method: 'GET', headers });

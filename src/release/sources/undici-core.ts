@@ -11,16 +11,33 @@ import type { Agent as AgentClass, Dispatcher } from 'undici';
  */
 const require = createRequire(import.meta.url);
 
-export const Agent = require('undici/lib/dispatcher/agent') as typeof AgentClass;
+/**
+ * Loaded on first use: a frame worker whose ranges all go through range-socket.ts never needs undici
+ * (~30 ms of start-up per thread).
+ */
+let loaded:
+  | {
+      Agent: typeof AgentClass;
+      dispatchRequest: (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+      parseHeaders: (raw: Buffer[]) => Record<string, string | string[] | undefined>;
+    }
+  | undefined;
+const undici = () =>
+  (loaded ??= {
+    Agent: require('undici/lib/dispatcher/agent') as typeof AgentClass,
+    dispatchRequest: require('undici/lib/api/api-request'),
+    parseHeaders: (require('undici/lib/core/util') as { parseHeaders: (raw: Buffer[]) => Record<string, string | string[] | undefined> }).parseHeaders,
+  });
 
-const dispatchRequest = require('undici/lib/api/api-request') as (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+/** A keep-alive undici Agent. */
+export function newAgent(opts: AgentClass.Options): Dispatcher {
+  return new (undici().Agent)(opts);
+}
 
 /** undici's `request(url, { dispatcher, method, headers })`, as its index builds it from the same parts. */
 export function request(url: URL, opts: { dispatcher: Dispatcher; method: 'GET' | 'HEAD'; headers: Record<string, string> }): Promise<Dispatcher.ResponseData> {
-  return dispatchRequest.call(opts.dispatcher, { origin: url.origin, path: `${url.pathname}${url.search}`, method: opts.method, headers: opts.headers });
+  return undici().dispatchRequest.call(opts.dispatcher, { origin: url.origin, path: `${url.pathname}${url.search}`, method: opts.method, headers: opts.headers });
 }
-
-const { parseHeaders } = require('undici/lib/core/util') as { parseHeaders: (raw: Buffer[]) => Record<string, string | string[] | undefined> };
 
 /**
  * A response whose body is handed to the caller chunk by chunk as undici parses it, without the
@@ -63,7 +80,7 @@ class DirectHandler implements DirectResponse {
     // 1xx (100 Continue and the like) precede the real answer.
     if (statusCode < 200) return true;
     this.statusCode = statusCode;
-    this.headers = parseHeaders(rawHeaders);
+    this.headers = undici().parseHeaders(rawHeaders);
     this.onHead(this);
     return true;
   }
