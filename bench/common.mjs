@@ -2,7 +2,7 @@
 // that counts the bytes it sends, machine roots, and a timed prepare with its peak RSS.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -78,6 +78,8 @@ export function machine(name, url, images = {}, current, sourceConfig = '') {
   rmSync(root, { recursive: true, force: true });
   mkdirSync(path.join(root, 'etc/upgradectl/keys.d'), { recursive: true });
   mkdirSync(path.join(root, 'images/.upgradectl'), { recursive: true });
+  // Root-only, as upgradectl makes them on a real machine (else every prepare first repairs and warns).
+  for (const dir of ['images', 'images/.upgradectl']) chmodSync(path.join(root, dir), 0o700);
   writeFileSync(path.join(root, 'etc/upgradectl/keys.d/bench.pub'), readFileSync(path.join(work, 'key.pub')));
   writeFileSync(path.join(root, 'etc/upgradectl/upgradectl.conf'), `[source]\nurl = ${url}\n${sourceConfig}`);
   for (const [v, file] of Object.entries(images)) sh('cp', ['--sparse=always', file, path.join(root, `images/${v}.img`)]);

@@ -10,6 +10,10 @@ const PRIORITY: Record<string, number> = { error: 3, warn: 4, info: 6, verbose: 
 const underJournal = () => Boolean(process.env.JOURNAL_STREAM);
 
 let logger: winston.Logger | undefined;
+/** winston's npm levels; a call below `level` is dropped here, without loading winston for it. */
+const SEVERITY: Record<string, number> = { error: 0, warn: 1, info: 2, http: 3, verbose: 4, debug: 5, silly: 6 };
+let level = process.env.UPGRADECTL_LOG_LEVEL ?? 'info';
+const ignore = () => undefined;
 
 /**
  * winston is loaded on the first log call, not on import: the frame worker threads import modules
@@ -26,7 +30,7 @@ function load(): winston.Logger {
     return info.level === 'info' ? text : `${info.level}: ${text}`;
   });
   logger = w.createLogger({
-    level: process.env.UPGRADECTL_LOG_LEVEL ?? 'info',
+    level,
     format: w.format.combine(w.format.errors({ stack: true }), w.format.splat(), lineFormat),
     transports: [new w.transports.Console({ stderrLevels: Object.keys(PRIORITY) })],
   });
@@ -35,6 +39,11 @@ function load(): winston.Logger {
 
 export const log: winston.Logger = new Proxy({} as winston.Logger, {
   get(_, key) {
+    // A debug line when debug is off (FramePool's, on the way to the first frame) costs nothing: loading
+    // winston takes ~55 ms, and on the main thread that is ~55 ms before the download starts.
+    const severity = typeof key === 'string' ? SEVERITY[key] : undefined;
+    const threshold = SEVERITY[level];
+    if (severity !== undefined && threshold !== undefined && severity > threshold) return ignore;
     const l = load();
     const value = Reflect.get(l, key, l) as unknown;
     return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(l) : value;
@@ -44,6 +53,7 @@ export const log: winston.Logger = new Proxy({} as winston.Logger, {
   },
 });
 
-export function setLogLevel(level: 'error' | 'warn' | 'info' | 'debug'): void {
-  log.level = level;
+export function setLogLevel(to: 'error' | 'warn' | 'info' | 'debug'): void {
+  level = to;
+  if (logger) logger.level = to;
 }

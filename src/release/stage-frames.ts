@@ -34,6 +34,8 @@ export interface FramesContext {
   seedCache: string;
   /** Called with the verified frames so far, on a timer and at the end. */
   persist: (done: number[], bytesDone: number) => Promise<void>;
+  /** Called once the first frames are on their way (see StageOptions.started). */
+  started?: () => void;
 }
 
 export interface FramesResult {
@@ -277,7 +279,10 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
     failure ??= err;
   };
   try {
-    await Promise.all(Array.from({ length: Math.max(1, ctx.parallel) }, () => lane().catch(failed)));
+    const lanes = Promise.all(Array.from({ length: Math.max(1, ctx.parallel) }, () => lane().catch(failed)));
+    // After the lanes' first tasks are posted (their synchronous steps and microtasks run before this).
+    if (ctx.started) setImmediate(ctx.started);
+    await lanes;
     while (decoding.size) await Promise.all([...decoding].map((p) => p.catch(failed)));
   } finally {
     clearInterval(timer);

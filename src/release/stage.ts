@@ -44,6 +44,12 @@ export interface StageOptions {
   seeds?: string[];
   /** Frame workers started by the caller (and closed by it), so that they load while the release is checked. */
   pool: FramePool;
+  /**
+   * Called once, when the first frames have been asked for (or the download is about to begin, where
+   * it does not go frame by frame): what the caller does then overlaps the download instead of
+   * delaying it.
+   */
+  started?: () => void;
 }
 
 export interface StageResult {
@@ -156,6 +162,7 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
         progress: opts.progress,
         signal: opts.signal,
         stagedBytes: (await fh.stat()).blocks * 512,
+        started: opts.started,
         seeds: opts.seeds ?? [],
         seedCache: path.join(layout.stateDir, 'block-hashes'),
         // No fsync of the image here: a resumed run checks every frame it finds on disk against its
@@ -172,6 +179,7 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
       [digest, want] = hasher ? [await hasher.digest(), manifest.image.sha256] : [r.framesSha256!, manifest.image.framesSha256!];
     } else {
       const ctx: PipelineContext = { ...opts, fd: fh.fd, pool, hasher: hasher!, state, checkpoint, payloadKey, payloadUrl, etag: info.etag };
+      opts.started?.();
       result = await fetchStream(ctx);
       [digest, want] = [await hasher!.digest(), manifest.image.sha256];
     }

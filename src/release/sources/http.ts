@@ -1,6 +1,6 @@
 import type { Dispatcher } from 'undici';
 import { newAgent, request, requestDirect, type DirectResponse } from './undici-core.js';
-import { RangeSockets } from './range-socket.js';
+import { RangeSockets, type RangeReply, type RangeRequest } from './range-socket.js';
 import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
@@ -28,9 +28,9 @@ export class HttpSource implements Source {
   private readonly policy: RetryPolicy;
   private undiciAgent: Dispatcher | undefined;
   private warnedRangeIgnored = false;
-  /** Frame-sized ranged GETs read straight into the caller's buffer (range-socket.ts), made on first use. */
+  /** Requests whose body is read straight into a buffer (range-socket.ts), made on first use. */
   private sockets: RangeSockets | undefined;
-  /** Set once the server answered a range in a way only undici handles (Range ignored, chunked): undici from then on. */
+  /** Set once the server answered in a way only undici handles (Range ignored, chunked): undici from then on. */
   private socketsDeclined = false;
   /** A pre-signed object URL (an S3 frame fetched by a worker): its query is the signature, and it is the only key. */
   private readonly signed: { key: string; url: URL } | undefined;
@@ -73,10 +73,18 @@ export class HttpSource implements Source {
 
   async get(key: string): Promise<Buffer> {
     const url = this.urlOf(key);
+    const cap = metadataCap(key).bytes;
     return withRetry(
       async () => {
+        const direct = await this.viaSockets('GET', url, {}, (head, length) => {
+          throwForStatus(head, url, undefined);
+          if (length === undefined) return undefined;
+          if (length > cap) throw metadataTooLarge(printable(url), key);
+          return Buffer.allocUnsafe(length);
+        });
+        if (direct) return direct.body;
         const res = await this.send('GET', url, {});
-        return collect((await this.accept(res, url, undefined)).chunks, metadataCap(key).bytes, () => metadataTooLarge(printable(url), key));
+        return collect((await this.accept(res, url, undefined)).chunks, cap, () => metadataTooLarge(printable(url), key));
       },
       this.policy,
       `GET ${printable(url)}`,
@@ -88,9 +96,18 @@ export class HttpSource implements Source {
     const url = this.urlOf(key);
     return withRetry(
       async () => {
-        const res = await this.send('HEAD', url, {});
-        await res.body.dump();
-        throwForStatus(res, url, undefined);
+        const direct = await this.viaSockets('HEAD', url, {}, (head) => {
+          throwForStatus(head, url, undefined);
+          return Buffer.alloc(0);
+        });
+        let res: Head;
+        if (direct) res = direct.head;
+        else {
+          const answer = await this.send('HEAD', url, {});
+          await answer.body.dump();
+          throwForStatus(answer, url, undefined);
+          res = answer;
+        }
         const length = header(res, 'content-length');
         if (length === undefined || !/^\d+$/.test(length)) {
           throw new UpgradeError('NETWORK', `HEAD ${printable(url)} answered without a Content-Length`, {
@@ -139,6 +156,27 @@ export class HttpSource implements Source {
     await this.undiciAgent?.destroy();
   }
 
+  /**
+   * One request through range-socket.ts, its body read into the buffer `accept` gives. Undefined when
+   * the answer needs undici (Range ignored, a chunked body): the caller asks again through undici,
+   * and this source uses undici from then on.
+   */
+  private async viaSockets(method: 'GET' | 'HEAD', url: URL, headers: Record<string, string>, accept: RangeRequest['accept']): Promise<Extract<RangeReply, { kind: 'filled' }> | undefined> {
+    if (this.socketsDeclined) return undefined;
+    if (this.authorization !== undefined) headers = { ...headers, authorization: this.authorization };
+    let reply: RangeReply;
+    try {
+      this.sockets ??= new RangeSockets(new URL(url.origin), this.policy.stallTimeoutMs);
+      reply = await this.sockets.get({ method, path: `${url.pathname}${url.search}`, headers, accept });
+    } catch (err) {
+      throw certificateError(err, url) ?? err;
+    }
+    if (reply.kind === 'filled') return reply;
+    this.socketsDeclined = true;
+    log.debug(`${this.url}: requests through undici from now on (${reply.reason})`);
+    return undefined;
+  }
+
   private urlOf(key: string): URL {
     if (this.signed) {
       if (key !== this.signed.key) throw new Error(`${this.url} is a pre-signed URL of ${this.signed.key} only, not of ${key}`);
@@ -163,35 +201,21 @@ export class HttpSource implements Source {
   private async rangeInto(url: URL, start: number, end: number, etag: string | undefined, into: Buffer): Promise<Buffer> {
     const headers = rangeHeaders(start, end, etag);
     if (this.authorization !== undefined) headers.authorization = this.authorization;
-    if (!this.socketsDeclined) {
-      const limit = end - start;
-      let reply;
-      try {
-        reply = await (this.sockets ??= new RangeSockets(new URL(url.origin), this.policy.stallTimeoutMs)).get({
-          path: `${url.pathname}${url.search}`,
-          headers,
-          into,
-          limit,
-          // The same checks as every response; a whole object (Range ignored) is undici's to skip through.
-          accept: (head) => {
-            this.checkHead(head, url, etag, start, end);
-            return head.statusCode === 206;
-          },
-        });
-      } catch (err) {
-        throw certificateError(err, url) ?? err;
-      }
-      if (reply.kind === 'filled') return into.subarray(0, limit);
-      this.socketsDeclined = true;
-      log.debug(`${this.url}: ranges through undici from now on (${reply.reason})`);
-    }
+    const limit = end - start;
+    const direct = await this.viaSockets('GET', url, headers, (head, length) => {
+      // The same checks as every response; a whole object (Range ignored) is undici's to skip through.
+      this.checkHead(head, url, etag, start, end);
+      if (head.statusCode !== 206 || length === undefined) return undefined;
+      if (length !== limit) throw new TransientError(`the server announced ${length} bytes for a range of ${limit}`);
+      return into.subarray(0, limit);
+    });
+    if (direct) return direct.body;
     let res: DirectResponse;
     try {
       res = await requestDirect(url, { dispatcher: this.agent, method: 'GET', headers });
     } catch (err) {
       throw certificateError(err, url) ?? err;
     }
-    const limit = end - start;
     // A server that ignores Range sends the whole object: skip to `start`, stop after `limit`.
     let skip = 0;
     try {

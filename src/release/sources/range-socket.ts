@@ -3,8 +3,9 @@ import { connect as connectTls, type ConnectionOptions } from 'node:tls';
 import { TransientError } from './retry.js';
 
 /**
- * Ranged GETs whose body the kernel reads straight into the caller's buffer: a frame worker's hot
- * path. Each connection reads with node:net's `onread` user buffer, pointed at the unfilled rest of
+ * GETs (and HEADs) whose body the kernel reads straight into the caller's buffer: a frame worker's
+ * ranges, and the manifest, its signature and the payload's size on the main thread, which then
+ * never loads undici (~30 ms before the first frame). Each connection reads with node:net's `onread` user buffer, pointed at the unfilled rest of
  * the frame's receive buffer while a body comes in, so the bytes are copied once (socket → frame)
  * instead of socket → parser chunk → frame, and no HTTP parser runs per chunk. Measured on the 2-core
  * machine: docs/performance.md.
@@ -23,23 +24,23 @@ export interface RangeHead {
 }
 
 export type RangeReply =
-  /** The body (exactly `limit` bytes) is in `into`. */
-  | { kind: 'filled'; head: RangeHead }
-  /** The caller's `accept` declined this head, or the body is not framed by Content-Length: ask again elsewhere. */
+  /** The body is in the buffer `accept` gave. */
+  | { kind: 'filled'; head: RangeHead; body: Buffer }
+  /** `accept` declined this head, or the body is not framed by Content-Length: ask again elsewhere. */
   | { kind: 'declined'; head: RangeHead; reason: string };
 
 export interface RangeRequest {
+  method: 'GET' | 'HEAD';
   /** Path and query, as they go on the request line. */
   path: string;
   headers: Record<string, string>;
-  into: Buffer;
-  /** The body's exact length. */
-  limit: number;
   /**
-   * Called with the head before any body byte is taken: true reads the body into `into`, false
-   * declines (the connection is dropped), and a throw fails the request with what it threw.
+   * Called with the head and the body's length (0 for HEAD; undefined when the body is not framed by
+   * Content-Length, which is then declined whatever this returns) before any body byte is taken: the
+   * buffer of exactly that length the body goes into, or undefined to decline (the connection is
+   * dropped). A throw fails the request with what it threw.
    */
-  accept(head: RangeHead): boolean;
+  accept(head: RangeHead, length: number | undefined): Buffer | undefined;
 }
 
 const HEAD_MAX = 16 << 10;
@@ -62,7 +63,7 @@ class Connection {
   private headLen = 0;
   private state: 'idle' | 'head' | 'body' | 'dead' = 'idle';
   private current:
-    | { req: RangeRequest; filled: number; head?: RangeHead; keepAlive: boolean; resolve: (r: RangeReply) => void; reject: (e: Error) => void }
+    | { req: RangeRequest; filled: number; head?: RangeHead; body?: Buffer; keepAlive: boolean; resolve: (r: RangeReply) => void; reject: (e: Error) => void }
     | undefined;
   /** Requests this connection answered (a reused connection the server closed meanwhile is retried once). */
   answered = 0;
@@ -103,16 +104,16 @@ class Connection {
   /** Where the next read goes: the rest of the body, or the head buffer. */
   private nextBuffer(): Uint8Array {
     const c = this.current;
-    if (this.state === 'body' && c && c.filled < c.req.limit) return c.req.into.subarray(c.filled, c.req.limit);
+    if (this.state === 'body' && c?.body && c.filled < c.body.length) return c.body.subarray(c.filled);
     return this.headLen < HEAD_MAX ? this.headBuf.subarray(this.headLen) : this.headBuf;
   }
 
   private onBytes(n: number): boolean {
     const c = this.current;
     try {
-      if (this.state === 'body' && c) {
+      if (this.state === 'body' && c?.body) {
         c.filled += n;
-        if (c.filled === c.req.limit) this.finish();
+        if (c.filled === c.body.length) this.finish();
         return true;
       }
       // Outside a body, reads go to the head buffer (nextBuffer): bytes while no request is out are a broken server's.
@@ -143,21 +144,23 @@ class Connection {
       const version = head.version;
       const connection = String(head.headers.connection ?? '').toLowerCase();
       c.keepAlive = version === 1 ? !/\bclose\b/.test(connection) : /\bkeep-alive\b/.test(connection);
-      const length = contentLength(head);
-      if (head.headers['transfer-encoding'] !== undefined || length === undefined) {
-        this.decline(c, head, 'the body is not framed by Content-Length');
+      // A HEAD answer's Content-Length is the object's, and no body follows. A body framed otherwise
+      // (chunked, or up to the connection's end) is not read here: `accept` sees no length.
+      const framed = c.req.method === 'HEAD' || head.headers['transfer-encoding'] === undefined;
+      const length = c.req.method === 'HEAD' ? 0 : framed ? contentLength(head) : undefined;
+      // The caller's status checks come first: a 404 is NOT_FOUND however its body is framed.
+      const body = c.req.accept(head, length);
+      if (!body || length === undefined) {
+        this.decline(c, head, length === undefined ? 'the body is not framed by Content-Length' : `HTTP ${head.statusCode}`);
         return;
       }
-      if (!c.req.accept(head)) {
-        this.decline(c, head, `HTTP ${head.statusCode}`);
-        return;
-      }
-      if (length !== c.req.limit) throw new ProtocolError(`the server announced ${length} bytes for a range of ${c.req.limit}`);
-      if (rest.length > length) throw new ProtocolError('the server sent more than the body it announced');
-      c.filled = rest.copy(c.req.into, 0);
+      if (body.length !== length) throw new Error(`a ${body.length}-byte buffer for a ${length}-byte body`);
+      if (rest.length > body.length) throw new ProtocolError('the server sent more than the body it announced');
+      c.body = body;
+      c.filled = rest.copy(body, 0);
       this.headLen = 0;
       this.state = 'body';
-      if (c.filled === c.req.limit) this.finish();
+      if (c.filled === body.length) this.finish();
       return;
     }
     if (this.headLen >= HEAD_MAX) throw new ProtocolError(`the response head is larger than ${HEAD_MAX} bytes`);
@@ -169,7 +172,7 @@ class Connection {
     this.answered++;
     if (c.keepAlive) this.state = 'idle';
     else this.drop();
-    c.resolve({ kind: 'filled', head: c.head! });
+    c.resolve({ kind: 'filled', head: c.head!, body: c.body! });
   }
 
   private decline(c: NonNullable<Connection['current']>, head: RangeHead, reason: string): void {
@@ -199,7 +202,7 @@ class Connection {
 
 /** The request line and headers; a header that could split the request is refused, not sent. */
 function requestHead(req: RangeRequest, host: string): string {
-  const lines = [`GET ${req.path} HTTP/1.1`, `host: ${host}`];
+  const lines = [`${req.method} ${req.path} HTTP/1.1`, `host: ${host}`];
   if (!/^\/[\x21-\x7e]*$/.test(req.path)) throw new Error(`refusing to request ${JSON.stringify(req.path)}: not a plain HTTP path`);
   for (const [name, value] of Object.entries(req.headers)) {
     if (!TOKEN.test(name) || !SAFE_VALUE.test(value)) throw new Error(`refusing to send header ${JSON.stringify(name)}: not a plain HTTP field`);

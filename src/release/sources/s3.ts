@@ -116,7 +116,7 @@ export class S3Store implements Source, Target {
     const probe = new HttpSource(new URL(spec.url), { retry: { ...this.policy, retries: 0 } }, spec.signedKey);
     try {
       // Not bytes=0-0: s3rver answers that with the whole object.
-      await probe.range(spec.signedKey!, 0, 2);
+      await probe.range(spec.signedKey!, 0, 2, undefined, Buffer.alloc(2));
       return true;
     } catch (err) {
       log.warn(`${this.shown(objectKey)} cannot be read through a pre-signed URL (${messageOf(err)}); reading its frames through the S3 SDK on one thread instead`);

@@ -239,8 +239,9 @@ t.test('keep-alive connections serve sequential requests', async (t) => {
   const { server, source } = await serve(t);
   for (let i = 0; i < 10; i++) await source.range(KEY, i * 10, i * 10 + 10);
   await source.head(KEY);
-  // undici may open a second socket while the first is being released; never one per request.
-  t.ok(server.connections <= 2, `${server.connections} connections for 11 requests`);
+  // The ranges (no caller's buffer) go through undici, which may open a second socket while the first
+  // is being released; the HEAD through range-socket.ts, on its own connection. Never one per request.
+  t.ok(server.connections <= 3, `${server.connections} connections for 11 requests`);
 });
 
 t.test('credentials in the URL go in an Authorization header, never in messages', async (t) => {

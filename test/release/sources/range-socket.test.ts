@@ -241,3 +241,20 @@ t.test('https: the server certificate is verified (untrusted: NETWORK with the f
   t.equal(out.trim(), (await import('node:crypto')).createHash('sha256').update(BODY.subarray(1000, 60000)).digest('hex'));
   t.ok(server.requests.some((r) => r.range === 'bytes=1000-59999' && r.status === 206), 'over TLS, as a range');
 });
+
+t.test('the main thread\'s reads go the same way: GET of a manifest, HEAD of the payload, and their limits', async (t) => {
+  const manifest = Buffer.from('{"version":"2.0"}');
+  const s = await rawServer(t, (head, _n, socket) => {
+    if (head.startsWith('HEAD ')) socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${BODY.length}\r\netag: "v7"\r\n\r\n`);
+    else if (head.includes('manifest.json ')) socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-length: ${manifest.length}\r\n\r\n`), manifest]));
+    // A signature announced far beyond what a signature can be: refused on its head, body never read.
+    else socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${10 << 20}\r\n\r\n`);
+  });
+  t.same(await s.source.get('releases/2.0/manifest.json'), manifest);
+  t.same(await s.source.head(KEY), { size: BODY.length, etag: '"v7"' });
+  t.match(s.heads[1], /^HEAD \/releases\/2\.0\/image\.lz4 HTTP\/1\.1\r\n/);
+  const err = await failure(s.source.get('releases/2.0/manifest.json.sig'));
+  t.equal(err.code, 'CORRUPT');
+  t.match(err.message, /larger than 65536 bytes/);
+  t.equal(s.connections, 1, 'one kept connection for all three (closed after the refused head, whose body is never read)');
+});
