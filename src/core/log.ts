@@ -49,6 +49,8 @@ export const log: winston.Logger = new Proxy({} as winston.Logger, {
     return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(l) : value;
   },
   set(_, key, value) {
+    // The level is also read here, before winston is loaded (see get).
+    if (key === 'level') level = String(value);
     return Reflect.set(load(), key, value);
   },
 });

@@ -1,5 +1,5 @@
 import type { Dispatcher } from 'undici';
-import { newAgent, request, requestDirect, type DirectResponse } from './undici-core.js';
+import { newAgent, request } from './undici-core.js';
 import { RangeSockets, type RangeReply, type RangeRequest } from './range-socket.js';
 import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
@@ -9,7 +9,7 @@ import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type
 import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec } from './source.js';
 
 type Response = Dispatcher.ResponseData;
-/** What the status and header checks read: a streamed response or a direct one alike. */
+/** What the status and header checks read: undici's response or range-socket.ts's head alike. */
 type Head = Pick<Response, 'statusCode' | 'headers'>;
 
 const RETRY_HINT = 'check the network and that the server is up, then run the command again';
@@ -128,7 +128,10 @@ export class HttpSource implements Source {
     if (start === end) return Buffer.alloc(0);
     return withRetry(
       async () => {
-        if (into && into.length >= end - start) return this.rangeInto(url, start, end, etag, into);
+        if (into && into.length >= end - start) {
+          const direct = await this.rangeInto(url, start, end, etag, into);
+          if (direct) return direct;
+        }
         const opened = await this.open(url, start, end, etag);
         const bytes = await collect(opened.chunks, end - start, () => rangeTooLong(printable(url), start, end), into && into.length >= end - start ? into : undefined);
         if (bytes.length < end - start) {
@@ -195,57 +198,20 @@ export class HttpSource implements Source {
   }
 
   /**
-   * GET bytes [start, end) of version `etag` straight into `into` (a frame worker's receive buffer),
-   * each chunk copied there as undici parses it: the checks of `accept` without its stream.
+   * GET bytes [start, end) of version `etag` straight into `into` (a frame worker's receive buffer)
+   * through range-socket.ts. Undefined when the answer is undici's to read (Range ignored, chunked):
+   * the caller then takes the stream path, which cuts the window out of whatever came.
    */
-  private async rangeInto(url: URL, start: number, end: number, etag: string | undefined, into: Buffer): Promise<Buffer> {
-    const headers = rangeHeaders(start, end, etag);
-    if (this.authorization !== undefined) headers.authorization = this.authorization;
+  private async rangeInto(url: URL, start: number, end: number, etag: string | undefined, into: Buffer): Promise<Buffer | undefined> {
     const limit = end - start;
-    const direct = await this.viaSockets('GET', url, headers, (head, length) => {
-      // The same checks as every response; a whole object (Range ignored) is undici's to skip through.
+    const direct = await this.viaSockets('GET', url, rangeHeaders(start, end, etag), (head, length) => {
+      // The same checks as every response; a whole object (Range ignored) is the stream path's to skip through.
       this.checkHead(head, url, etag, start, end);
       if (head.statusCode !== 206 || length === undefined) return undefined;
       if (length !== limit) throw new TransientError(`the server announced ${length} bytes for a range of ${limit}`);
       return into.subarray(0, limit);
     });
-    if (direct) return direct.body;
-    let res: DirectResponse;
-    try {
-      res = await requestDirect(url, { dispatcher: this.agent, method: 'GET', headers });
-    } catch (err) {
-      throw certificateError(err, url) ?? err;
-    }
-    // A server that ignores Range sends the whole object: skip to `start`, stop after `limit`.
-    let skip = 0;
-    try {
-      this.checkHead(res, url, etag, start, end);
-      if (res.statusCode !== 206) skip = start;
-    } catch (err) {
-      dumpDirect(res);
-      throw err;
-    }
-    let filled = 0;
-    const enough = new Error('range complete');
-    try {
-      await res.drain((chunk) => {
-        if (skip >= chunk.length) {
-          skip -= chunk.length;
-          return;
-        }
-        const part = chunk.subarray(skip, skip + limit - filled + (res.statusCode === 206 ? 1 : 0));
-        skip = 0;
-        if (filled + part.length > limit) throw rangeTooLong(printable(url), start, end);
-        filled += part.copy(into, filled);
-        // Cutting a whole-object answer short costs its connection, not the bytes after our range.
-        if (filled === limit && res.statusCode !== 206) throw enough;
-      });
-    } catch (err) {
-      if (err !== enough) throw err;
-    }
-    // The body ended cleanly but early: only an object shorter than asked does that.
-    if (filled < limit) throw shorterThan(url, start + filled, end);
-    return into.subarray(0, filled);
+    return direct?.body;
   }
 
   /**
@@ -410,17 +376,6 @@ function rangeHeaders(start: number, end: number | undefined, etag: string | und
 /** Drop a body we will not read: a short one keeps its connection for reuse, a long one is cut. */
 function discard(res: Response): void {
   res.body.dump().catch(() => undefined);
-}
-
-/** `discard` for a direct response: past what undici's dump() reads (128 KiB), the connection is cut. */
-function dumpDirect(res: DirectResponse): void {
-  let left = 128 << 10;
-  res
-    .drain((chunk) => {
-      left -= chunk.length;
-      if (left < 0) throw new Error('discarded body too long to read to its end');
-    })
-    .catch(() => undefined);
 }
 
 async function* emptyChunks(): AsyncGenerator<Buffer> {}

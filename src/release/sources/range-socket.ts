@@ -5,10 +5,10 @@ import { TransientError } from './retry.js';
 /**
  * GETs (and HEADs) whose body the kernel reads straight into the caller's buffer: a frame worker's
  * ranges, and the manifest, its signature and the payload's size on the main thread, which then
- * never loads undici (~30 ms before the first frame). Each connection reads with node:net's `onread` user buffer, pointed at the unfilled rest of
- * the frame's receive buffer while a body comes in, so the bytes are copied once (socket → frame)
- * instead of socket → parser chunk → frame, and no HTTP parser runs per chunk. Measured on the 2-core
- * machine: docs/performance.md.
+ * never loads undici (~30 ms before the first frame). Each connection reads with node:net's `onread`
+ * user buffer, pointed at the unfilled rest of the caller's buffer while a body comes in, so the bytes
+ * are copied once (socket → frame) instead of socket → parser chunk → frame, and no HTTP parser runs
+ * per chunk. Measured on the 2-core machine: docs/performance.md.
  *
  * Deliberately narrow: HTTP/1.1 keep-alive, one request per connection at a time, a body framed by
  * Content-Length. Anything else (chunked encoding, no length, a status the caller does not take) is
@@ -141,13 +141,11 @@ class Connection {
         continue;
       }
       c.head = head;
-      const version = head.version;
       const connection = String(head.headers.connection ?? '').toLowerCase();
-      c.keepAlive = version === 1 ? !/\bclose\b/.test(connection) : /\bkeep-alive\b/.test(connection);
+      c.keepAlive = head.version === 1 ? !/\bclose\b/.test(connection) : /\bkeep-alive\b/.test(connection);
       // A HEAD answer's Content-Length is the object's, and no body follows. A body framed otherwise
       // (chunked, or up to the connection's end) is not read here: `accept` sees no length.
-      const framed = c.req.method === 'HEAD' || head.headers['transfer-encoding'] === undefined;
-      const length = c.req.method === 'HEAD' ? 0 : framed ? contentLength(head) : undefined;
+      const length = c.req.method === 'HEAD' ? 0 : head.headers['transfer-encoding'] === undefined ? contentLength(head) : undefined;
       // The caller's status checks come first: a 404 is NOT_FOUND however its body is framed.
       const body = c.req.accept(head, length);
       if (!body || length === undefined) {
