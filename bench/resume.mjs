@@ -5,6 +5,10 @@ import { benchImages } from './images.mjs';
 import { isZeroFrame, load, machine, median, mib, prepare, publishOnce, serve, work } from './common.mjs';
 
 const kills = Number(process.env.BENCH_KILLS ?? 3);
+// BENCH_REQUEST_SIZE=16M: several frames per ranged GET, as an S3 source does by default (s3rver
+// does not count what it sends; this server does).
+const requestSize = process.env.BENCH_REQUEST_SIZE;
+const config = requestSize ? `[prepare]\nrequest_size = ${requestSize}\n` : '';
 const rounds = Number(process.env.BENCH_RUNS ?? 3);
 const { a } = benchImages(work);
 const releases = path.join(work, 'releases');
@@ -16,9 +20,9 @@ let span = 0;
 try {
   // Kill moments are spread over the span of one whole prepare, timed here first (a fixed window
   // outlived the download once prepare got faster: most kills then hit a finished run).
-  span = (await prepare(machine('resume', server.url), 'a')).seconds * 1000;
+  span = (await prepare(machine('resume', server.url, {}, undefined, config), 'a')).seconds * 1000;
   for (let round = 0; round < rounds; round++) {
-    const root = machine('resume', server.url);
+    const root = machine('resume', server.url, {}, undefined, config);
     const before = await server.sent();
     const at = [];
     let peak = 0;
@@ -37,7 +41,7 @@ try {
 } finally {
   server.close();
 }
-console.log(`## 3. kill -9 and resume, payload without holes ${mib(needed)} MiB; one whole prepare ${Math.round(span)} ms`);
+console.log(`## 3. kill -9 and resume, payload without holes ${mib(needed)} MiB; one whole prepare ${Math.round(span)} ms${requestSize ? `; request_size = ${requestSize}` : ''}`);
 console.log('| round | kills after (ms from start) | bytes sent in all | multiple of the payload | peak RSS | load avg |');
 console.log('| --- | --- | --- | --- | --- | --- |');
 rows.forEach((r, i) => console.log(`| ${i + 1} | ${r.at.join(', ')} | ${mib(r.sent)} MiB | ${(r.sent / needed).toFixed(3)}x (target ≤ 1.05) | ${mib(r.peak)} MiB | ${r.load} |`));

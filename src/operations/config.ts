@@ -40,6 +40,11 @@ export interface Config {
     allowDowngrade: boolean;
     /** Bytes per second the payload download may use (0: no limit); `20M` in the file. */
     maxRate: number;
+    /**
+     * Bytes one ranged GET may carry, several frames in one request (0: the source's choice, S3 16 MiB,
+     * HTTP(S) one frame); `16M` in the file. Larger: fewer requests; smaller: less lost to a kill.
+     */
+    requestSize: number;
   };
   /** The resident service (upgradectl daemon). */
   daemon: {
@@ -110,7 +115,7 @@ export interface Config {
 /** Every section and key a config may hold (the file's keys, as written). */
 export const CONFIG_SCHEMA: IniSchema = {
   source: ['url', 'channel', 'min_version', 'region', 'endpoint', 'force_path_style'],
-  prepare: ['parallel', 'retries', 'stall_timeout', 'allow_unsigned', 'allow_downgrade', 'max_rate'],
+  prepare: ['parallel', 'retries', 'stall_timeout', 'allow_unsigned', 'allow_downgrade', 'max_rate', 'request_size'],
   daemon: ['check_interval', 'startup_delay'],
   window: ['commit'],
   metrics: ['textfile'],
@@ -218,6 +223,7 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       allowUnsigned: bool('prepare', 'allow_unsigned', false),
       allowDowngrade: bool('prepare', 'allow_downgrade', false),
       maxRate: size('prepare', 'max_rate', 0),
+      requestSize: size('prepare', 'request_size', 0),
     },
     daemon: {
       checkInterval: duration('daemon', 'check_interval', 6 * 3600, 60, 30 * 86400),

@@ -136,7 +136,7 @@ export async function prepareRelease(opts: PrepareOptions): Promise<PrepareResul
       };
       // The images this machine holds are where a delta finds its blocks; the one being prepared is not one.
       const seeds = [...keep].filter((v) => v !== version).map((v) => layout.imageFile(v));
-      const stage = await stageImage({ layout, source, release, parallel: config.prepare.parallel, progress, signal: opts.signal, seeds, pool, started: announce });
+      const stage = await stageImage({ layout, source, release, parallel: config.prepare.parallel, requestBytes: config.prepare.requestSize, progress, signal: opts.signal, seeds, pool, started: announce });
       announce();
       if (superseded) {
         await fs.rm(layout.imageFile(superseded), { force: true });

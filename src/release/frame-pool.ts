@@ -2,9 +2,9 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { UpgradeError, type ErrorCode } from '../core/errors.js';
 import { log } from '../core/log.js';
-import type { FrameResult, FrameTask } from './frame-worker.js';
+import type { FrameOutcome, FrameResult, FrameTask } from './frame-worker.js';
 
-type Pending = { resolve: (r: FrameResult) => void; reject: (e: Error) => void };
+type Pending = { resolve: (r: FrameResult) => void; reject: (e: Error) => void; outcome?: (o: FrameOutcome) => void };
 
 // Under the test runner the sources are .ts (its loader is inherited by workers through execArgv);
 // installed, they are compiled .js. The worker is a sibling file either way.
@@ -22,9 +22,14 @@ class FrameWorker {
     // A small young generation: decoded frames are native buffers V8 barely sees, so without frequent
     // scavenges their garbage piles up (hundreds of MB) before anything collects it.
     this.worker = new Worker(WORKER_URL, { resourceLimits: { maxYoungGenerationSizeMb: 2 } });
-    this.worker.on('message', (msg: { id: number; result?: FrameResult; error?: WorkerError }) => {
+    this.worker.on('message', (msg: { id: number; result?: FrameResult; error?: WorkerError; outcome?: FrameOutcome }) => {
       const p = this.pending.get(msg.id);
       if (!p) return;
+      if (msg.outcome) {
+        // One frame of a task settled; the task goes on.
+        p.outcome?.(msg.outcome);
+        return;
+      }
       this.pending.delete(msg.id);
       this.busy--;
       if (msg.error) p.reject(rebuild(msg.error));
@@ -37,14 +42,16 @@ class FrameWorker {
     });
   }
 
-  run(task: FrameTask, transfer: ArrayBuffer[] = []): Promise<FrameResult> {
+  run(task: FrameTask, transfer: ArrayBuffer[] = [], outcome?: (o: FrameOutcome) => void, signal?: AbortSignal): Promise<FrameResult> {
     if (this.dead) return Promise.reject(this.dead);
     const id = this.nextId++;
     this.busy++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+    const cancel = () => this.worker.postMessage({ cancel: id });
+    signal?.addEventListener('abort', cancel, { once: true });
+    return new Promise<FrameResult>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, outcome });
       this.worker.postMessage({ id, task }, transfer);
-    });
+    }).finally(() => signal?.removeEventListener('abort', cancel));
   }
 
   get alive(): boolean {
@@ -93,12 +100,16 @@ export class FramePool {
     log.debug(`started ${this.size} frame worker threads`);
   }
 
-  run<T extends FrameResult['op']>(task: FrameTask & { op: T }, transfer: ArrayBuffer[] = []): Promise<Extract<FrameResult, { op: T }>> {
+  /**
+   * `outcome`: called as each frame of a fetch-frames task is settled, before the task's own result.
+   * `signal`: on abort, a fetch-frames task stops at its next frame (INTERRUPTED).
+   */
+  run<T extends FrameResult['op']>(task: FrameTask & { op: T }, transfer: ArrayBuffer[] = [], outcome?: (o: FrameOutcome) => void, signal?: AbortSignal): Promise<Extract<FrameResult, { op: T }>> {
     this.start();
     // A thread that died failed its own tasks; the others go on (a lost thread never takes new work).
     const live = this.workers.filter((w) => w.alive);
     const w = (live.length ? live : this.workers).reduce((a, b) => (b.busy < a.busy ? b : a));
-    return w.run(task, transfer) as Promise<Extract<FrameResult, { op: T }>>;
+    return w.run(task, transfer, outcome, signal) as Promise<Extract<FrameResult, { op: T }>>;
   }
 
   async close(): Promise<void> {

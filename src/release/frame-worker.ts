@@ -24,10 +24,11 @@ export type FrameTask =
   /** `keepRaw`: hand the decoded bytes back (the in-order image hash of /1 manifests needs them). */
   | { op: 'decode-write'; frame: Uint8Array; rawLength: number; sha256: string; fd: number; directFd?: number; position: number; keepRaw: boolean }
   /**
-   * Fetch bytes [start, end) of `key` (one frame) from the source itself, then decode, verify and
-   * write it like decode-write: the frame's bytes never pass through the main thread.
+   * Fetch consecutive frames of `key` from the source itself, in one request where the source can,
+   * each decoded, verified and written like decode-write as soon as its bytes are in: the bytes never
+   * pass through the main thread. Each frame's outcome is reported as it is settled (FrameOutcome).
    */
-  | { op: 'fetch-frame'; source: SourceSpec; key: string; start: number; end: number; etag: string | undefined; rawLength: number; sha256: string; fd: number; directFd?: number; position: number }
+  | { op: 'fetch-frames'; source: SourceSpec; key: string; etag: string | undefined; frames: FetchedFrame[]; fd: number; directFd?: number }
   | AssembleTask
   /** Truncated SHA-256 of every 4 KiB block of a local image's range (delta seeds). */
   | { op: 'block-hashes'; fd: number; start: number; end: number }
@@ -53,8 +54,7 @@ export type FrameResult =
     }
   | { op: 'decode-write'; ok: true; written: number; sha256: string; /** With keepRaw: the decoded bytes. */ raw?: Uint8Array }
   | { op: 'decode-write'; ok: false; got: string; reason: string }
-  | { op: 'fetch-frame'; ok: true; written: number; sha256: string }
-  | { op: 'fetch-frame'; ok: false; got: string; reason: string }
+  | { op: 'fetch-frames'; frames: number }
   | { op: 'hash-range'; sha256: string }
   | { op: 'assemble'; ok: true; sha256: string; written: number }
   /** `badBlocks`: 4 KiB blocks of the frame whose local copy did not match the index; else the frame's hash did not. */
@@ -65,6 +65,18 @@ export type FrameResult =
   | { op: 'hash-data' }
   | { op: 'hash-zero' }
   | { op: 'hash-digest'; sha256: string };
+
+/** A frame of a fetch-frames task: bytes [start, end) of the payload, decoded to `position` of the image. */
+export interface FetchedFrame {
+  start: number;
+  end: number;
+  rawLength: number;
+  sha256: string;
+  position: number;
+}
+
+/** One frame of a fetch-frames task settled: on disk (ok) or refused by its check (the caller fetches it again). */
+export type FrameOutcome = { index: number; ok: true; sha256: string } | { index: number; ok: false; reason: string };
 
 /**
  * A frame put together from local copies and fetched blocks (delta prepare). Local runs are copied
@@ -304,7 +316,13 @@ const openedWith = new Map<string, string>();
 const receiveBuffers: Buffer[] = [];
 const RECEIVE_SIZE = MAX_BLOCK + (64 << 10);
 
-async function fetchFrame(task: Extract<FrameTask, { op: 'fetch-frame' }>): Promise<FrameResult> {
+/**
+ * Frames of one request on their way to disk before it stops reading (the server then waits). One:
+ * each pending write holds a decoded frame (4 MiB); two gave no more speed and ~25 MiB more memory.
+ */
+const WRITES_PER_REQUEST = 1;
+
+async function fetchFrames(task: Extract<FrameTask, { op: 'fetch-frames' }>, report: (o: FrameOutcome) => void, stopped: () => boolean): Promise<FrameResult> {
   // A pre-signed S3 URL is renewed now and then: the new one replaces the old source, whose idle
   // keep-alive connections close on their own (frames still in flight on it finish there).
   const id = task.source.signedKey !== undefined ? `signed ${task.source.signedKey}` : JSON.stringify(task.source);
@@ -313,19 +331,48 @@ async function fetchFrame(task: Extract<FrameTask, { op: 'fetch-frame' }>): Prom
     sources.set(id, (source = openSpec(task.source)));
     openedWith.set(id, task.source.url);
   }
-  const length = task.end - task.start;
-  const buffer = receiveBuffers.pop() ?? Buffer.allocUnsafeSlow(RECEIVE_SIZE);
-  try {
-    const bytes = await source.range(task.key, task.start, task.end, task.etag, length <= buffer.length ? buffer : undefined);
-    const v = decodeVerify(bytes, task.rawLength, task.sha256);
-    if (!v.ok) return { op: 'fetch-frame', ...v };
+  const { frames } = task;
+  const longest = Math.max(...frames.map((f) => f.end - f.start));
+  const buffer = longest <= RECEIVE_SIZE ? (receiveBuffers.pop() ?? Buffer.allocUnsafeSlow(RECEIVE_SIZE)) : Buffer.allocUnsafeSlow(longest);
+  const writing = new Set<Promise<void>>();
+  let writeFailed: { err: unknown } | undefined;
+  /** Frame `index` is in: check it, start its write, and hold the request back while too many are still writing. */
+  const take = (index: number, bytes: Buffer): void | Promise<void> => {
+    if (writeFailed) throw writeFailed.err;
+    // Stopped between two frames: what is written stays, the rest of the request is dropped.
+    if (stopped()) throw new UpgradeError('INTERRUPTED', 'download was interrupted', { hint: 'run the same command again: it resumes where it stopped' });
+    const f = frames[index]!;
+    const v = decodeVerify(bytes, f.rawLength, f.sha256);
+    if (!v.ok) {
+      report({ index, ok: false, reason: v.reason });
+      return;
+    }
     // Reported done only once it is on disk (the caller's progress file counts it as kept).
-    const written = await writeFrameAsync(task.fd, v.parts, task.position, task.directFd);
-    return { op: 'fetch-frame', ok: true, written, sha256: v.sha256 };
+    const written: Promise<void> = writeFrameAsync(task.fd, v.parts, f.position, task.directFd).then(
+      () => {
+        report({ index, ok: true, sha256: v.sha256 });
+      },
+      (err: unknown) => {
+        writeFailed ??= { err };
+      },
+    );
+    writing.add(written);
+    void written.finally(() => writing.delete(written));
+    if (writing.size >= WRITES_PER_REQUEST) return Promise.race(writing);
+  };
+  try {
+    const bounds = [frames[0]!.start, ...frames.map((f) => f.end)];
+    if (source.rangePieces) await source.rangePieces(task.key, bounds, task.etag, buffer, take);
+    else {
+      for (const [index, f] of frames.entries()) await take(index, await source.range(task.key, f.start, f.end, task.etag, buffer));
+    }
   } finally {
-    // The frame is on disk (or refused) by now: nothing refers to the buffer any more.
-    receiveBuffers.push(buffer);
+    // Nothing may still read the buffer, nor write, once the task has answered.
+    await Promise.all(writing);
+    if (buffer.length === RECEIVE_SIZE) receiveBuffers.push(buffer);
   }
+  if (writeFailed) throw writeFailed.err;
+  return { op: 'fetch-frames', frames: frames.length };
 }
 
 function blockHashesOf(raw: Buffer): Uint8Array {
@@ -424,8 +471,8 @@ export function handle(task: FrameTask): { result: FrameResult; transfer: ArrayB
       // The decoded bytes go back only for the in-order hash of /1 manifests.
       return { result: { op: 'decode-write', ...r }, transfer: r.ok && r.raw ? [r.raw.buffer as ArrayBuffer] : [] };
     }
-    case 'fetch-frame':
-      throw new Error('fetch-frame is asynchronous: run it through the message handler');
+    case 'fetch-frames':
+      throw new Error('fetch-frames is asynchronous: run it through the message handler');
     case 'assemble':
       return { result: assemble(task), transfer: [] };
     case 'block-hashes': {
@@ -485,7 +532,14 @@ function serialize(err: unknown): { message: string; code?: string; hint?: strin
 let zstd: typeof import('./zstd-chunks.js') | undefined;
 const needsZstd = (task: FrameTask) => (task.op === 'compress' && Boolean(task.chunkSize && task.zstdLevel)) || (task.op === 'assemble' && task.codec === 'zstd');
 
-parentPort?.on('message', (msg: { id: number; task: FrameTask }) => {
+/** Tasks the caller has stopped (SIGTERM during a download): they end at their next frame. */
+const cancelled = new Set<number>();
+
+parentPort?.on('message', (msg: { id: number; task: FrameTask } | { cancel: number }) => {
+  if ('cancel' in msg) {
+    cancelled.add(msg.cancel);
+    return;
+  }
   if (!zstd && needsZstd(msg.task)) {
     // Tasks after this one may start before the module is in: each waits for it the same way.
     import('./zstd-chunks.js').then(
@@ -501,15 +555,17 @@ parentPort?.on('message', (msg: { id: number; task: FrameTask }) => {
 });
 
 function run(msg: { id: number; task: FrameTask }): void {
-  if (msg.task.op === 'fetch-frame') {
-    // Asynchronous: several frames are fetched at once, each decoded as soon as its bytes are in.
-    fetchFrame(msg.task).then(
-      (result) => {
-        parentPort!.postMessage({ id: msg.id, result });
-        collect({ type: 'minor' });
-      },
-      (err: unknown) => parentPort!.postMessage({ id: msg.id, error: serialize(err) }),
-    );
+  if (msg.task.op === 'fetch-frames') {
+    // Asynchronous: several requests at once, each frame decoded as soon as its bytes are in.
+    fetchFrames(msg.task, (outcome) => parentPort!.postMessage({ id: msg.id, outcome }), () => cancelled.has(msg.id))
+      .finally(() => cancelled.delete(msg.id))
+      .then(
+        (result) => {
+          parentPort!.postMessage({ id: msg.id, result });
+          collect({ type: 'minor' });
+        },
+        (err: unknown) => parentPort!.postMessage({ id: msg.id, error: serialize(err) }),
+      );
     return;
   }
   try {

@@ -34,6 +34,8 @@ export interface FramesContext {
   seedCache: string;
   /** Called with the verified frames so far, on a timer and at the end. */
   persist: (done: number[], bytesDone: number) => Promise<void>;
+  /** Bytes one ranged request may carry (several frames in one GET); unset or 0: one frame each. */
+  requestBytes?: number;
   /** Called once the first frames are on their way (see StageOptions.started). */
   started?: () => void;
 }
@@ -190,27 +192,58 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
   // manifests need each decoded frame back here for their in-order image hash, so they keep fetching here.
   const inWorkers = !ctx.hasher && ctx.source.workerSpec !== undefined;
   /**
-   * Fetch, decode, verify and write a whole frame on a worker; its SHA-256 once it is on disk.
-   * Undefined when the source cannot be reached from a worker (an S3 bucket whose pre-signed URLs
-   * do not work): the frame is then fetched here.
+   * Fetch consecutive frames on a worker, in one request where the source allows: each is decoded,
+   * verified and written there and `finish`ed here as soon as it is on disk. A frame that fails its
+   * check is fetched once more on its own, and refused the second time. False when the source cannot
+   * be reached from a worker (an S3 bucket whose pre-signed URLs do not work): fetch them here.
    */
-  const fetchInWorker = async (i: number): Promise<string | undefined> => {
-    const f = frames[i]!;
-    for (let attempt = 0; ; attempt++) {
-      // Asked per frame: an S3 URL is renewed before it expires (cached otherwise).
-      const spec = await ctx.source.workerSpec!(ctx.payloadKey);
-      if (!spec) return undefined;
-      await ctx.source.admit?.(f.length);
-      const r = await ctx.pool.run({
-        op: 'fetch-frame', source: spec, key: ctx.payloadKey, start: f.offset, end: f.offset + f.length, etag: ctx.etag,
-        rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize,
-      });
-      stats.fetched += f.length;
+  const fetchInWorker = async (span: number[], attempt = 0): Promise<boolean> => {
+    // Asked per request: an S3 URL is renewed before it expires (cached otherwise).
+    const spec = await ctx.source.workerSpec!(ctx.payloadKey);
+    if (!spec) return false;
+    const bytes = span.reduce((n, i) => n + frames[i]!.length, 0);
+    await ctx.source.admit?.(bytes);
+    const failed: Array<{ i: number; reason: string }> = [];
+    const task = span.map((i) => ({ start: frames[i]!.offset, end: frames[i]!.offset + frames[i]!.length, rawLength: frames[i]!.rawLength, sha256: frames[i]!.sha256, position: i * frameSize }));
+    try {
+      await ctx.pool.run({ op: 'fetch-frames', source: spec, key: ctx.payloadKey, etag: ctx.etag, frames: task, fd: ctx.fd, directFd: ctx.directFd }, [], (o) => {
+        if (o.ok) finish(span[o.index]!)(o.sha256);
+        else failed.push({ i: span[o.index]!, reason: o.reason });
+      }, ctx.signal);
+    } catch (err) {
+      // Stopped at a frame boundary: the frames on disk are finished, the lane ends, the caller says INTERRUPTED.
+      if (ctx.signal?.aborted && (err as { code?: string }).code === 'INTERRUPTED') return true;
+      throw err;
+    } finally {
+      stats.fetched += bytes;
       stats.requests++;
-      if (r.ok) return r.sha256;
-      if (attempt > 0) throw corrupt(i, r.reason);
-      refetching(i, r.reason);
     }
+    for (const { i, reason } of failed) {
+      if (attempt > 0) throw corrupt(i, reason);
+      refetching(i, reason);
+      if (!(await fetchInWorker([i], attempt + 1))) finish(i)(await (await fetchWhole(i, attempt + 1)).written);
+    }
+    return true;
+  };
+  /**
+   * Frame `first` and the frames after it that the same request should carry: consecutive in the
+   * payload, up to the source's request size, and no more than an even share of what is left, so the
+   * lanes finish together. Taken off the queue.
+   */
+  const requestBytes = ctx.requestBytes ?? 0;
+  const spanFrom = (first: number): number[] => {
+    const span = [first];
+    if (ctx.source.admit || requestBytes <= 0) return span;
+    const share = Math.ceil((queue.length + 1) / Math.max(1, ctx.parallel));
+    let bytes = frames[first]!.length;
+    for (let next = queue[0]; next !== undefined && span.length < share; next = queue[0]) {
+      const prev = frames[span.at(-1)!]!;
+      const f = frames[next]!;
+      if (next !== span.at(-1)! + 1 || plans.has(next) || f.offset !== prev.offset + prev.length || bytes + f.length > requestBytes) break;
+      span.push(queue.shift()!);
+      bytes += f.length;
+    }
+    return span;
   };
   const wholeFrame = async (i: number) => (await fetchWhole(i)).written;
   /** Local blocks plus fetched ones; blocks whose local copy is bad are fetched on a second try, then the whole frame. */
@@ -265,14 +298,14 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
         finish(i)(await assembled(i, plan, delta!.offsets(i)));
         continue;
       }
-      const digest = inWorkers ? await fetchInWorker(i) : undefined;
-      if (digest) {
-        finish(i)(digest);
-        continue;
+      const span = inWorkers ? spanFrom(i) : [i];
+      if (inWorkers && (await fetchInWorker(span))) continue;
+      for (const j of span) {
+        while (decoding.size >= maxDecoding) await Promise.race(decoding);
+        const { written } = await fetchWhole(j);
+        const settled: Promise<void> = written.then(finish(j)).finally(() => decoding.delete(settled));
+        decoding.add(settled);
       }
-      const { written } = await fetchWhole(i);
-      const settled: Promise<void> = written.then(finish(i)).finally(() => decoding.delete(settled));
-      decoding.add(settled);
     }
   };
   const failed = (err: unknown) => {

@@ -38,6 +38,8 @@ export interface StageOptions {
   source: Source;
   release: ResolvedRelease;
   parallel: number;
+  /** [prepare] request_size: bytes per ranged request; unset or 0: the source's own choice. */
+  requestBytes?: number;
   progress?: Progress;
   signal?: AbortSignal;
   /** Local images whose blocks a /2 release with an index may reuse (current, previous, …). */
@@ -159,6 +161,7 @@ export async function stageImage(opts: StageOptions): Promise<StageResult> {
         pool,
         hasher,
         parallel: opts.parallel,
+        requestBytes: opts.requestBytes || source.requestBytes,
         progress: opts.progress,
         signal: opts.signal,
         stagedBytes: (await fh.stat()).blocks * 512,

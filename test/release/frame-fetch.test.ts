@@ -1,11 +1,13 @@
 import t from 'tap';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
 import { makeMachine, makePublisher, servedRelease, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
+import { FramePool } from '../../src/release/frame-pool.js';
+import type { FrameOutcome } from '../../src/release/frame-worker.js';
 
 /**
  * Whole frames are fetched by the frame workers themselves (src/release/frame-worker.ts, fetch-frame):
@@ -20,27 +22,35 @@ const rangeLength = (range: string | undefined) => {
   return m ? Number(m[2]) - Number(m[1]) + 1 : 0;
 };
 
-t.test('frames fetched by the workers: corruption on the wire, a download that breaks off', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
+// One frame per request (HTTP's default), and several consecutive frames per request (S3's default,
+// here through [prepare] request_size): a frame is checked and kept or fetched again on its own either way.
+for (const [mode, extra] of [['one frame per request', ''], ['several frames per request', 'request_size = 3M\n']] as const) {
+t.test(`frames fetched by the workers, ${mode}: corruption on the wire, a download that breaks off`, { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
   const dir = t.testdir();
   const { pub, image, server, url, payloadPath: payload, manifest } = await servedRelease(t, dir, '1.0');
   const frames = manifest.payload.frames as F[];
   const needed = frames.filter((f, i) => i === 0 || !isZero(f)).reduce((n, f) => n + f.length, 0);
+  const requests = () => server.requests.filter((q) => q.path === payload && q.method === 'GET').length;
 
   await t.test('a frame corrupted on the wire is fetched again, and only that frame', async (t) => {
-    const root = makeMachine(dir, 'once', url, pub.pub, '[prepare]\nparallel = 2\n');
+    const root = makeMachine(dir, 'once', url, pub.pub, `[prepare]\nparallel = 2\n${extra}`);
     const from = server.requests.length;
+    const before = requests();
     server.faults.add({ kind: 'corrupt', path: payload, times: 1 });
     const r = await upgradectl(['--root', root, '--json', 'prepare', '1.0']);
     server.faults.clear();
     t.equal(r.code, 0, r.stderr);
-    t.match(r.stderr, /frame \d+ of .* failed its check \(.*\); fetching it again/);
+    const bad = /frame (\d+) of .* failed its check \(.*\); fetching it again/.exec(r.stderr);
+    t.ok(bad, 'the corrupted frame is named');
     t.equal(sha256File(path.join(root, 'images/1.0.img')), sha256File(image), 'byte-identical');
-    const first = server.requests.slice(from).find((q) => q.path === payload && q.method === 'GET');
-    t.equal(server.rangeBytes(payload, from), needed + rangeLength(first?.range), 'the whole payload once, plus the corrupted frame once more');
+    t.equal(server.rangeBytes(payload, from), needed + frames[Number(bad?.[1])]!.length, 'the whole payload once, plus the corrupted frame once more');
+    const fetched = frames.filter((f, i) => i === 0 || !isZero(f)).length + 1;
+    if (extra) t.ok(requests() - before < fetched * 0.75, `${requests() - before} requests carried ${fetched} frames`);
+    else t.equal(requests() - before, fetched, 'one request per frame');
   });
 
   await t.test('a frame that arrives corrupt twice is refused: the release does not match its manifest', async (t) => {
-    const root = makeMachine(dir, 'always', url, pub.pub, '[prepare]\nparallel = 2\n');
+    const root = makeMachine(dir, 'always', url, pub.pub, `[prepare]\nparallel = 2\n${extra}`);
     server.faults.add({ kind: 'corrupt', path: payload });
     const r = await upgradectl(['--root', root, '--json', 'prepare', '1.0']);
     server.faults.clear();
@@ -52,7 +62,7 @@ t.test('frames fetched by the workers: corruption on the wire, a download that b
   });
 
   await t.test('a download that breaks off names the URL, keeps the verified frames, and the next run fetches only the rest', async (t) => {
-    const root = makeMachine(dir, 'broken', url, pub.pub, '[prepare]\nparallel = 2\nretries = 0\n');
+    const root = makeMachine(dir, 'broken', url, pub.pub, `[prepare]\nparallel = 2\nretries = 0\n${extra}`);
     // The first four frame requests are answered; every later one is cut after 100 bytes.
     server.faults.add({ kind: 'drop', afterBytes: 100, path: payload, skip: 4 });
     const first = await upgradectl(['--root', root, '--json', 'prepare', '1.0']);
@@ -75,6 +85,7 @@ t.test('frames fetched by the workers: corruption on the wire, a download that b
     t.equal(r.json.stage.reusedFrames, onDisk.length, 'and says how many it kept');
   });
 });
+}
 
 t.test('frames go to disk around the page cache (O_DIRECT): nothing of the new image is left to write back', { skip: skipUnless({ commands: ['mke2fs', 'debugfs', 'fincore'] }) }, async (t) => {
   const dir = t.testdir();
@@ -89,4 +100,40 @@ t.test('frames go to disk around the page cache (O_DIRECT): nothing of the new i
   const allocated = statSync(file).blocks * 512;
   t.ok(resident < allocated / 10, `${resident} of ${allocated} bytes of the image are in the page cache`);
   t.equal(sha256File(file), sha256File(image), 'byte-identical');
+});
+
+t.test('a request of several frames stops at the next frame when the download is stopped (SIGTERM)', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
+  const dir = t.testdir();
+  const { server, manifest } = await servedRelease(t, dir, '1.0');
+  const frames = manifest.payload.frames as F[];
+  const frameSize = manifest.payload.frameSize as number;
+  // The longest run of consecutive non-zero frames: one request carries all of them.
+  let best: number[] = [];
+  for (let i = 0, run: number[] = []; i < frames.length; i++) {
+    run = isZero(frames[i]!) ? [] : [...run, i];
+    if (run.length > best.length) best = run;
+  }
+  t.ok(best.length >= 4, `${best.length} consecutive frames`);
+  const out = path.join(dir, 'staged.img');
+  const fd = openSync(out, 'w+');
+  t.teardown(() => closeSync(fd));
+  const pool = new FramePool(1);
+  t.teardown(() => pool.close());
+  const stop = new AbortController();
+  const outcomes: FrameOutcome[] = [];
+  const task = best.map((i) => ({ start: frames[i]!.offset, end: frames[i]!.offset + frames[i]!.length, rawLength: frames[i]!.rawLength, sha256: frames[i]!.sha256, position: i * frameSize }));
+  const run = pool.run({ op: 'fetch-frames', source: { url: server.url, opts: {} }, key: 'releases/1.0/image.lz4', etag: undefined, frames: task, fd }, [], (o) => {
+    outcomes.push(o);
+    stop.abort();
+  }, stop.signal);
+  const err = await run.then(() => undefined, (e: { code?: string }) => e);
+  t.equal(err?.code, 'INTERRUPTED', 'the task ends as interrupted');
+  t.ok(outcomes.length >= 1 && outcomes.length < best.length, `${outcomes.length} of ${best.length} frames finished before it stopped`);
+  const staged = readFileSync(out);
+  for (const o of outcomes) {
+    const i = best[o.index]!;
+    t.ok(o.ok, `frame ${i} reported written`);
+    t.equal(createHash('sha256').update(staged.subarray(i * frameSize, i * frameSize + frames[i]!.rawLength)).digest('hex'), frames[i]!.sha256, `frame ${i} is on disk`);
+  }
+  t.equal(server.requests.filter((q) => q.method === 'GET' && q.path.endsWith('image.lz4')).length, 1, 'one request for all of them');
 });

@@ -1,12 +1,12 @@
 import type { Dispatcher } from 'undici';
 import { newAgent, request } from './undici-core.js';
-import { RangeSockets, type RangeReply, type RangeRequest } from './range-socket.js';
+import { RangeSockets, type BodyPieces, type RangeReply, type RangeRequest } from './range-socket.js';
 import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
 import { checkRange, encodeKey, metadataCap, metadataTooLarge, rangeTooLong } from './keys.js';
 import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
-import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec } from './source.js';
+import { refusePlainHttp, type ObjectInfo, type PieceTaker, type RetryPolicy, type Source, type SourceOptions, type SourceSpec } from './source.js';
 
 type Response = Dispatcher.ResponseData;
 /** What the status and header checks read: undici's response or range-socket.ts's head alike. */
@@ -144,6 +144,59 @@ export class HttpSource implements Source {
       `GET ${printable(url)} bytes ${start}-${end - 1}`,
       RETRY_HINT,
     );
+  }
+
+  async rangePieces(key: string, bounds: number[], etag: string | undefined, into: Buffer, take: PieceTaker): Promise<void> {
+    const url = this.urlOf(key);
+    const last = bounds.length - 1;
+    checkRange(printable(url), bounds[0]!, bounds[last]!);
+    const retrier = new Retrier(this.policy, `GET ${printable(url)} bytes ${bounds[0]}-${bounds[last]! - 1}`, RETRY_HINT);
+    /** The first piece not yet taken: a retry asks from there. */
+    let next = 0;
+    // A piece's own failure (its decode, its write) is the caller's to report, not a network error to retry.
+    let takeFailed: { err: unknown } | undefined;
+    const handOver = (bytes: Buffer): void | Promise<void> => {
+      const taken = () => {
+        next++;
+        retrier.progressed();
+      };
+      const failed = (err: unknown): never => {
+        takeFailed = { err };
+        throw err;
+      };
+      let pending: void | Promise<void>;
+      try {
+        pending = take(next, bytes);
+      } catch (err) {
+        return failed(err);
+      }
+      if (!pending) return taken();
+      return pending.then(taken, failed);
+    };
+    while (next < last) {
+      try {
+        const start = bounds[next]!;
+        const end = bounds[last]!;
+        const direct = await this.viaSockets('GET', url, rangeHeaders(start, end, etag), (head, length): BodyPieces | undefined => {
+          this.checkHead(head, url, etag, start, end);
+          if (head.statusCode !== 206 || length === undefined) return undefined;
+          if (length !== end - start) throw new TransientError(`the server announced ${length} bytes for a range of ${end - start}`);
+          return { buffer: into, lengths: bounds.slice(next + 1).map((b, j) => b - bounds[next + j]!), take: (_, bytes) => handOver(bytes) };
+        });
+        if (direct) continue;
+        // Answers only undici reads (Range ignored, chunked): one range per piece, windowed as any other.
+        while (next < last) {
+          const [from, to] = [bounds[next]!, bounds[next + 1]!];
+          const opened = await this.open(url, from, to, etag);
+          const bytes = await collect(opened.chunks, to - from, () => rangeTooLong(printable(url), from, to), into);
+          if (bytes.length < to - from) throw shorterThan(url, from + bytes.length, to);
+          await handOver(bytes);
+        }
+      } catch (err) {
+        if (takeFailed) throw takeFailed.err;
+        await retrier.failed(err);
+      }
+    }
   }
 
   stream(key: string, start: number, etag?: string): AsyncIterable<Buffer> {

@@ -1,7 +1,7 @@
 import { UpgradeError } from '../../core/errors.js';
 import { FileStore } from './file.js';
 import { HttpSource } from './http.js';
-import type { ObjectInfo, Source, SourceOptions, SourceSpec, Target } from './source.js';
+import { S3_REQUEST_BYTES, type ObjectInfo, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
 import type { S3Store } from './s3.js';
 
 export type { ObjectInfo, RetryPolicy, Source, SourceOptions, SourceSpec, Target } from './source.js';
@@ -84,6 +84,7 @@ function redact(url: URL): string {
  */
 class LazyS3 implements Source, Target {
   readonly url: string;
+  readonly requestBytes = S3_REQUEST_BYTES;
   private store: Promise<S3Store> | undefined;
 
   constructor(

@@ -24,10 +24,27 @@ export interface RangeHead {
 }
 
 export type RangeReply =
-  /** The body is in the buffer `accept` gave. */
+  /** The body is in the buffer `accept` gave (empty when it went to `BodyPieces.take` piece by piece). */
   | { kind: 'filled'; head: RangeHead; body: Buffer }
   /** `accept` declined this head, or the body is not framed by Content-Length: ask again elsewhere. */
   | { kind: 'declined'; head: RangeHead; reason: string };
+
+/**
+ * A body read piece by piece into one buffer, each piece handed over as soon as it is in: one GET of
+ * several consecutive frames, each decoded while the next one arrives.
+ */
+export interface BodyPieces {
+  /** Where each piece is read, from its start; at least as long as the longest piece. */
+  buffer: Buffer;
+  /** The pieces' lengths in order (each > 0); their sum is the body's length. */
+  lengths: number[];
+  /**
+   * Piece `index` is in `buffer.subarray(0, lengths[index])`. The buffer is read into again once this
+   * returns or, when it returns a promise, once that settles: meanwhile the connection reads nothing
+   * (the server's side of it fills up and waits). A throw or rejection fails the request with it.
+   */
+  take(index: number, bytes: Buffer): void | Promise<void>;
+}
 
 export interface RangeRequest {
   method: 'GET' | 'HEAD';
@@ -37,10 +54,10 @@ export interface RangeRequest {
   /**
    * Called with the head and the body's length (0 for HEAD; undefined when the body is not framed by
    * Content-Length, which is then declined whatever this returns) before any body byte is taken: the
-   * buffer of exactly that length the body goes into, or undefined to decline (the connection is
-   * dropped). A throw fails the request with what it threw.
+   * buffer of exactly that length the body goes into, pieces adding up to it, or undefined to decline
+   * (the connection is dropped). A throw fails the request with what it threw.
    */
-  accept(head: RangeHead, length: number | undefined): Buffer | undefined;
+  accept(head: RangeHead, length: number | undefined): Buffer | BodyPieces | undefined;
 }
 
 const HEAD_MAX = 16 << 10;
@@ -55,6 +72,29 @@ const SAFE_VALUE = /^[\x20-\x7e]*$/;
 
 class ProtocolError extends TransientError {}
 
+/** The request on a connection and how far its answer has come. */
+interface Exchange {
+  req: RangeRequest;
+  head?: RangeHead;
+  keepAlive: boolean;
+  /** What the caller gets back as the body: its buffer, or an empty one when the body went by pieces. */
+  body?: Buffer;
+  pieces?: BodyPieces;
+  /** The piece being read and how much of it is in. */
+  piece: number;
+  filled: number;
+  /** Body bytes read ahead of their piece (with the head, or while a piece was being taken). */
+  carry?: Buffer;
+  /** Body bytes not yet read. */
+  left: number;
+  /** A piece's `take` that has not settled: nothing is read until it has. */
+  taking?: Promise<void>;
+  resolve: (r: RangeReply) => void;
+  reject: (e: Error) => void;
+}
+
+const NO_PIECE_WORK = () => undefined;
+
 /** One keep-alive connection; `run` one request at a time. */
 class Connection {
   readonly socket: Socket;
@@ -62,9 +102,7 @@ class Connection {
   private readonly headBuf = Buffer.allocUnsafeSlow(HEAD_MAX);
   private headLen = 0;
   private state: 'idle' | 'head' | 'body' | 'dead' = 'idle';
-  private current:
-    | { req: RangeRequest; filled: number; head?: RangeHead; body?: Buffer; keepAlive: boolean; resolve: (r: RangeReply) => void; reject: (e: Error) => void }
-    | undefined;
+  private current: Exchange | undefined;
   /** Requests this connection answered (a reused connection the server closed meanwhile is retried once). */
   answered = 0;
   idleTimer: NodeJS.Timeout | undefined;
@@ -94,41 +132,53 @@ class Connection {
   /** `text`: the request's head, already checked (requestHead). */
   run(req: RangeRequest, text: string): Promise<RangeReply> {
     return new Promise((resolve, reject) => {
-      this.current = { req, filled: 0, keepAlive: true, resolve, reject };
+      this.current = { req, piece: 0, filled: 0, left: 0, keepAlive: true, resolve, reject };
       this.headLen = 0;
       this.state = 'head';
       this.socket.write(text, 'latin1');
     });
   }
 
-  /** Where the next read goes: the rest of the body, or the head buffer. */
+  /** Whether the last buffer handed out for a read was the current piece's (else the head buffer). */
+  private readingPiece = false;
+
+  /**
+   * Where the next read goes: the rest of the current piece, or the head buffer. node asks for it
+   * right after each read, before a paused connection reads again: while body bytes wait in `carry`
+   * (or a piece is being taken) the piece's place is not known yet, so the read goes to the head
+   * buffer and joins the carry.
+   */
   private nextBuffer(): Uint8Array {
     const c = this.current;
-    if (this.state === 'body' && c?.body && c.filled < c.body.length) return c.body.subarray(c.filled);
+    const want = c?.pieces?.lengths[c.piece];
+    this.readingPiece = this.state === 'body' && want !== undefined && !c!.taking && !c!.carry?.length && c!.filled < want;
+    if (this.readingPiece) return c!.pieces!.buffer.subarray(c!.filled, want);
+    if (this.state === 'body') return this.headBuf;
     return this.headLen < HEAD_MAX ? this.headBuf.subarray(this.headLen) : this.headBuf;
   }
 
   private onBytes(n: number): boolean {
     const c = this.current;
     try {
-      if (this.state === 'body' && c?.body) {
-        c.filled += n;
-        if (c.filled === c.body.length) this.finish();
-        return true;
+      if (this.state === 'body' && c?.pieces) {
+        c.left -= n;
+        if (c.left < 0) throw new ProtocolError('the server sent more than the body it announced');
+        if (this.readingPiece) return this.advance(c, n);
+        c.carry = Buffer.concat([c.carry ?? Buffer.alloc(0), this.headBuf.subarray(0, n)]);
+        return c.taking ? false : this.advance(c, 0);
       }
       // Outside a body, reads go to the head buffer (nextBuffer): bytes while no request is out are a broken server's.
       if (this.state !== 'head' || !c) throw new ProtocolError('the server sent data no request asked for');
       this.headLen += n;
-      this.takeHead(c);
-      return true;
+      return this.takeHead(c);
     } catch (err) {
       this.fail(err as Error);
       return false;
     }
   }
 
-  /** Parse the head once it is all in; start the body with the bytes that came after it. */
-  private takeHead(c: NonNullable<Connection['current']>): void {
+  /** Parse the head once it is all in; start the body with the bytes that came after it. False: stop reading (advance). */
+  private takeHead(c: Exchange): boolean {
     let end = this.headBuf.subarray(0, this.headLen).indexOf(CRLFCRLF);
     while (end >= 0) {
       const head = parseHead(this.headBuf.toString('latin1', 0, end));
@@ -147,21 +197,72 @@ class Connection {
       // (chunked, or up to the connection's end) is not read here: `accept` sees no length.
       const length = c.req.method === 'HEAD' ? 0 : head.headers['transfer-encoding'] === undefined ? contentLength(head) : undefined;
       // The caller's status checks come first: a 404 is NOT_FOUND however its body is framed.
-      const body = c.req.accept(head, length);
-      if (!body || length === undefined) {
+      const taken = c.req.accept(head, length);
+      if (!taken || length === undefined) {
         this.decline(c, head, length === undefined ? 'the body is not framed by Content-Length' : `HTTP ${head.statusCode}`);
-        return;
+        return true;
       }
-      if (body.length !== length) throw new Error(`a ${body.length}-byte buffer for a ${length}-byte body`);
-      if (rest.length > body.length) throw new ProtocolError('the server sent more than the body it announced');
-      c.body = body;
-      c.filled = rest.copy(body, 0);
+      const pieces = Buffer.isBuffer(taken) ? { buffer: taken, lengths: taken.length ? [taken.length] : [], take: NO_PIECE_WORK } : taken;
+      const total = pieces.lengths.reduce((a, b) => a + b, 0);
+      if (total !== length || pieces.lengths.some((l) => !(l > 0 && l <= pieces.buffer.length))) {
+        throw new Error(`pieces of ${pieces.lengths.join('+')} bytes in a ${pieces.buffer.length}-byte buffer for a ${length}-byte body`);
+      }
+      if (rest.length > length) throw new ProtocolError('the server sent more than the body it announced');
+      c.body = Buffer.isBuffer(taken) ? taken : taken.buffer.subarray(0, 0);
+      c.pieces = pieces;
+      // Copied: the head buffer takes later reads while these wait for their piece.
+      c.carry = Buffer.from(rest);
+      c.left = length - rest.length;
       this.headLen = 0;
       this.state = 'body';
-      if (c.filled === body.length) this.finish();
-      return;
+      return this.advance(c, 0);
     }
     if (this.headLen >= HEAD_MAX) throw new ProtocolError(`the response head is larger than ${HEAD_MAX} bytes`);
+    return true;
+  }
+
+  /**
+   * `n` more bytes of the current piece are in: hand over every full piece, then finish the body.
+   * False while a piece's `take` is pending (the caller stops reading; the settled take resumes it).
+   */
+  private advance(c: Exchange, n: number): boolean {
+    const pieces = c.pieces!;
+    c.filled += n;
+    for (;;) {
+      if (c.piece === pieces.lengths.length) {
+        this.finish();
+        return true;
+      }
+      const want = pieces.lengths[c.piece]!;
+      if (c.carry?.length && c.filled < want) {
+        const k = c.carry.copy(pieces.buffer, c.filled, 0, want - c.filled);
+        c.filled += k;
+        c.carry = c.carry.subarray(k);
+      }
+      if (c.filled < want) return true;
+      const index = c.piece++;
+      c.filled = 0;
+      const pending = pieces.take(index, pieces.buffer.subarray(0, want));
+      if (!pending) continue;
+      c.taking = pending;
+      pending.then(
+        () => {
+          c.taking = undefined;
+          if (this.current !== c) return;
+          try {
+            // Reading again, also once the body is done: an idle connection must see the server close it.
+            if (this.advance(c, 0) && !this.socket.destroyed) this.socket.resume();
+          } catch (err) {
+            this.fail(err as Error);
+          }
+        },
+        (err: unknown) => {
+          c.taking = undefined;
+          if (this.current === c) this.fail(err as Error);
+        },
+      );
+      return false;
+    }
   }
 
   private finish(): void {
@@ -173,7 +274,7 @@ class Connection {
     c.resolve({ kind: 'filled', head: c.head!, body: c.body! });
   }
 
-  private decline(c: NonNullable<Connection['current']>, head: RangeHead, reason: string): void {
+  private decline(c: Exchange, head: RangeHead, reason: string): void {
     this.current = undefined;
     this.drop();
     c.resolve({ kind: 'declined', head, reason });
@@ -193,7 +294,10 @@ class Connection {
     if (c) {
       // A request that got nothing back on a reused connection: the server had closed it while idle.
       const unanswered = c.head === undefined && this.headLen === 0 && this.answered > 0;
-      c.reject(unanswered ? Object.assign(new TransientError(err.message, { cause: err }), { unanswered: true }) : err);
+      const reason = unanswered ? Object.assign(new TransientError(err.message, { cause: err }), { unanswered: true }) : err;
+      // Not before a piece being taken has let go of the buffer: the caller may read into it again at once.
+      if (c.taking) c.taking.then(() => c.reject(reason), () => c.reject(reason));
+      else c.reject(reason);
     }
   }
 }

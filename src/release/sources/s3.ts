@@ -5,7 +5,7 @@ import { UpgradeError, errnoOf, messageOf } from '../../core/errors.js';
 import { asBuffers, byteWindow, collect } from './body.js';
 import { checkRange, keySegments, metadataCap, metadataTooLarge, rangeTooLong } from './keys.js';
 import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
-import { refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
+import { S3_REQUEST_BYTES, refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
 import { presignGet } from './s3-presign.js';
 import { HttpSource } from './http.js';
 import { log } from '../../core/log.js';
@@ -27,6 +27,7 @@ const RETRY_HINT = 'check the network and the S3 endpoint ([source] endpoint, re
  */
 export class S3Store implements Source, Target {
   readonly url: string;
+  readonly requestBytes = S3_REQUEST_BYTES;
   private readonly bucket: string;
   private readonly prefix: string;
   private readonly policy: RetryPolicy;

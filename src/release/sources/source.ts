@@ -57,10 +57,30 @@ export interface Source {
    * instead of allocating one: a worker that fetches frame after frame reuses its memory.
    */
   range(key: string, start: number, end: number, etag?: string, into?: Buffer): Promise<Buffer>;
+  /**
+   * Consecutive ranges of one object in one request: bytes [bounds[i], bounds[i + 1]) are read into
+   * `into` (at least as long as the longest) and handed to `take(i, bytes)` in order, each as soon as
+   * it is in; the bytes are valid until `take` returns or its promise settles. A drop resumes from the
+   * first range not yet taken; a throw from `take` ends it with that error. Without it, one `range` each.
+   */
+  rangePieces?(key: string, bounds: number[], etag: string | undefined, into: Buffer, take: PieceTaker): Promise<void>;
+  /**
+   * Bytes worth asking for in one ranged request when the caller may merge ranges (S3: its per-request
+   * latency and price). Unset: one request per frame, the least a `kill -9` can throw away.
+   */
+  readonly requestBytes?: number;
   /** The object from `start` to its end, as a stream of chunks (sequential payloads). */
   stream(key: string, start: number, etag?: string): AsyncIterable<Buffer>;
   close(): Promise<void>;
 }
+
+/**
+ * Bytes per ranged GET of an S3 payload's frames: AWS's guidance for byte-range fetches is 8–16 MB
+ * (each request pays its latency and its price; s3rver's per-request work is ~3 ms of CPU).
+ */
+export const S3_REQUEST_BYTES = 16 << 20;
+
+export type PieceTaker = (index: number, bytes: Buffer) => void | Promise<void>;
 
 /**
  * An object's full location for messages. `url` is the prefix as each source prints it: an http(s)

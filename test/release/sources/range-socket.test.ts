@@ -258,3 +258,91 @@ t.test('the main thread\'s reads go the same way: GET of a manifest, HEAD of the
   t.match(err.message, /larger than 65536 bytes/);
   t.equal(s.connections, 1, 'one kept connection for all three (closed after the refused head, whose body is never read)');
 });
+
+/** Bounds of consecutive pieces of BODY: `sizes` from `start`. */
+function boundsOf(start: number, sizes: number[]): number[] {
+  const bounds = [start];
+  for (const s of sizes) bounds.push(bounds.at(-1)! + s);
+  return bounds;
+}
+
+t.test('several frames in one request: each piece handed over as soon as it is in, in order', async (t) => {
+  const s = await rawServer(t, (head, _n, socket) => {
+    const bytes = partial(head, 'etag: "v1"\r\n');
+    // Head and the first pieces in one write (they arrive with the head), the rest in odd-sized writes.
+    let at = 0;
+    const next = () => {
+      if (socket.destroyed || at >= bytes.length) return;
+      const n = at === 0 ? bytes.indexOf('\r\n\r\n') + 4 + 700 : 3001;
+      socket.write(bytes.subarray(at, at + n));
+      at += n;
+      setImmediate(next);
+    };
+    next();
+  });
+  const sizes = [100, 250, 4000, 1, 9000, 2048];
+  const bounds = boundsOf(500, sizes);
+  const into = Buffer.alloc(9000);
+  const got: Array<[number, Buffer]> = [];
+  let slow = 0;
+  await s.source.rangePieces!(KEY, bounds, '"v1"', into, (i, bytes) => {
+    t.equal(bytes.buffer, into.buffer, `piece ${i} is in the given buffer`);
+    got.push([i, Buffer.from(bytes)]);
+    // Every other piece is taken asynchronously: nothing is read into the buffer until it settles.
+    if (i % 2) return new Promise<void>((resolve) => setTimeout(() => (slow++, resolve()), 20));
+  });
+  t.same(got.map(([i]) => i), [0, 1, 2, 3, 4, 5], 'every piece once, in order');
+  for (const [i, bytes] of got) t.same(bytes, BODY.subarray(bounds[i], bounds[i + 1]), `piece ${i}`);
+  t.equal(slow, 3);
+  t.equal(s.heads.length, 1, 'one request');
+  t.same(rangeOf(s.heads[0]!), [500, bounds.at(-1)]);
+  // The connection is kept and reads again after a body whose last piece was taken asynchronously.
+  t.same(await s.source.range(KEY, 0, 10, undefined, Buffer.alloc(10)), BODY.subarray(0, 10));
+  t.equal(s.connections, 1, 'still one connection');
+});
+
+t.test('a request of several frames that breaks off resumes from the first piece not taken', async (t) => {
+  const s = await rawServer(t, (head, n, socket) => {
+    const bytes = partial(head);
+    if (n === 1) {
+      // The head and 2.5 of the 4 pieces, then the connection dies.
+      socket.end(bytes.subarray(0, bytes.indexOf('\r\n\r\n') + 4 + 2500));
+    } else socket.write(bytes);
+  });
+  const bounds = boundsOf(0, [1000, 1000, 1000, 1000]);
+  const taken: number[] = [];
+  await s.source.rangePieces!(KEY, bounds, undefined, Buffer.alloc(1000), (i, bytes) => {
+    t.same(bytes, BODY.subarray(bounds[i], bounds[i + 1]), `piece ${i}`);
+    taken.push(i);
+  });
+  t.same(taken, [0, 1, 2, 3], 'each piece once');
+  t.same(s.heads.map(rangeOf), [[0, 4000], [2000, 4000]], 'the second request asks only for what was not taken');
+});
+
+t.test('a piece its taker refuses ends the request with that error, not retried as a network failure', async (t) => {
+  const s = await rawServer(t, (head, _n, socket) => socket.write(partial(head)));
+  const bounds = boundsOf(0, [1000, 1000, 1000]);
+  const refused = Object.assign(new Error('disk full'), { code: 'ENOSPC' });
+  for (const async of [false, true]) {
+    const before = s.heads.length;
+    const err = await failure(
+      s.source.rangePieces!(KEY, bounds, undefined, Buffer.alloc(1000), (i) => {
+        if (i !== 1) return;
+        if (async) return Promise.reject(refused);
+        throw refused;
+      }),
+    );
+    t.equal(err, refused, `${async ? 'a rejected' : 'a thrown'} error comes back as it is`);
+    t.equal(s.heads.length - before, 1, 'and the request is not made again');
+  }
+});
+
+t.test('pieces that do not add up to the answer, or more bytes than announced, fail the request', async (t) => {
+  const extra = await rawServer(t, (head, _n, socket) => socket.write(Buffer.concat([partial(head), Buffer.from('garbage')])));
+  const bounds = boundsOf(0, [1000, 1000]);
+  const err = await failure(extra.source.rangePieces!(KEY, bounds, undefined, Buffer.alloc(1000), () => undefined));
+  t.match(err.message, /more than the body|no request asked for/);
+  const tooSmall = await rawServer(t, (head, _n, socket) => socket.write(partial(head)));
+  const small = await failure(tooSmall.source.rangePieces!(KEY, bounds, undefined, Buffer.alloc(500), () => undefined));
+  t.match(small.message, /1000\+1000 bytes in a 500-byte buffer/, 'a buffer shorter than a piece is a caller\'s bug, named');
+});
