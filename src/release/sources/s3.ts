@@ -90,7 +90,7 @@ export class S3Store implements Source, Target {
     const cached = this.signed.get(key);
     if (cached) {
       const spec = await cached;
-      if (!spec || spec.expiresAt! - Date.now() > SIGNED_LIFETIME_MS / 2) return spec;
+      if (!spec || spec.expiresAt! - Date.now() > (spec.expiresAt! - spec.signedAt!) / 2) return spec;
       if (this.signed.get(key) !== cached) return this.workerSpec(key);
     }
     const made = this.sign(key);
@@ -103,7 +103,12 @@ export class S3Store implements Source, Target {
     const objectKey = this.keyOf(key);
     const signedAt = Date.now();
     const url = await this.presignedUrl(key, SIGNED_LIFETIME_MS / 1000);
-    const spec: SourceSpec = { url, opts: { retry: this.policy }, signedKey: key, expiresAt: signedAt + SIGNED_LIFETIME_MS };
+    // A URL made with temporary credentials (an instance role's, STS) stops working when they expire,
+    // whatever X-Amz-Expires says: its life is the shorter of the two, and it is renewed at half of
+    // that (the SDK hands out fresh credentials well before the old ones expire).
+    const credentialsExpire = (await this.credentialsExpiry()) ?? Infinity;
+    const expiresAt = Math.min(signedAt + SIGNED_LIFETIME_MS, credentialsExpire);
+    const spec: SourceSpec = { url, opts: { retry: this.policy }, signedKey: key, signedAt, expiresAt };
     return (await this.tryUrl(spec, objectKey)) ? spec : undefined;
   }
 
@@ -124,6 +129,16 @@ export class S3Store implements Source, Target {
       return false;
     } finally {
       await probe.close();
+    }
+  }
+
+  /** When the credentials in use expire (ms since the epoch); undefined for long-lived keys. */
+  private async credentialsExpiry(): Promise<number | undefined> {
+    try {
+      const credentials = await this.client.config.credentials();
+      return credentials.expiration?.getTime();
+    } catch {
+      return undefined;
     }
   }
 

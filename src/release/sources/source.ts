@@ -29,6 +29,8 @@ export interface SourceSpec {
    * `expiresAt` (ms since the epoch).
    */
   signedKey?: string;
+  /** When the URL was made, and when it stops working (the shorter of its own life and its credentials'). */
+  signedAt?: number;
   expiresAt?: number;
 }
 

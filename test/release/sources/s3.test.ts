@@ -221,6 +221,27 @@ t.test('workerSpec: a pre-signed GET that the worker side fetches as plain HTTP,
   t.same(gets.map((s) => s.signed), ['query']);
 });
 
+t.test('workerSpec with temporary credentials: the URL lives no longer than they do, and is renewed at half its life', async (t) => {
+  const { opts, url } = await s3(t);
+  const target = openTarget(url, opts);
+  await target.putBytes('releases/1.0/image.lz4', randomBytes(1000));
+  await target.close();
+  // The SDK's environment provider takes an expiry from here (an instance role's credentials carry one).
+  const expires = Date.now() + 4_000;
+  process.env.AWS_CREDENTIAL_EXPIRATION = new Date(expires).toISOString();
+  t.teardown(() => void delete process.env.AWS_CREDENTIAL_EXPIRATION);
+  const source = openSource(url, opts);
+  t.teardown(() => source.close());
+  const spec = (await source.workerSpec!('releases/1.0/image.lz4'))!;
+  t.ok(spec, 'a pre-signed URL');
+  t.ok(spec.expiresAt! <= expires && spec.expiresAt! > expires - 1000, `counted as expiring with its credentials (${spec.expiresAt! - Date.now()} ms left), not after 15 minutes`);
+  t.equal(await source.workerSpec!('releases/1.0/image.lz4'), spec, 'the same URL while more than half its life is left');
+  await new Promise((r) => setTimeout(r, spec.signedAt! + (spec.expiresAt! - spec.signedAt!) / 2 + 100 - Date.now()));
+  const renewed = (await source.workerSpec!('releases/1.0/image.lz4'))!;
+  t.not(renewed, spec, 'a new URL once half of it is gone');
+  t.ok(renewed.signedAt! > spec.signedAt!);
+});
+
 /** The SigV4 query signature of a pre-signed GET, computed from its URL alone (AWS's documented steps). */
 function sigV4(url: URL, secret: string): string {
   const enc = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
