@@ -29,6 +29,8 @@ export interface Config {
     region: string | undefined;
     endpoint: string | undefined;
     forcePathStyle: boolean;
+    /** PEM file (as the machine sees it) of the CAs that sign the release server's certificate; instead of the system's. */
+    caFile: string | undefined;
   };
   prepare: {
     /** Payload frames fetched at once. */
@@ -114,7 +116,7 @@ export interface Config {
 
 /** Every section and key a config may hold (the file's keys, as written). */
 export const CONFIG_SCHEMA: IniSchema = {
-  source: ['url', 'channel', 'min_version', 'region', 'endpoint', 'force_path_style'],
+  source: ['url', 'channel', 'min_version', 'region', 'endpoint', 'force_path_style', 'ca_file'],
   prepare: ['parallel', 'retries', 'stall_timeout', 'allow_unsigned', 'allow_downgrade', 'max_rate', 'request_size'],
   daemon: ['check_interval', 'startup_delay'],
   window: ['commit'],
@@ -215,6 +217,7 @@ export function parseConfig(text: string, file = 'upgradectl.conf'): Config {
       region: str('source', 'region'),
       endpoint: str('source', 'endpoint'),
       forcePathStyle: bool('source', 'force_path_style', false),
+      caFile: str('source', 'ca_file'),
     },
     prepare: {
       parallel: int('prepare', 'parallel', 4, 1, 32),

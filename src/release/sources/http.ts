@@ -26,6 +26,8 @@ export class HttpSource implements Source {
   private readonly base: URL;
   private readonly authorization: string | undefined;
   private readonly policy: RetryPolicy;
+  /** [source] ca_file: the only CAs trusted for this server (undefined: the system's). */
+  private readonly ca: string | undefined;
   private undiciAgent: Dispatcher | undefined;
   private warnedRangeIgnored = false;
   /** Requests whose body is read straight into a buffer (range-socket.ts), made on first use. */
@@ -41,6 +43,7 @@ export class HttpSource implements Source {
     this.spec = { url: url.href, opts };
     if (signedKey !== undefined) this.signed = { key: signedKey, url: new URL(url.href) };
     this.policy = resolvePolicy(opts.retry);
+    this.ca = opts.ca;
     const base = new URL(url.href);
     if (base.username !== '' || base.password !== '') {
       const user = decodeURIComponent(base.username);
@@ -61,7 +64,7 @@ export class HttpSource implements Source {
       keepAliveTimeout: 30_000,
       headersTimeout: this.policy.stallTimeoutMs,
       bodyTimeout: this.policy.stallTimeoutMs,
-      connect: { timeout: this.policy.stallTimeoutMs },
+      connect: { timeout: this.policy.stallTimeoutMs, ca: this.ca },
       connections: 16,
     }));
   }
@@ -222,7 +225,7 @@ export class HttpSource implements Source {
     if (this.authorization !== undefined) headers = { ...headers, authorization: this.authorization };
     let reply: RangeReply;
     try {
-      this.sockets ??= new RangeSockets(new URL(url.origin), this.policy.stallTimeoutMs);
+      this.sockets ??= new RangeSockets(new URL(url.origin), this.policy.stallTimeoutMs, this.ca);
       reply = await this.sockets.get({ method, path: `${url.pathname}${url.search}`, headers, accept });
     } catch (err) {
       throw certificateError(err, url) ?? err;
@@ -325,9 +328,8 @@ function certificateError(err: unknown, url: URL): UpgradeError | undefined {
   return new UpgradeError('NETWORK', `${printable(url)}: the server's certificate is not trusted (${code}: ${messageOf(err)})`, {
     cause: err,
     hint:
-      'if the release server uses a private or self-signed CA, give upgradectl that CA certificate (PEM) with the environment ' +
-      'variable NODE_EXTRA_CA_CERTS=/path/ca.pem (for the service: systemctl edit upgradectl, Environment=NODE_EXTRA_CA_CERTS=…); ' +
-      'otherwise the connection may be intercepted',
+      'if the release server uses a private or self-signed CA, name that CA certificate (PEM) in upgradectl.conf: ' +
+      '[source] ca_file = /etc/upgradectl/credentials.d/release-ca.pem; otherwise the connection may be intercepted',
   });
 }
 

@@ -107,14 +107,14 @@ class Connection {
   answered = 0;
   idleTimer: NodeJS.Timeout | undefined;
 
-  constructor(url: URL, stallMs: number, onDead: (c: Connection) => void) {
+  constructor(url: URL, stallMs: number, ca: string | undefined, onDead: (c: Connection) => void) {
     const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
     const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
     const onread = { buffer: () => this.nextBuffer(), callback: (n: number) => this.onBytes(n) };
     this.socket =
       url.protocol === 'https:'
         ? // tls.connect takes onread too (node's docs), though its typings do not say so.
-          connectTls({ host, port, servername: isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'], onread } as ConnectionOptions)
+          connectTls({ host, port, servername: isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'], ca, onread } as ConnectionOptions)
         : connectTcp({ host, port, onread, noDelay: true });
     const stall = stallMs >= 1000 ? `${Math.round(stallMs / 1000)} s` : `${stallMs} ms`;
     this.socket.setTimeout(stallMs, () => this.fail(new TransientError(`stalled: no data for ${stall}`)));
@@ -346,9 +346,11 @@ export class RangeSockets {
   private idle: Connection[] = [];
   private closed = false;
 
+  /** `ca`: PEM of the only CAs trusted for an https origin (undefined: node's default store). */
   constructor(
     private readonly origin: URL,
     private readonly stallMs: number,
+    private readonly ca?: string,
   ) {}
 
   async get(req: RangeRequest): Promise<RangeReply> {
@@ -379,7 +381,7 @@ export class RangeSockets {
       c.socket.ref();
       if (c.alive) return c;
     }
-    return new Connection(this.origin, this.stallMs, (dead) => (this.idle = this.idle.filter((c) => c !== dead)));
+    return new Connection(this.origin, this.stallMs, this.ca, (dead) => (this.idle = this.idle.filter((c) => c !== dead)));
   }
 
   private release(conn: Connection): void {

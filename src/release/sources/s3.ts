@@ -32,6 +32,8 @@ export class S3Store implements Source, Target {
   private readonly prefix: string;
   private readonly policy: RetryPolicy;
   private readonly client: S3Client;
+  /** [source] ca_file, for the workers' pre-signed GETs as for the SDK's own requests. */
+  private readonly ca: string | undefined;
 
   constructor(url: URL, opts: SourceOptions = {}) {
     this.bucket = url.hostname;
@@ -41,6 +43,7 @@ export class S3Store implements Source, Target {
     this.prefix = decodeURIComponent(url.pathname).replace(/^\/+|\/+$/g, '');
     this.url = `s3://${this.bucket}/${this.prefix}`;
     this.policy = resolvePolicy(opts.retry);
+    this.ca = opts.ca;
     if (opts.endpoint) refusePlainHttp(new URL(opts.endpoint), `the S3 endpoint ${opts.endpoint} ([source] endpoint)`);
     this.client = new S3Client({
       region: opts.region,
@@ -56,6 +59,8 @@ export class S3Store implements Source, Target {
         connectionTimeout: this.policy.stallTimeoutMs,
         // Socket inactivity, during headers and body alike: the stall detector.
         socketTimeout: this.policy.stallTimeoutMs,
+        // Only with [source] ca_file: the SDK's own agent otherwise (keep-alive, node's CA store).
+        ...(opts.ca ? { httpsAgent: { ca: opts.ca, keepAlive: true } } : {}),
       },
     });
   }
@@ -108,7 +113,7 @@ export class S3Store implements Source, Target {
     // that (the SDK hands out fresh credentials well before the old ones expire).
     const credentialsExpire = (await this.credentialsExpiry()) ?? Infinity;
     const expiresAt = Math.min(signedAt + SIGNED_LIFETIME_MS, credentialsExpire);
-    const spec: SourceSpec = { url, opts: { retry: this.policy }, signedKey: key, signedAt, expiresAt };
+    const spec: SourceSpec = { url, opts: { retry: this.policy, ca: this.ca }, signedKey: key, signedAt, expiresAt };
     return (await this.tryUrl(spec, objectKey)) ? spec : undefined;
   }
 
@@ -119,7 +124,7 @@ export class S3Store implements Source, Target {
    * query-signed requests. Then the ranges go through the SDK, as they did before workers fetched.
    */
   private async tryUrl(spec: SourceSpec, objectKey: string): Promise<boolean> {
-    const probe = new HttpSource(new URL(spec.url), { retry: { ...this.policy, retries: 0 } }, spec.signedKey);
+    const probe = new HttpSource(new URL(spec.url), { ...spec.opts, retry: { ...this.policy, retries: 0 } }, spec.signedKey);
     try {
       // Not bytes=0-0: s3rver answers that with the whole object.
       await probe.range(spec.signedKey!, 0, 2, undefined, Buffer.alloc(2));

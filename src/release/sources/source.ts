@@ -116,6 +116,11 @@ export interface SourceOptions {
   region?: string;
   endpoint?: string;
   forcePathStyle?: boolean;
+  /**
+   * PEM of the CA certificates that sign the release server's (or S3 endpoint's) certificate, trusted
+   * instead of the system's public CAs: `[source] ca_file`, for a mirror under a private CA.
+   */
+  ca?: string;
 }
 
 /**

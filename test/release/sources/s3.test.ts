@@ -201,6 +201,9 @@ t.test('workerSpec: a pre-signed GET that the worker side fetches as plain HTTP,
   t.equal(spec.signedKey, 'releases/1.0/image.lz4');
   t.ok(spec.expiresAt! > Date.now() + 10 * 60_000 && spec.expiresAt! <= Date.now() + 15 * 60_000, 'valid for 15 minutes');
   t.equal(await source.workerSpec!('releases/1.0/image.lz4'), spec, 'the same URL again while it is fresh');
+  const withCa = openSource(url, { ...opts, ca: '-----BEGIN CERTIFICATE-----\n…' });
+  t.teardown(() => withCa.close());
+  t.equal((await withCa.workerSpec!('releases/1.0/image.lz4'))?.opts.ca, '-----BEGIN CERTIFICATE-----\n…', '[source] ca_file goes to the workers with the URL');
 
   // s3rver checks the access key and the expiry but not the signature: check it here, by the SigV4
   // rules (canonical request → string to sign → HMAC chain), with s3rver's secret.
