@@ -126,27 +126,16 @@ export class HttpSource implements Source {
   }
 
   async range(key: string, start: number, end: number, etag?: string, into?: Buffer): Promise<Buffer> {
-    const url = this.urlOf(key);
-    checkRange(printable(url), start, end);
-    if (start === end) return Buffer.alloc(0);
-    return withRetry(
-      async () => {
-        if (into && into.length >= end - start) {
-          const direct = await this.rangeInto(url, start, end, etag, into);
-          if (direct) return direct;
-        }
-        const opened = await this.open(url, start, end, etag);
-        const bytes = await collect(opened.chunks, end - start, () => rangeTooLong(printable(url), start, end), into && into.length >= end - start ? into : undefined);
-        if (bytes.length < end - start) {
-          // The body ended cleanly but early: only an object shorter than asked does that.
-          throw shorterThan(url, start + bytes.length, end);
-        }
-        return bytes;
-      },
-      this.policy,
-      `GET ${printable(url)} bytes ${start}-${end - 1}`,
-      RETRY_HINT,
-    );
+    if (start === end) {
+      checkRange(printable(this.urlOf(key)), start, end);
+      return Buffer.alloc(0);
+    }
+    // One range is one piece: the same request, checks and retries as a worker's several frames.
+    let bytes: Buffer | undefined;
+    await this.rangePieces(key, [start, end], etag, into && into.length >= end - start ? into : Buffer.allocUnsafe(end - start), (_, piece) => {
+      bytes = piece;
+    });
+    return bytes!;
   }
 
   async rangePieces(key: string, bounds: number[], etag: string | undefined, into: Buffer, take: PieceTaker): Promise<void> {
@@ -251,23 +240,6 @@ export class HttpSource implements Source {
     } catch (err) {
       throw certificateError(err, url) ?? err;
     }
-  }
-
-  /**
-   * GET bytes [start, end) of version `etag` straight into `into` (a frame worker's receive buffer)
-   * through range-socket.ts. Undefined when the answer is undici's to read (Range ignored, chunked):
-   * the caller then takes the stream path, which cuts the window out of whatever came.
-   */
-  private async rangeInto(url: URL, start: number, end: number, etag: string | undefined, into: Buffer): Promise<Buffer | undefined> {
-    const limit = end - start;
-    const direct = await this.viaSockets('GET', url, rangeHeaders(start, end, etag), (head, length) => {
-      // The same checks as every response; a whole object (Range ignored) is the stream path's to skip through.
-      this.checkHead(head, url, etag, start, end);
-      if (head.statusCode !== 206 || length === undefined) return undefined;
-      if (length !== limit) throw new TransientError(`the server announced ${length} bytes for a range of ${limit}`);
-      return into.subarray(0, limit);
-    });
-    return direct?.body;
   }
 
   /**
