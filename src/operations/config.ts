@@ -1,4 +1,4 @@
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import ini from 'ini';
 import { UpgradeError } from '../core/errors.js';
@@ -141,6 +141,18 @@ export async function loadConfig(layout: Layout): Promise<Config> {
   // Tests and demos point the reboot at a harmless command; only on a test machine (core/test-switches.ts).
   config.boot.rebootCommand = testSwitch(layout.host, 'UPGRADECTL_REBOOT_COMMAND') ?? config.boot.rebootCommand;
   return config;
+}
+
+/**
+ * A file named by `[section] key` (certificates and the like, not secrets: see readSecret), read at
+ * `where` (under --root); unreadable is a CONFIG error naming the key, with `hint` or "check it".
+ */
+export function readConfiguredFile(where: string, section: string, key: string, hint = `check [${section}] ${key}`): string {
+  try {
+    return readFileSync(where, 'utf8');
+  } catch (err) {
+    throw new UpgradeError('CONFIG', `cannot read [${section}] ${key} ${where}: ${(err as Error).message}`, { cause: err, hint });
+  }
 }
 
 function checkLines(text: string, file: string): IniLines {

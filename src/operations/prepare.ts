@@ -1,6 +1,6 @@
-import { promises as fs, readFileSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { Config } from './config.js';
+import { readConfiguredFile, type Config } from './config.js';
 import { flasherInstalled } from '../grub/boot-files.js';
 import { UpgradeError } from '../core/errors.js';
 import { runEvent } from './lifecycle.js';
@@ -71,12 +71,7 @@ export function openConfiguredSource(layout: Layout, config: Config): Source {
 /** [source] ca_file, read under --root like every configured path: PEM certificates, or a CONFIG error naming it. */
 function readCaFile(layout: Layout, file: string): string {
   const where = path.join(layout.root, file);
-  let pem: string;
-  try {
-    pem = readFileSync(where, 'utf8');
-  } catch (err) {
-    throw new UpgradeError('CONFIG', `cannot read [source] ca_file ${where}: ${(err as Error).message}`, { cause: err, hint: 'check [source] ca_file in upgradectl.conf: a PEM file of the CA certificates that sign the release server\'s certificate' });
-  }
+  const pem = readConfiguredFile(where, 'source', 'ca_file', "check [source] ca_file in upgradectl.conf: a PEM file of the CA certificates that sign the release server's certificate");
   if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
     throw new UpgradeError('CONFIG', `[source] ca_file ${where} holds no PEM certificate`, { hint: 'give it the CA certificate(s) in PEM form (-----BEGIN CERTIFICATE-----)' });
   }

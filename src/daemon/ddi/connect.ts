@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { UpgradeError } from '../../core/errors.js';
 import type { Layout } from '../../core/layout.js';
-import type { Config } from '../../operations/config.js';
+import { readConfiguredFile, type Config } from '../../operations/config.js';
 import { DdiClient, type DdiClientOptions } from './client.js';
 
 /**
@@ -26,8 +26,8 @@ export async function openDdiClient(layout: Layout, config: Config, extra: Pick<
   const under = (file: string) => path.join(layout.root, file);
   const token = h.tokenFile ? { kind: h.tokenKind, value: await readToken(under(h.tokenFile)) } : undefined;
   const tls = {
-    ca: h.caFile ? await readFileFor(under(h.caFile), 'ca_file') : undefined,
-    cert: h.certFile ? await readFileFor(under(h.certFile), 'cert_file') : undefined,
+    ca: h.caFile ? readConfiguredFile(under(h.caFile), 'hawkbit', 'ca_file') : undefined,
+    cert: h.certFile ? readConfiguredFile(under(h.certFile), 'hawkbit', 'cert_file') : undefined,
     key: h.keyFile ? (await readSecret(under(h.keyFile), 'key_file')).toString('utf8') : undefined,
   };
   const controllerId = h.controllerId ?? (await machineId(layout));
@@ -71,10 +71,4 @@ export async function readSecret(file: string, key: string): Promise<Buffer> {
   } finally {
     await fh.close();
   }
-}
-
-async function readFileFor(file: string, key: string): Promise<string> {
-  return fs.readFile(file, 'utf8').catch((err: unknown) => {
-    throw new UpgradeError('CONFIG', `cannot read [hawkbit] ${key} ${file}: ${(err as Error).message}`, { cause: err, hint: `check [hawkbit] ${key}` });
-  });
 }
