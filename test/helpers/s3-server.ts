@@ -106,3 +106,35 @@ export async function s3Fleet(t: { teardown(fn: () => unknown): void }, dir: str
     sourceConfig: `endpoint = ${s3.endpoint}\nforce_path_style = true\nregion = us-east-1\n`,
   };
 }
+
+/**
+ * An endpoint in front of `s3` that answers every query-signed (pre-signed) request itself with
+ * `status` and passes the rest (the SDK's header-signed requests) through: a bucket in another region
+ * (301), a proxy or bucket policy refusing query signatures (403). Returns its `http://127.0.0.1:PORT`.
+ */
+export async function refusingPresignedProxy(t: { teardown(fn: () => unknown): void }, s3: TestS3Server, status: 301 | 403): Promise<string> {
+  const { createServer, request } = await import('node:http');
+  const upstream = new URL(s3.endpoint);
+  const proxy = createServer((req, res) => {
+    if (req.url?.includes('X-Amz-Signature=')) {
+      const code = status === 301 ? 'PermanentRedirect' : 'AccessDenied';
+      const headers = status === 301 ? { location: `https://${s3.bucket}.s3.eu-north-1.amazonaws.com/` } : {};
+      res.writeHead(status, headers).end(`<Error><Code>${code}</Code></Error>`);
+      return;
+    }
+    const fwd = request({ host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    req.pipe(fwd);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        proxy.closeAllConnections();
+        proxy.close(() => resolve());
+      }),
+  );
+  return `http://127.0.0.1:${(proxy.address() as { port: number }).port}`;
+}

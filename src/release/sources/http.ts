@@ -9,6 +9,8 @@ import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type
 import { refusePlainHttp, type ObjectInfo, type PieceTaker, type RetryPolicy, type Source, type SourceOptions, type SourceSpec } from './source.js';
 
 type Response = Dispatcher.ResponseData;
+/** The URL a request of `method` goes to instead of `url` (the same origin): `url` signed, for example. */
+export type RequestSigner = (method: 'GET' | 'HEAD', url: URL) => Promise<URL>;
 /** What the status and header checks read: undici's response or range-socket.ts's head alike. */
 type Head = Pick<Response, 'statusCode' | 'headers'>;
 
@@ -37,8 +39,17 @@ export class HttpSource implements Source {
   /** A pre-signed object URL (an S3 frame fetched by a worker): its query is the signature, and it is the only key. */
   private readonly signed: { key: string; url: URL } | undefined;
 
-  /** With `signedKey`, `url` is that object's pre-signed URL, not a prefix. */
-  constructor(url: URL, opts: SourceOptions = {}, signedKey?: string) {
+  /**
+   * With `signedKey`, `url` is that object's pre-signed URL, not a prefix. With `signer`, each request
+   * goes to the URL it returns for the request's method and URL (S3 read without the SDK: s3-direct.ts);
+   * messages name the URL unsigned.
+   */
+  constructor(
+    url: URL,
+    opts: SourceOptions = {},
+    signedKey?: string,
+    private readonly signer?: RequestSigner,
+  ) {
     refusePlainHttp(url, printable(url));
     this.spec = { url: url.href, opts };
     if (signedKey !== undefined) this.signed = { key: signedKey, url: new URL(url.href) };
@@ -215,7 +226,8 @@ export class HttpSource implements Source {
     let reply: RangeReply;
     try {
       this.sockets ??= new RangeSockets(new URL(url.origin), this.policy.stallTimeoutMs, this.ca);
-      reply = await this.sockets.get({ method, path: `${url.pathname}${url.search}`, headers, accept });
+      const target = this.signer ? await this.signer(method, url) : url;
+      reply = await this.sockets.get({ method, path: `${target.pathname}${target.search}`, headers, accept });
     } catch (err) {
       throw certificateError(err, url) ?? err;
     }
@@ -236,7 +248,7 @@ export class HttpSource implements Source {
   private async send(method: 'GET' | 'HEAD', url: URL, headers: Record<string, string>): Promise<Response> {
     if (this.authorization !== undefined) headers.authorization = this.authorization;
     try {
-      return await request(url, { dispatcher: this.agent, method, headers });
+      return await request(this.signer ? await this.signer(method, url) : url, { dispatcher: this.agent, method, headers });
     } catch (err) {
       throw certificateError(err, url) ?? err;
     }

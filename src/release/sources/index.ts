@@ -1,8 +1,8 @@
 import { UpgradeError } from '../../core/errors.js';
 import { FileStore } from './file.js';
 import { HttpSource } from './http.js';
-import { S3_REQUEST_BYTES, type ObjectInfo, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
-import type { S3Store } from './s3.js';
+import { LazyS3 } from './s3-lazy.js';
+import type { Source, SourceOptions, SourceSpec, Target } from './source.js';
 
 export type { ObjectInfo, RetryPolicy, Source, SourceOptions, SourceSpec, Target } from './source.js';
 export { DEFAULT_RETRY } from './source.js';
@@ -76,54 +76,4 @@ function redact(url: URL): string {
   const shown = new URL(url.href);
   shown.password = '***';
   return shown.href;
-}
-
-/**
- * The AWS SDK costs ~27 MB of memory and a noticeable start-up: load it only for s3:// URLs, on the
- * first call, so HTTP and file machines stay within prepare's memory budget.
- */
-class LazyS3 implements Source, Target {
-  readonly url: string;
-  readonly requestBytes = S3_REQUEST_BYTES;
-  private store: Promise<S3Store> | undefined;
-
-  constructor(
-    private readonly parsed: URL,
-    private readonly opts: SourceOptions,
-  ) {
-    this.url = `s3://${parsed.host}${parsed.pathname.replace(/\/+$/, '')}`;
-  }
-
-  private load(): Promise<S3Store> {
-    this.store ??= import('./s3.js').then((m) => new m.S3Store(this.parsed, this.opts));
-    return this.store;
-  }
-
-  async get(key: string): Promise<Buffer> {
-    return (await this.load()).get(key);
-  }
-  async head(key: string): Promise<ObjectInfo> {
-    return (await this.load()).head(key);
-  }
-  async workerSpec(key: string): Promise<SourceSpec | undefined> {
-    return (await this.load()).workerSpec(key);
-  }
-  async presignedUrl(key: string, seconds: number): Promise<string> {
-    return (await this.load()).presignedUrl(key, seconds);
-  }
-  async range(key: string, start: number, end: number, etag?: string): Promise<Buffer> {
-    return (await this.load()).range(key, start, end, etag);
-  }
-  async *stream(key: string, start: number, etag?: string): AsyncIterable<Buffer> {
-    yield* (await this.load()).stream(key, start, etag);
-  }
-  async putBytes(key: string, body: Uint8Array): Promise<void> {
-    return (await this.load()).putBytes(key, body);
-  }
-  async putFile(key: string, file: string): Promise<void> {
-    return (await this.load()).putFile(key, file);
-  }
-  async close(): Promise<void> {
-    if (this.store) await (await this.store).close();
-  }
 }

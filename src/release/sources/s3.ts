@@ -8,15 +8,10 @@ import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } fr
 import { S3_REQUEST_BYTES, refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
 import { presignGet } from './s3-presign.js';
 import { HttpSource } from './http.js';
+import { RenewingSpecs, SIGNED_LIFETIME_MS } from './s3-direct.js';
 import { log } from '../../core/log.js';
 
 const PART_SIZE = 16 * 1024 * 1024;
-/**
- * How long a pre-signed URL handed to the frame workers is valid. Short, because it grants reading the
- * object to whoever holds it (it never leaves this process and is never printed); a fresh one is made
- * once half of this is gone, so a slow (max_rate) download keeps going.
- */
-const SIGNED_LIFETIME_MS = 15 * 60 * 1000;
 const RETRY_HINT = 'check the network and the S3 endpoint ([source] endpoint, region), then run the command again';
 
 /**
@@ -83,25 +78,15 @@ export class S3Store implements Source, Target {
     return this.headObject(objectKey);
   }
 
-  /** Per key: its current pre-signed URL (or undefined: such URLs do not work here), being made or made. */
-  private signed = new Map<string, Promise<SourceSpec | undefined>>();
+  /** Per key: its current pre-signed URL (or undefined: such URLs do not work here). */
+  private readonly signed = new RenewingSpecs((key) => this.sign(key));
 
   /**
    * A pre-signed GET of `key`: the frame workers fetch its ranges as plain HTTP(S) (sources/http.ts).
    * Undefined when such a URL does not work here (see `tryUrl`): the caller then reads through the SDK.
-   * Concurrent callers share one signing; a new URL is made once half of the old one's life is gone.
    */
-  async workerSpec(key: string): Promise<SourceSpec | undefined> {
-    const cached = this.signed.get(key);
-    if (cached) {
-      const spec = await cached;
-      if (!spec || spec.expiresAt! - Date.now() > (spec.expiresAt! - spec.signedAt!) / 2) return spec;
-      if (this.signed.get(key) !== cached) return this.workerSpec(key);
-    }
-    const made = this.sign(key);
-    this.signed.set(key, made);
-    made.catch(() => this.signed.delete(key));
-    return made;
+  workerSpec(key: string): Promise<SourceSpec | undefined> {
+    return this.signed.get(key);
   }
 
   private async sign(key: string): Promise<SourceSpec | undefined> {
