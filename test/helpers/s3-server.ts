@@ -110,13 +110,14 @@ export async function s3Fleet(t: { teardown(fn: () => unknown): void }, dir: str
 /**
  * An endpoint in front of `s3` that answers every query-signed (pre-signed) request itself with
  * `status` and passes the rest (the SDK's header-signed requests) through: a bucket in another region
- * (301), a proxy or bucket policy refusing query signatures (403). Returns its `http://127.0.0.1:PORT`.
+ * (301), a proxy or bucket policy refusing query signatures (403); with `only`, just the requests
+ * whose path and query it accepts. Returns its `http://127.0.0.1:PORT`.
  */
-export async function refusingPresignedProxy(t: { teardown(fn: () => unknown): void }, s3: TestS3Server, status: 301 | 403): Promise<string> {
+export async function refusingPresignedProxy(t: { teardown(fn: () => unknown): void }, s3: TestS3Server, status: 301 | 403, only: (path: string) => boolean = () => true): Promise<string> {
   const { createServer, request } = await import('node:http');
   const upstream = new URL(s3.endpoint);
   const proxy = createServer((req, res) => {
-    if (req.url?.includes('X-Amz-Signature=')) {
+    if (req.url?.includes('X-Amz-Signature=') && only(req.url)) {
       const code = status === 301 ? 'PermanentRedirect' : 'AccessDenied';
       const headers = status === 301 ? { location: `https://${s3.bucket}.s3.eu-north-1.amazonaws.com/` } : {};
       res.writeHead(status, headers).end(`<Error><Code>${code}</Code></Error>`);

@@ -12,6 +12,9 @@ import type { ObjectInfo, RetryPolicy, SourceOptions, SourceSpec } from './sourc
  * once half of this is gone, so a slow (max_rate) download keeps going.
  */
 export const SIGNED_LIFETIME_MS = 15 * 60 * 1000;
+const REFUSED_HINT =
+  'check the AWS credentials in use (AWS_PROFILE, environment, instance role), the bucket policy and [source] region; ' +
+  'without s3:ListBucket, S3 answers 403 rather than 404 for an object that does not exist';
 /** A URL signed for one request of this thread: used at once, so it need not live long. */
 const REQUEST_LIFETIME_S = 5 * 60;
 
@@ -95,7 +98,9 @@ export class S3Direct {
     } catch (err) {
       const base = this.prefixBase.href;
       if (!(err instanceof UpgradeError) || !err.message.includes(base)) throw err;
-      throw new UpgradeError(err.code, err.message.split(base).join(`${this.shownBase}/`), { hint: err.hint, cause: err });
+      // HttpSource's hint for a refusal is about user:password in the URL; S3 refuses for its own reasons.
+      const hint = /refused access \(HTTP 40[13]\)/.test(err.message) ? REFUSED_HINT : err.hint;
+      throw new UpgradeError(err.code, err.message.split(base).join(`${this.shownBase}/`), { hint, cause: err });
     }
   }
 }

@@ -135,3 +135,25 @@ t.test('against s3rver: the same answers with and without the SDK; misses named 
   t.same(await redirected.range('releases/1.0/image.lz4', 0, 100), body.subarray(0, 100), 'and the next read too');
   t.same(server.served.slice(from).map((q) => q.signed), ['header', 'header'], 'only the SDK reached the store');
 });
+
+t.test('a refusal after reads have worked is that read\'s own failure, with what to check on S3', async (t) => {
+  const server = await startS3Server('upgrades');
+  t.teardown(() => server.close());
+  const opts: SourceOptions = { endpoint: server.endpoint, forcePathStyle: true, region: 'us-east-1', retry: { retries: 1, baseDelayMs: 10, stallTimeoutMs: 2000 } };
+  const url = `s3://${server.bucket}/fleet/stable`;
+  const target = openTarget(url, opts);
+  await target.putBytes('releases/1.0/manifest.json', Buffer.from('{}'));
+  await target.putBytes('releases/2.0/manifest.json', Buffer.from('{}'));
+  await target.close();
+  // A bucket policy that denies one prefix (or an object that does not exist, to a role without s3:ListBucket).
+  const endpoint = await refusingPresignedProxy(t, server, 403, (p) => p.includes('/releases/2.0/'));
+  const source = openSource(url, { ...opts, endpoint });
+  t.teardown(() => source.close());
+  t.same(await source.get('releases/1.0/manifest.json'), Buffer.from('{}'));
+  const from = server.served.length;
+  const err = await failure(source.get('releases/2.0/manifest.json'));
+  t.equal(err.code, 'NETWORK');
+  t.match(err.message, 's3://upgrades/fleet/stable/releases/2.0/manifest.json refused access (HTTP 403)');
+  t.match(err.hint ?? '', /AWS credentials in use.*s3:ListBucket/, 'what to check on S3, not user:password in a URL');
+  t.same(server.served.slice(from), [], 'not asked again through the SDK');
+});
