@@ -19,8 +19,8 @@ import { openSpec, type Source, type SourceSpec } from './sources/index.js';
  * machine: that copy was a third of a prepare's CPU time, and the final fsync ~0.25 s per GiB).
  */
 export type FrameTask =
-  /** With chunkSize: also each block alone with zstd (the delta side file), when `zstdLevel` is set. */
-  | { op: 'compress'; raw: Uint8Array; chunkSize?: number; zstdLevel?: number }
+  /** With chunkSize: also every `zstdChunkSize` (default chunkSize) bytes alone with zstd (the delta side file), when `zstdLevel` is set. */
+  | { op: 'compress'; raw: Uint8Array; chunkSize?: number; zstdLevel?: number; zstdChunkSize?: number }
   /** `keepRaw`: hand the decoded bytes back (the in-order image hash of /1 manifests needs them). */
   | { op: 'decode-write'; frame: Uint8Array; rawLength: number; sha256: string; fd: number; directFd?: number; position: number; keepRaw: boolean }
   /**
@@ -458,7 +458,7 @@ export function handle(task: FrameTask): { result: FrameResult; transfer: ArrayB
       const result: FrameResult = { op: 'compress', frame, sha256, allocated: allocatedBytes(raw), chunks, blockHashes };
       const transfer = [frame.buffer as ArrayBuffer, blockHashes.buffer as ArrayBuffer];
       if (task.zstdLevel) {
-        const parts = zstd!.encodeZstdChunks(raw, task.chunkSize, task.zstdLevel);
+        const parts = zstd!.encodeZstdChunks(raw, task.zstdChunkSize ?? task.chunkSize, task.zstdLevel);
         result.zstd = Buffer.concat(parts);
         result.zstdLengths = parts.map((p) => p.length);
         transfer.push(result.zstd.buffer as ArrayBuffer);

@@ -21,6 +21,12 @@ export function validateManifest(doc: unknown, where: string): Manifest {
   const count = (v: unknown, field: string): number =>
     typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : fail(field, 'a whole number ≥ 0');
   const sha = (v: unknown, field: string): string => (typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? v : fail(field, 'a SHA-256 in hex'));
+  /** A file beside the payload, bound to the manifest by its size and SHA-256. */
+  const sideFile = (ref: Record<string, unknown>, field: string): void => {
+    if (typeof ref.path !== 'string' || !/^[A-Za-z0-9._-]+$/.test(ref.path)) fail(`${field}.path`, 'a file name beside the payload');
+    count(ref.size, `${field}.size`);
+    sha(ref.sha256, `${field}.sha256`);
+  };
 
   const m = obj(doc, 'the manifest');
   if (!(MANIFEST_FORMATS as readonly unknown[]).includes(m.format)) fail('format', MANIFEST_FORMATS.map((f) => `"${f}"`).join(' or '));
@@ -66,15 +72,15 @@ export function validateManifest(doc: unknown, where: string): Manifest {
         const chunkSize = count(payload.chunkSize, 'payload.chunkSize');
         if (chunkSize === 0 || chunkSize > frameSize || frameSize % chunkSize || chunkSize % 4096) fail('payload.chunkSize', 'a multiple of 4096 dividing payload.frameSize');
         const index = obj(payload.index, 'payload.index');
-        if (typeof index.path !== 'string' || !/^[A-Za-z0-9._-]+$/.test(index.path)) fail('payload.index.path', 'a file name beside the payload');
-        count(index.size, 'payload.index.size');
-        sha(index.sha256, 'payload.index.sha256');
+        sideFile(index, 'payload.index');
         if (index.blockSize !== 4096) fail('payload.index.blockSize', '4096');
-        if (payload.zstdChunks !== undefined) {
-          const z = obj(payload.zstdChunks, 'payload.zstdChunks');
-          if (typeof z.path !== 'string' || !/^[A-Za-z0-9._-]+$/.test(z.path)) fail('payload.zstdChunks.path', 'a file name beside the payload');
-          count(z.size, 'payload.zstdChunks.size');
-          sha(z.sha256, 'payload.zstdChunks.sha256');
+        if (payload.zstdChunks !== undefined) sideFile(obj(payload.zstdChunks, 'payload.zstdChunks'), 'payload.zstdChunks');
+        if (payload.zstdBlocks !== undefined) {
+          const z = obj(payload.zstdBlocks, 'payload.zstdBlocks');
+          sideFile(z, 'payload.zstdBlocks');
+          const size = count(z.chunkSize, 'payload.zstdBlocks.chunkSize');
+          if (size === 0 || size > frameSize || frameSize % size || size % 4096) fail('payload.zstdBlocks.chunkSize', 'a multiple of 4096 dividing payload.frameSize');
+          sideFile(obj(z.index, 'payload.zstdBlocks.index'), 'payload.zstdBlocks.index');
         }
       }
     }

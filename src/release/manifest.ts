@@ -40,8 +40,25 @@ export interface Payload {
   chunkSize?: number;
   /** /2, lz4-frames only: the block index (release-index.ts) a machine uses to reuse local data. */
   index?: IndexRef;
-  /** /2, optional: the same blocks each as a zstd frame (zstd-chunks.ts), what a delta fetches. */
+  /**
+   * /2, optional, releases published before zstdBlocks: the same `chunkSize` blocks each as a zstd
+   * frame (zstd-chunks.ts), their lengths in `index`. Still read; no longer published.
+   */
   zstdChunks?: ObjectRef;
+  /**
+   * /2, optional: every `chunkSize` bytes of the image as its own zstd frame (zstd-chunks.ts), in
+   * image order, what a delta fetches; finer than the LZ4 blocks, so a changed 4 KiB block costs
+   * fewer neighbours. The frames' lengths are in a file of their own (`index`, release-index.ts),
+   * so `payload.index` keeps the layout machines that predate this field read.
+   */
+  zstdBlocks?: ZstdBlocksRef;
+}
+
+export interface ZstdBlocksRef extends ObjectRef {
+  /** Image bytes per zstd frame: a multiple of 4096 dividing `frameSize`. */
+  chunkSize: number;
+  /** `UPGZIDX1\n` and a 4-byte length (LE) per zstd frame, frame by frame. */
+  index: ObjectRef;
 }
 
 /** A side file of a release, bound to the signed manifest by its size and SHA-256. */

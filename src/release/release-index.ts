@@ -81,3 +81,42 @@ export function decodeIndex(buf: Buffer, manifest: Manifest, where: string): Rel
   }
   return { chunkOffsets, zstdOffsets, blockHashes: buf.subarray(at) };
 }
+
+/**
+ * `image.zidx` of a release with `payload.zstdBlocks`: the length of each zstd frame of the side
+ * file, frame by frame (`chunksOf(rawLength, zstdBlocks.chunkSize)` each). A file of its own so that
+ * `image.idx` keeps the layout older machines read (they fetch LZ4 blocks instead).
+ *
+ *   8 bytes   magic "UPGZIDX\n"
+ *   4 bytes × (number of zstd frames)   length of each (LE)
+ */
+const ZSTD_MAGIC = Buffer.from('UPGZIDX\n');
+
+export function encodeZstdIndex(lengths: number[][]): Buffer {
+  const out = Buffer.alloc(8 + 4 * lengths.reduce((n, l) => n + l.length, 0));
+  ZSTD_MAGIC.copy(out);
+  let o = 8;
+  for (const frame of lengths) for (const l of frame) o = out.writeUInt32LE(l, o);
+  return out;
+}
+
+/** Per frame: the offset of each zstd frame in the side file, plus the end (size and SHA-256 checked by the caller). */
+export function decodeZstdIndex(buf: Buffer, manifest: Manifest, where: string): number[][] {
+  const bad = (why: string): never => {
+    throw new UpgradeError('CORRUPT', `${where} does not fit its manifest: ${why}`, { hint: 're-publish the release' });
+  };
+  const z = manifest.payload.zstdBlocks!;
+  const counts = (manifest.payload.frames ?? []).map((f) => chunksOf(f.rawLength, z.chunkSize));
+  const want = 8 + 4 * counts.reduce((a, b) => a + b, 0);
+  if (!buf.subarray(0, 8).equals(ZSTD_MAGIC)) bad('no zstd index magic');
+  if (buf.length !== want) bad(`${buf.length} bytes, expected ${want}`);
+  let at = 8;
+  let end = 0;
+  const offsets = counts.map((n) => {
+    const frame = [end];
+    for (let k = 0; k < n; k++, at += 4) frame.push((end += buf.readUInt32LE(at)));
+    return frame;
+  });
+  if (end !== z.size) bad(`its zstd frames end at ${end}, the zstd file is ${z.size} bytes`);
+  return offsets;
+}

@@ -102,10 +102,13 @@ export interface FramePlan {
   localBytes: number;
 }
 
-/** What frame `i` needs: `undefined` when fetching it whole is as cheap (little or nothing local). */
-export function planFrame(i: number, manifest: Manifest, index: ReleaseIndex, seeds: Seeds): FramePlan | undefined {
+/**
+ * What frame `i` needs: `undefined` when fetching it whole is as cheap (little or nothing local).
+ * Missing blocks are fetched in units of `chunkSize` image bytes at `offsets` (the frame's units in
+ * the zstd side file, or its LZ4 blocks in the payload).
+ */
+export function planFrame(i: number, manifest: Manifest, index: ReleaseIndex, seeds: Seeds, chunkSize: number, offsets: number[]): FramePlan | undefined {
   const frame = manifest.payload.frames![i]!;
-  const chunkSize = manifest.payload.chunkSize!;
   const first = (i * manifest.payload.frameSize!) / HOLE_GRAIN;
   const blocks = Math.ceil(frame.rawLength / HOLE_GRAIN);
   const perChunk = chunkSize / HOLE_GRAIN;
@@ -118,8 +121,6 @@ export function planFrame(i: number, manifest: Manifest, index: ReleaseIndex, se
     where.push(hit ?? -1);
   }
   const chunks = [...needed].sort((a, b) => a - b);
-  // Blocks come from the zstd side file when the release has one (a third smaller), else from the payload.
-  const offsets = index.zstdOffsets?.[i] ?? index.chunkOffsets[i]!;
   const cost = chunks.reduce((n, c) => n + offsets[c + 1]! - offsets[c]!, 0);
   if (cost > frame.length * WHOLE_FRAME_SHARE) return undefined;
   const local: FramePlan['local'] = [];

@@ -7,7 +7,7 @@ import { framesRoot } from './frames-root.js';
 import { HOLE_GRAIN } from './holes.js';
 import { MANIFEST_FORMATS, type Frame, type Manifest } from './manifest.js';
 import type { Progress } from './progress.js';
-import { decodeIndex, type ReleaseIndex } from './release-index.js';
+import { decodeIndex, decodeZstdIndex, type ReleaseIndex } from './release-index.js';
 import { chunkRanges, planFrame, scanSeeds, type FramePlan, type Seeds } from './reuse.js';
 import type { Source } from './sources/source.js';
 
@@ -118,7 +118,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
     let whole = 0;
     let local = 0;
     for (const i of todo) {
-      const plan = planFrame(i, manifest, delta.index, delta.seeds);
+      const plan = planFrame(i, manifest, delta.index, delta.seeds, delta.chunkSize, delta.offsets(i));
       if (plan) plans.set(i, plan);
       planned += plan ? plan.cost : frames[i]!.length;
       whole += frames[i]!.length;
@@ -261,7 +261,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
       const first = (i * frameSize) / HOLE_GRAIN;
       const expect = delta!.index.blockHashes.subarray(first * 8, (first + Math.ceil(f.rawLength / HOLE_GRAIN)) * 8);
       const r: Extract<FrameResult, { op: 'assemble' }> = await ctx.pool.run(
-        { op: 'assemble', fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: manifest.payload.chunkSize!, local: plan.local, expect: new Uint8Array(expect), chunks: parts, codec: delta!.codec },
+        { op: 'assemble', fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize, rawLength: f.rawLength, sha256: f.sha256, chunkSize: delta!.chunkSize, local: plan.local, expect: new Uint8Array(expect), chunks: parts, codec: delta!.codec },
         transfer,
       );
       if (r.ok) {
@@ -269,7 +269,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
         return r.sha256;
       }
       if (!r.badBlocks.length) break;
-      const perChunk = manifest.payload.chunkSize! / HOLE_GRAIN;
+      const perChunk = delta!.chunkSize / HOLE_GRAIN;
       log.warn(`frame ${i}: ${r.badBlocks.length} blocks of the local images do not match the release; fetching them`);
       chunks = [...new Set([...chunks, ...r.badBlocks.map((b) => Math.floor(b / perChunk))])].sort((a, b) => a - b);
     }
@@ -339,6 +339,8 @@ interface Delta {
   /** Where missing blocks come from: the zstd side file when the release has one, else the payload. */
   key: string;
   codec: 'lz4' | 'zstd';
+  /** Image bytes per fetched unit there, and where frame `i`'s units are. */
+  chunkSize: number;
   offsets: (frame: number) => number[];
 }
 
@@ -347,28 +349,42 @@ async function prepareDelta(ctx: FramesContext, stats: { fetched: number; reques
   if (!ref || !ctx.seeds.length) return undefined;
   const dir = ctx.payloadKey.slice(0, ctx.payloadKey.lastIndexOf('/'));
   const key = `${dir}/${ref.path}`;
+  const blocks = ctx.manifest.payload.zstdBlocks;
+  // Both indexes at once: each is one request, and the zstd one is small.
+  const [bytes, zstdBytes] = await Promise.all([fetchSideFile(ctx, stats, key, ref, 'the release index', 'no delta; fetching whole frames'), blocks && fetchSideFile(ctx, stats, `${dir}/${blocks.index.path}`, blocks.index, 'the zstd index', 'the delta fetches LZ4 blocks from the payload instead')]);
+  if (!bytes) return undefined;
+  const index = decodeIndex(bytes, ctx.manifest, key);
+  const zstdOffsets = blocks && zstdBytes ? decodeZstdIndex(zstdBytes, ctx.manifest, `${dir}/${blocks.index.path}`) : undefined;
+  const seeds = await scanSeeds(ctx.pool, ctx.seeds, ctx.seedCache);
+  log.info(`delta: ${seeds.map.size} distinct blocks in ${ctx.seeds.length} local image(s) (${(seeds.hashed / 1048576).toFixed(0)} MiB hashed, the rest cached)`);
+  const chunkSize = ctx.manifest.payload.chunkSize!;
+  // Missing blocks come from a zstd side file when the release has one (a third smaller than LZ4),
+  // in its finer units when it is a zstdBlocks one; else from the payload's LZ4 blocks.
+  if (blocks && zstdOffsets) return { index, seeds, key: `${dir}/${blocks.path}`, codec: 'zstd', chunkSize: blocks.chunkSize, offsets: (i) => zstdOffsets[i]! };
+  const older = ctx.manifest.payload.zstdChunks;
+  if (older && index.zstdOffsets) {
+    const olderOffsets = index.zstdOffsets;
+    return { index, seeds, key: `${dir}/${older.path}`, codec: 'zstd', chunkSize, offsets: (i) => olderOffsets[i]! };
+  }
+  return { index, seeds, key: ctx.payloadKey, codec: 'lz4', chunkSize, offsets: (i) => index.chunkOffsets[i]! };
+}
+
+/** A small side file of the release, whole, checked against the manifest; undefined (and why, logged) when it cannot be had. */
+async function fetchSideFile(ctx: FramesContext, stats: { fetched: number; requests: number }, key: string, ref: { size: number; sha256: string }, what: string, otherwise: string): Promise<Buffer | undefined> {
   let bytes: Buffer;
   try {
     bytes = await ctx.source.range(key, 0, ref.size);
     stats.fetched += ref.size;
     stats.requests++;
   } catch (err) {
-    log.warn(`no delta: could not fetch the release index: ${(err as Error).message}`);
+    log.warn(`could not fetch ${what}: ${(err as Error).message}; ${otherwise}`);
     return undefined;
   }
   if (createHash('sha256').update(bytes).digest('hex') !== ref.sha256) {
-    log.warn(`no delta: the release index ${key} does not match its manifest; fetching whole frames`);
+    log.warn(`${what} ${key} does not match its manifest; ${otherwise}`);
     return undefined;
   }
-  const index = decodeIndex(bytes, ctx.manifest, key);
-  const seeds = await scanSeeds(ctx.pool, ctx.seeds, ctx.seedCache);
-  log.info(`delta: ${seeds.map.size} distinct blocks in ${ctx.seeds.length} local image(s) (${(seeds.hashed / 1048576).toFixed(0)} MiB hashed, the rest cached)`);
-  const zstd = ctx.manifest.payload.zstdChunks;
-  if (zstd && index.zstdOffsets) {
-    const zstdOffsets = index.zstdOffsets;
-    return { index, seeds, key: `${dir}/${zstd.path}`, codec: 'zstd', offsets: (i) => zstdOffsets[i]! };
-  }
-  return { index, seeds, key: ctx.payloadKey, codec: 'lz4', offsets: (i) => index.chunkOffsets[i]! };
+  return bytes;
 }
 
 async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {

@@ -7,6 +7,9 @@ import { startHttpServer, type TestHttpServer } from '../helpers/http-server.js'
 import { makeMachine, makePublisher, makeTree, manifestOf, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { loadPrivateKey, signBytes } from '../../src/release/signing.js';
+import { decodeIndex, encodeIndex } from '../../src/release/release-index.js';
+import { encodeZstdChunks } from '../../src/release/zstd-chunks.js';
+import { validateManifest } from '../../src/release/manifest-check.js';
 
 /**
  * Delta prepare: a machine that holds an earlier image fetches only the LZ4 blocks it lacks, checks
@@ -15,7 +18,7 @@ import { loadPrivateKey, signBytes } from '../../src/release/signing.js';
  */
 
 const payloadBytes = (server: TestHttpServer, version: string, from = 0) => server.rangeBytes(`/releases/${version}/image.lz4`, from);
-const sideBytes = (server: TestHttpServer, version: string, from = 0) => server.rangeBytes(`/releases/${version}/image.zst-chunks`, from);
+const sideBytes = (server: TestHttpServer, version: string, from = 0) => server.rangeBytes(`/releases/${version}/image.zst`, from);
 
 
 /** A machine root that runs `current` (the kernel command line names its image) and holds `image` as it. */
@@ -59,7 +62,10 @@ t.test('delta prepare', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) 
     t.ok(r.json.stage.localBytes > 8 << 20, `${r.json.stage.localBytes} bytes reused from 1.0`);
     t.ok(clean < m2.payload.size / 4, `fetched ${clean} of ${m2.payload.size} payload bytes`);
     t.ok(server.requests.slice(before).some((q) => q.path === '/releases/2.0/image.idx'), 'the index was fetched');
-    t.ok(server.requests.slice(before).some((q) => q.path === '/releases/2.0/image.zst-chunks'), 'missing blocks came from the zstd side file');
+    t.ok(server.requests.slice(before).some((q) => q.path === '/releases/2.0/image.zidx'), 'and the zstd index');
+    t.ok(server.requests.slice(before).some((q) => q.path === '/releases/2.0/image.zst'), 'missing blocks came from the zstd side file');
+    t.equal(m2.payload.zstdBlocks.chunkSize, 16384, 'in 16 KiB units');
+    t.notOk(m2.payload.zstdChunks, 'no 64 KiB side file for machines that predate zstdBlocks: they fetch LZ4 blocks');
   });
 
   const flipBlob = (file: string, keepTimes: boolean) => {
@@ -134,6 +140,98 @@ t.test('delta prepare', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) 
     t.equal(sideBytes(server, '2.0', before), 0, 'whole LZ4 frames, not the zstd side file');
   });
 
+  /**
+   * Release 2.0 as another publisher would have written it: the manifest edited and signed again,
+   * files added or replaced, served by a server of its own that counts what it sends.
+   */
+  const republish = async (name: string, edit: (m: ReturnType<typeof manifestOf>) => void, files: Record<string, Buffer> = {}) => {
+    const key = await loadPrivateKey(pub.key);
+    const m = manifestOf(pub.releases, '2.0');
+    const at = path.join(dir, name, 'releases/2.0');
+    mkdirSync(at, { recursive: true });
+    for (const f of ['image.lz4', 'image.idx', 'image.zst', 'image.zidx']) copyFileSync(path.join(pub.releases, 'releases/2.0', f), path.join(at, f));
+    for (const [f, bytes] of Object.entries(files)) writeFileSync(path.join(at, f), bytes);
+    edit(m);
+    const bytes = Buffer.from(JSON.stringify(m));
+    writeFileSync(path.join(at, 'manifest.json'), bytes);
+    writeFileSync(path.join(at, 'manifest.json.sig'), signBytes(bytes, key));
+    const served = await startHttpServer(path.join(dir, name));
+    t.teardown(() => served.close());
+    return served;
+  };
+  const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+  await t.test('what a machine from before zstdBlocks reads: image.idx in its layout, LZ4 blocks from the payload', async (t) => {
+    // Such a machine ignores the field it does not know; here it is left out.
+    const served = await republish('no-zstd-blocks', (m) => void delete m.payload.zstdBlocks);
+    const root = machineWith(dir, 'predates', served.url.replace(/\/$/, ''), pub.pub, '1.0', image1);
+    const r = await upgradectl(['--root', root, '--json', 'prepare', '2.0']);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(sha256File(path.join(root, 'images/2.0.img')), sha256File(image2), 'byte-identical');
+    t.ok(r.json.stage.localBytes > 8 << 20, 'a delta all the same');
+    t.ok(payloadBytes(served, '2.0') > 0 && payloadBytes(served, '2.0') < m2.payload.size / 4, 'its missing blocks as LZ4 from the payload');
+    t.notOk(served.requests.some((q) => q.path.includes('image.z')), 'no zstd file asked for');
+  });
+
+  await t.test('a release published before zstdBlocks (64 KiB zstd blocks, lengths in image.idx) still deltas from its side file', async (t) => {
+    const m = manifestOf(pub.releases, '2.0');
+    const idx = readFileSync(path.join(pub.releases, 'releases/2.0/image.idx'));
+    const index = decodeIndex(idx, m, 'image.idx');
+    const raw = readFileSync(image2);
+    const zstdLengths: number[][] = [];
+    const parts: Buffer[] = [];
+    m.payload.frames.forEach((f: { rawLength: number }, i: number) => {
+      const blocks = encodeZstdChunks(raw.subarray(i * m.payload.frameSize, i * m.payload.frameSize + f.rawLength), m.payload.chunkSize, 3);
+      parts.push(...blocks);
+      zstdLengths.push(blocks.map((b) => b.length));
+    });
+    const side = Buffer.concat(parts);
+    const oldIdx = encodeIndex(index.chunkOffsets.map((o) => o.slice(1).map((end, k) => end - o[k]!)), zstdLengths, [index.blockHashes]);
+    const served = await republish('zstd-chunks', (m) => {
+      delete m.payload.zstdBlocks;
+      m.payload.index = { ...m.payload.index, size: oldIdx.length, sha256: sha(oldIdx) };
+      m.payload.zstdChunks = { path: 'image.zst-chunks', size: side.length, sha256: sha(side) };
+    }, { 'image.idx': oldIdx, 'image.zst-chunks': side });
+    const root = machineWith(dir, 'zstd-chunks', served.url.replace(/\/$/, ''), pub.pub, '1.0', image1);
+    const r = await upgradectl(['--root', root, '--json', 'prepare', '2.0']);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(sha256File(path.join(root, 'images/2.0.img')), sha256File(image2), 'byte-identical');
+    t.ok(served.rangeBytes('/releases/2.0/image.zst-chunks') > 0, 'missing blocks from the 64 KiB side file');
+    t.equal(payloadBytes(served, '2.0'), 0, 'none from the payload');
+  });
+
+  await t.test('a zstd index that does not match its manifest: the delta fetches LZ4 blocks instead', async (t) => {
+    const zidx = readFileSync(path.join(pub.releases, 'releases/2.0/image.zidx'));
+    zidx[20] = zidx[20]! ^ 1;
+    const served = await republish('bad-zidx', () => undefined, { 'image.zidx': zidx });
+    const root = machineWith(dir, 'bad-zidx', served.url.replace(/\/$/, ''), pub.pub, '1.0', image1);
+    const r = await upgradectl(['--root', root, '--json', 'prepare', '2.0']);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(sha256File(path.join(root, 'images/2.0.img')), sha256File(image2), 'byte-identical');
+    t.match(r.stderr, /the zstd index \S+image\.zidx does not match its manifest; the delta fetches LZ4 blocks from the payload instead/);
+    t.equal(sideBytes(served, '2.0'), 0, 'nothing from the zstd side file');
+    t.ok(r.json.stage.localBytes > 8 << 20, 'still a delta');
+  });
+
+  await t.test('payload.zstdBlocks is checked like the rest of the manifest', async (t) => {
+    const bad = (edit: (z: Record<string, unknown>) => void) => {
+      const m = manifestOf(pub.releases, '2.0');
+      edit(m.payload.zstdBlocks);
+      try {
+        validateManifest(m, 'manifest.json');
+        return 'accepted';
+      } catch (err) {
+        return (err as Error).message;
+      }
+    };
+    t.equal(bad(() => undefined), 'accepted');
+    t.match(bad((z) => void (z.chunkSize = 5000)), /payload\.zstdBlocks\.chunkSize/);
+    t.match(bad((z) => void (z.chunkSize = 8 << 20)), /payload\.zstdBlocks\.chunkSize/, 'larger than a frame');
+    t.match(bad((z) => void delete z.index), /payload\.zstdBlocks\.index/);
+    t.match(bad((z) => void (z.path = '../image.zst')), /payload\.zstdBlocks\.path/);
+    t.match(bad((z) => void ((z.index as { sha256: string }).sha256 = 'nothex')), /payload\.zstdBlocks\.index\.sha256/);
+  });
+
   await t.test('an old-format (/1) manifest still prepares, over a local image too', async (t) => {
     const key = await loadPrivateKey(pub.key);
     const m = manifestOf(pub.releases, '2.0');
@@ -141,7 +239,7 @@ t.test('delta prepare', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) 
     const old = { ...m, format: 'upgradectl-release/1', image: { size: m.image.size, sha256: m.image.sha256, allocated: m.image.allocated }, payload: { ...m.payload } };
     delete old.payload.chunkSize;
     delete old.payload.index;
-    delete old.payload.zstdChunks;
+    delete old.payload.zstdBlocks;
     const v1 = path.join(dir, 'v1');
     mkdirSync(path.join(v1, 'releases/2.0'), { recursive: true });
     const bytes = Buffer.from(JSON.stringify(old));
