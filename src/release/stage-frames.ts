@@ -55,6 +55,8 @@ export interface FramesResult {
 const CHECKPOINT_MS = 1000;
 /** A delta that saves less than this share of the full payload is not worth its many small requests. */
 const MIN_SAVING = 0.1;
+/** Ranges of one delta frame in flight at once (a lane's; `parallel` lanes run side by side). */
+const RANGES_PER_FRAME = 4;
 
 /**
  * Indexed payload: frames found verified in the staging file are kept, holes are never fetched, the
@@ -253,8 +255,15 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
     for (let attempt = 0; attempt < 2; attempt++) {
       const parts: Array<{ index: number; bytes: Uint8Array }> = [];
       const transfer: ArrayBuffer[] = [];
-      for (const r of chunkRanges(offsets, chunks)) {
-        const bytes = await fetchRange(r.start, r.end, delta!.key);
+      // A frame's ranges at once: each request waits out the server's latency (S3: tens of ms), and a
+      // frame of a delta typically needs several scattered units.
+      const ranges = chunkRanges(offsets, chunks);
+      const fetched: Buffer[] = [];
+      await eachLimited([...ranges.keys()], RANGES_PER_FRAME, async (k) => {
+        fetched[k] = await fetchRange(ranges[k]!.start, ranges[k]!.end, delta!.key);
+      });
+      for (const [k, r] of ranges.entries()) {
+        const bytes = fetched[k]!;
         transfer.push(...transferable(bytes));
         for (const c of r.chunks) parts.push({ index: c, bytes: bytes.subarray(offsets[c]! - r.start, offsets[c + 1]! - r.start) });
       }
