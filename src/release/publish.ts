@@ -250,7 +250,8 @@ async function compressImage(image: string, payloadFile: string, frameSize: numb
   const input = await fs.open(image, 'r');
   const output = await fs.open(payloadFile, 'w', 0o644);
   const zstdFile = `${payloadFile}.zst`;
-  const zstdChunkSize = Math.min(ZSTD_CHUNK, chunkSize);
+  // Units that tile every frame: a frame size of 20 KiB (chunk 20 KiB) takes 4 KiB units, not 16.
+  const zstdChunkSize = gcd(ZSTD_CHUNK, chunkSize);
   const zstdOut = await fs.open(zstdFile, 'w', 0o644);
   const zstdHash = createHash('sha256');
   let zstdSize = 0;
@@ -398,4 +399,8 @@ export async function pointChannel(opts: PointChannelOptions): Promise<Channel> 
   } finally {
     await target.close();
   }
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
 }

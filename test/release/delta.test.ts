@@ -213,6 +213,18 @@ t.test('delta prepare', { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) 
     t.ok(r.json.stage.localBytes > 8 << 20, 'still a delta');
   });
 
+  await t.test('an odd frame size (20 KiB) gets zstd units that tile its frames', async (t) => {
+    await pub.publish('2.1', ['--frame-size', '20K'], image2);
+    const m = manifestOf(pub.releases, '2.1');
+    t.equal(m.payload.chunkSize, 20480);
+    t.equal(m.payload.zstdBlocks.chunkSize, 4096, 'the largest unit up to 16 KiB that divides 20 KiB');
+    const root = machineWith(dir, 'odd-frames', url, pub.pub, '1.0', image1);
+    const r = await upgradectl(['--root', root, '--json', 'prepare', '2.1']);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(sha256File(path.join(root, 'images/2.1.img')), sha256File(image2), 'byte-identical');
+    t.ok(r.json.stage.localBytes > 8 << 20, 'a delta');
+  });
+
   await t.test('payload.zstdBlocks is checked like the rest of the manifest', async (t) => {
     const bad = (edit: (z: Record<string, unknown>) => void) => {
       const m = manifestOf(pub.releases, '2.0');
