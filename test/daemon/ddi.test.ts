@@ -1,5 +1,6 @@
 import t from 'tap';
-import { chmodSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, copyFileSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import winston from 'winston';
 import path from 'node:path';
@@ -20,7 +21,8 @@ import { releaseOf } from '../../src/daemon/ddi/release.js';
 import type { DdiDeploymentBase } from '../../src/daemon/ddi/types.js';
 import { FeedbackOutbox } from '../../src/daemon/feedback-outbox.js';
 import { startDdiServer, type TestDdiServer } from '../helpers/ddi-server.js';
-import { makeMachine, makePublisher, sha256File, type Publisher } from '../helpers/release-fixture.js';
+import { upgradectl } from '../helpers/cli.js';
+import { makeMachine, makePublisher, makeTree, manifestOf, sha256File, type Publisher } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { makeTestCertificate } from '../helpers/tls.js';
 
@@ -148,6 +150,33 @@ t.test('against a DDI server with real releases', { skip: skipUnless({ commands:
     t.teardown(() => ctx.client.close());
     return { ...m, ctx };
   };
+
+  await t.test('a deployment with the index and zstd files: a machine holding an earlier image fetches only what it lacks', async (t) => {
+    const { root, ctx } = await fresh(t, 'delta');
+    // 1.0 on the machine, 2.5 = the same tree after a package upgrade (one file rewritten, one added).
+    const tree = makeTree(dir, 'ddi-delta', 12);
+    const build = async (out: string) => {
+      const b = await upgradectl(['image', 'build', tree, out, '--size', '48M']);
+      if (b.code !== 0) throw new Error(b.stderr);
+      return out;
+    };
+    const old = await build(path.join(dir, 'ddi-1.0.img'));
+    writeFileSync(path.join(tree, 'etc/os-release'), 'VERSION=2.5\n');
+    writeFileSync(path.join(tree, 'usr/lib/added.bin'), randomBytes(300 << 10));
+    const next = await pub.publish('2.5', [], await build(path.join(dir, 'ddi-2.5.img')));
+    copyFileSync(old, path.join(root, 'images/1.0.img'));
+    mkdirSync(path.join(root, 'proc'), { recursive: true });
+    writeFileSync(path.join(root, 'proc/cmdline'), 'root=UUID=0 upgradectl.loop=/images/1.0.img\n');
+
+    server.action = { id: '15', version: '2.5', releases: pub.releases, download: 'forced', update: 'forced', deltaFiles: true };
+    const order = await readDeployment(ctx, (await ctx.client.poll()).deploymentBase!, new Date());
+    t.equal((await prepareDeployment(ctx, order!, { policy: POLICY })).action, 'prepared');
+    t.equal(sha256File(path.join(root, 'images/2.5.img')), sha256File(next), 'the published image, byte for byte');
+    t.ok(server.count('/artifacts/image.idx') === 1 && server.count('/artifacts/image.zidx') === 1, 'both indexes through their artifact links');
+    t.ok(server.count('/artifacts/image.zst') >= 1, 'missing blocks from the zstd artifact');
+    const payload = statSync(path.join(pub.releases, 'releases/2.5/image.lz4')).size;
+    t.ok(server.count('/artifacts/image.lz4') < manifestOf(pub.releases, '2.5').payload.frames.length / 4, `few payload requests (${server.count('/artifacts/image.lz4')}; ${payload} bytes in all)`);
+  });
 
   await t.test('poll → deployment → prepare through the DDI source → downloaded; configData', async (t) => {
     const { layout, config, root, ctx } = await fresh(t, 'happy');

@@ -26,6 +26,8 @@ export interface DdiTestAction {
   maintenanceWindow?: 'available' | 'unavailable';
   /** Leave the payload out of the module (a broken distribution set). */
   withoutPayload?: boolean;
+  /** Also the block index and zstd files publish wrote (what a delta prepare reads), as docs/fleet.md uploads them. */
+  deltaFiles?: boolean;
 }
 
 export interface DdiRecord {
@@ -149,7 +151,7 @@ export async function startDdiServer(opts: DdiServerOptions): Promise<TestDdiSer
 
   const deploymentOf = (a: DdiTestAction) => {
     const dir = path.join(a.releases, 'releases', a.version);
-    const files = ['manifest.json', 'manifest.json.sig', ...(a.withoutPayload ? [] : ['image.lz4'])];
+    const files = ['manifest.json', 'manifest.json.sig', ...(a.withoutPayload ? [] : ['image.lz4']), ...(a.deltaFiles ? ['image.idx', 'image.zst', 'image.zidx'] : [])];
     const artifacts = files.map((filename) => {
       const file = path.join(dir, filename);
       const bytes = readFileSync(file);
