@@ -57,7 +57,7 @@ export interface Payload {
 export interface ZstdBlocksRef extends ObjectRef {
   /** Image bytes per zstd frame: a multiple of 4096 dividing `frameSize`. */
   chunkSize: number;
-  /** `UPGZIDX1\n` and a 4-byte length (LE) per zstd frame, frame by frame. */
+  /** `UPGZIDX\n` and a 4-byte length (LE) per zstd frame, frame by frame (release-index.ts). */
   index: ObjectRef;
 }
 

@@ -27,13 +27,32 @@ export function chunksOf(rawLength: number, chunkSize: number): number {
   return Math.ceil(rawLength / chunkSize);
 }
 
+/** Per-frame lengths as consecutive 4-byte little-endian numbers, frame after frame. */
+function u32s(perFrame: number[][]): Buffer {
+  const out = Buffer.alloc(4 * perFrame.reduce((n, c) => n + c.length, 0));
+  let o = 0;
+  for (const frame of perFrame) for (const l of frame) o = out.writeUInt32LE(l, o);
+  return out;
+}
+
+/** Offsets of consecutive pieces of `lengths` from `start`, plus the end. */
+function runningSum(start: number, lengths: number[]): number[] {
+  const offsets = [start];
+  for (const l of lengths) offsets.push(offsets.at(-1)! + l);
+  return offsets;
+}
+
+/** Per frame, the offsets of pieces of `lengths` laid end to end in one file from byte 0 (a zstd side file), each frame's end last. */
+function tiling(lengths: number[][]): number[][] {
+  let end = 0;
+  return lengths.map((frame) => {
+    const offsets = runningSum(end, frame);
+    end = offsets.at(-1)!;
+    return offsets;
+  });
+}
+
 export function encodeIndex(chunkLengths: number[][], zstdLengths: number[][] | undefined, blockHashes: Buffer[]): Buffer {
-  const u32s = (perFrame: number[][]) => {
-    const out = Buffer.alloc(4 * perFrame.reduce((n, c) => n + c.length, 0));
-    let o = 0;
-    for (const frame of perFrame) for (const l of frame) o = out.writeUInt32LE(l, o);
-    return out;
-  };
   return Buffer.concat([MAGIC, u32s(chunkLengths), ...(zstdLengths ? [u32s(zstdLengths)] : []), ...blockHashes]);
 }
 
@@ -57,11 +76,6 @@ export function decodeIndex(buf: Buffer, manifest: Manifest, where: string): Rel
     at += 4 * counts[i]!;
     return lengths;
   };
-  const runningSum = (start: number, lengths: number[]) => {
-    const offsets = [start];
-    for (const l of lengths) offsets.push(offsets.at(-1)! + l);
-    return offsets;
-  };
   const chunkOffsets = frames.map((f, i) => {
     const lengths = lengthsOf(i);
     // Our frames: a header (7–19 bytes), the blocks, a 4-byte end mark.
@@ -71,12 +85,8 @@ export function decodeIndex(buf: Buffer, manifest: Manifest, where: string): Rel
   });
   let zstdOffsets: number[][] | undefined;
   if (zstd) {
-    let end = 0;
-    zstdOffsets = frames.map((_, i) => {
-      const offsets = runningSum(end, lengthsOf(i));
-      end = offsets.at(-1)!;
-      return offsets;
-    });
+    zstdOffsets = tiling(counts.map((_, i) => lengthsOf(i)));
+    const end = zstdOffsets.at(-1)?.at(-1) ?? 0;
     if (end !== zstd.size) bad(`its zstd blocks end at ${end}, the zstd file is ${zstd.size} bytes`);
   }
   return { chunkOffsets, zstdOffsets, blockHashes: buf.subarray(at) };
@@ -93,11 +103,7 @@ export function decodeIndex(buf: Buffer, manifest: Manifest, where: string): Rel
 const ZSTD_MAGIC = Buffer.from('UPGZIDX\n');
 
 export function encodeZstdIndex(lengths: number[][]): Buffer {
-  const out = Buffer.alloc(8 + 4 * lengths.reduce((n, l) => n + l.length, 0));
-  ZSTD_MAGIC.copy(out);
-  let o = 8;
-  for (const frame of lengths) for (const l of frame) o = out.writeUInt32LE(l, o);
-  return out;
+  return Buffer.concat([ZSTD_MAGIC, u32s(lengths)]);
 }
 
 /** Per frame: the offset of each zstd frame in the side file, plus the end (size and SHA-256 checked by the caller). */
@@ -111,12 +117,14 @@ export function decodeZstdIndex(buf: Buffer, manifest: Manifest, where: string):
   if (!buf.subarray(0, 8).equals(ZSTD_MAGIC)) bad('no zstd index magic');
   if (buf.length !== want) bad(`${buf.length} bytes, expected ${want}`);
   let at = 8;
-  let end = 0;
-  const offsets = counts.map((n) => {
-    const frame = [end];
-    for (let k = 0; k < n; k++, at += 4) frame.push((end += buf.readUInt32LE(at)));
-    return frame;
-  });
+  const offsets = tiling(
+    counts.map((n) => {
+      const lengths = Array.from({ length: n }, (_, k) => buf.readUInt32LE(at + 4 * k));
+      at += 4 * n;
+      return lengths;
+    }),
+  );
+  const end = offsets.at(-1)?.at(-1) ?? 0;
   if (end !== z.size) bad(`its zstd frames end at ${end}, the zstd file is ${z.size} bytes`);
   return offsets;
 }

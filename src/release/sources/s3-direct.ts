@@ -57,15 +57,9 @@ export class S3Direct {
 
   /** Two bytes of `key` through a fresh worker URL: what a worker will do, tried before relying on it. */
   async tryWorkerUrl(key: string): Promise<SourceSpec> {
-    const spec = await this.workerSpecs.get(key);
-    const probe = new HttpSource(new URL(spec!.url), spec!.opts, key);
-    try {
-      // Not bytes=0-0: s3rver answers that with the whole object.
-      await this.named(probe.range(key, 0, 2, undefined, Buffer.alloc(2)));
-      return spec!;
-    } finally {
-      await probe.close();
-    }
+    const spec = (await this.workerSpecs.get(key))!;
+    await this.named(probeWorkerUrl(spec));
+    return spec;
   }
 
   async close(): Promise<void> {
@@ -102,6 +96,17 @@ export class S3Direct {
       const hint = /refused access \(HTTP 40[13]\)/.test(err.message) ? REFUSED_HINT : err.hint;
       throw new UpgradeError(err.code, err.message.split(base).join(`${this.shownBase}/`), { hint, cause: err });
     }
+  }
+}
+
+/** Two bytes of a worker spec's object through its pre-signed URL, as a worker would read it (`opts`: the spec's own by default). */
+export async function probeWorkerUrl(spec: SourceSpec, opts: SourceOptions = spec.opts): Promise<void> {
+  const probe = new HttpSource(new URL(spec.url), opts, spec.signedKey);
+  try {
+    // Not bytes=0-0: s3rver answers that with the whole object.
+    await probe.range(spec.signedKey!, 0, 2, undefined, Buffer.alloc(2));
+  } finally {
+    await probe.close();
   }
 }
 

@@ -7,8 +7,7 @@ import { checkRange, keySegments, metadataCap, metadataTooLarge, rangeTooLong } 
 import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
 import { S3_REQUEST_BYTES, refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
 import { presignGet } from './s3-presign.js';
-import { HttpSource } from './http.js';
-import { RenewingSpecs, SIGNED_LIFETIME_MS } from './s3-direct.js';
+import { RenewingSpecs, SIGNED_LIFETIME_MS, probeWorkerUrl } from './s3-direct.js';
 import { log } from '../../core/log.js';
 
 const PART_SIZE = 16 * 1024 * 1024;
@@ -109,16 +108,12 @@ export class S3Store implements Source, Target {
    * query-signed requests. Then the ranges go through the SDK, as they did before workers fetched.
    */
   private async tryUrl(spec: SourceSpec, objectKey: string): Promise<boolean> {
-    const probe = new HttpSource(new URL(spec.url), { ...spec.opts, retry: { ...this.policy, retries: 0 } }, spec.signedKey);
     try {
-      // Not bytes=0-0: s3rver answers that with the whole object.
-      await probe.range(spec.signedKey!, 0, 2, undefined, Buffer.alloc(2));
+      await probeWorkerUrl(spec, { ...spec.opts, retry: { ...this.policy, retries: 0 } });
       return true;
     } catch (err) {
       log.warn(`${this.shown(objectKey)} cannot be read through a pre-signed URL (${messageOf(err)}); reading its frames through the S3 SDK on one thread instead`);
       return false;
-    } finally {
-      await probe.close();
     }
   }
 
