@@ -62,6 +62,7 @@ export function validateManifest(doc: unknown, where: string): Manifest {
       if (rawLength !== want) fail(`payload.frames[${i}].rawLength`, `${want}`);
       raw += rawLength;
       sha(frame.sha256, `payload.frames[${i}].sha256`);
+      if (frame.payloadSha256 !== undefined) sha(frame.payloadSha256, `payload.frames[${i}].payloadSha256`);
     });
     if (offset !== payloadSize) fail('payload.size', `${offset}, the end of the last frame`);
     if (v2) {

@@ -20,6 +20,12 @@ export interface Frame {
   rawLength: number;
   /** SHA-256 of the image bytes it decodes to: verified per frame, and the key for delta reuse. */
   sha256: string;
+  /**
+   * /2, optional (publish writes it): SHA-256 of the frame's bytes as stored in the payload. A machine
+   * that downloads the frame checks these instead of `sha256`, before decoding: the decoder sees only
+   * signed bytes, and half as many bytes are hashed (docs/release-format.md).
+   */
+  payloadSha256?: string;
 }
 
 export interface Payload {

@@ -264,7 +264,7 @@ async function compressImage(image: string, payloadFile: string, frameSize: numb
   let allocated = 0;
   const chunkLengths: number[][] = [];
   const blockHashes: Buffer[] = [];
-  const inFlight: Array<Promise<{ frame: Uint8Array; sha256: string; allocated: number; rawLength: number; chunks?: number[]; blockHashes?: Uint8Array; zstd?: Uint8Array; zstdLengths?: number[] }>> = [];
+  const inFlight: Array<Promise<{ frame: Uint8Array; sha256: string; payloadSha256: string; allocated: number; rawLength: number; chunks?: number[]; blockHashes?: Uint8Array; zstd?: Uint8Array; zstdLengths?: number[] }>> = [];
   const window = pool.size * 2;
 
   const drainOne = async () => {
@@ -272,7 +272,7 @@ async function compressImage(image: string, payloadFile: string, frameSize: numb
     const frame = Buffer.from(done.frame.buffer, done.frame.byteOffset, done.frame.byteLength);
     await output.write(frame, 0, frame.length, payloadSize);
     payloadHash.update(frame);
-    frames.push({ offset: payloadSize, length: frame.length, rawLength: done.rawLength, sha256: done.sha256 });
+    frames.push({ offset: payloadSize, length: frame.length, rawLength: done.rawLength, sha256: done.sha256, payloadSha256: done.payloadSha256 });
     chunkLengths.push(done.chunks!);
     blockHashes.push(Buffer.from(done.blockHashes!));
     const zstd = Buffer.from(done.zstd!.buffer, done.zstd!.byteOffset, done.zstd!.byteLength);

@@ -174,7 +174,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
     const bytes = await fetchRange(f.offset, f.offset + f.length);
     const written = ctx.pool
       .run(
-        { op: 'decode-write', frame: bytes, rawLength: f.rawLength, sha256: f.sha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize, keepRaw: Boolean(ctx.hasher) },
+        { op: 'decode-write', frame: bytes, rawLength: f.rawLength, sha256: f.sha256, payloadSha256: f.payloadSha256, fd: ctx.fd, directFd: ctx.directFd, position: i * frameSize, keepRaw: Boolean(ctx.hasher) },
         // Hand the frame's memory to the worker when it owns its buffer outright (no copy).
         transferable(bytes),
       )
@@ -206,7 +206,7 @@ export async function fetchFrames(ctx: FramesContext): Promise<FramesResult> {
     const bytes = span.reduce((n, i) => n + frames[i]!.length, 0);
     await ctx.source.admit?.(bytes);
     const failed: Array<{ i: number; reason: string }> = [];
-    const task = span.map((i) => ({ start: frames[i]!.offset, end: frames[i]!.offset + frames[i]!.length, rawLength: frames[i]!.rawLength, sha256: frames[i]!.sha256, position: i * frameSize }));
+    const task = span.map((i) => ({ start: frames[i]!.offset, end: frames[i]!.offset + frames[i]!.length, rawLength: frames[i]!.rawLength, sha256: frames[i]!.sha256, payloadSha256: frames[i]!.payloadSha256, position: i * frameSize }));
     try {
       await ctx.pool.run({ op: 'fetch-frames', source: spec, key: ctx.payloadKey, etag: ctx.etag, frames: task, fd: ctx.fd, directFd: ctx.directFd }, [], (o) => {
         if (o.ok) finish(span[o.index]!)(o.sha256);

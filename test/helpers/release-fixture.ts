@@ -3,6 +3,7 @@ import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { upgradectl } from './cli.js';
 import { startHttpServer } from './http-server.js';
+import { loadPrivateKey, signBytes } from '../../src/release/signing.js';
 
 export const sha256File = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
 
@@ -64,6 +65,16 @@ export function makeMachine(dir: string, name: string, url: string, pub: string 
 
 /** The manifest publish wrote for `version` under a publisher's `releases` directory. */
 export const manifestOf = (releases: string, version: string) => JSON.parse(readFileSync(path.join(releases, 'releases', version, 'manifest.json'), 'utf8'));
+
+/** Re-sign a manifest after changing it: a publisher bug or a deliberate test case, validly signed. */
+export async function resign(releases: string, version: string, key: string, change: (m: any) => void): Promise<void> {
+  const file = path.join(releases, 'releases', version, 'manifest.json');
+  const m = JSON.parse(readFileSync(file, 'utf8'));
+  change(m);
+  const bytes = Buffer.from(JSON.stringify(m));
+  writeFileSync(file, bytes);
+  writeFileSync(`${file}.sig`, signBytes(bytes, await loadPrivateKey(key)));
+}
 
 /**
  * A publisher with `version` published and served by a real HTTP server on 127.0.0.1 (closed at the

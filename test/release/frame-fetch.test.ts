@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
-import { makeMachine, makePublisher, servedRelease, sha256File } from '../helpers/release-fixture.js';
+import { makeMachine, makePublisher, resign, servedRelease, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
 import { FramePool } from '../../src/release/frame-pool.js';
 import type { FrameOutcome } from '../../src/release/frame-worker.js';
@@ -148,4 +148,69 @@ t.test('a request of several frames stops at the next frame when the download is
   const gets = server.requests.filter((q) => q.method === 'GET' && q.path === payloadPath);
   t.ok(gets.length <= 2, 'one request for all of them (asked again once after the stall)');
   if (gets.length === 2) t.equal(gets[1]?.range, `bytes=${frames[best[finished]!]!.offset}-${frames[best.at(-1)!]!.offset + frames[best.at(-1)!]!.length - 1}`, 'from the first frame not taken');
+});
+
+/**
+ * Publish records the SHA-256 of each frame's stored (compressed) bytes, and a machine checks those
+ * before it decodes (zchunk checks its compressed chunks the same way): the decoder never runs on bytes
+ * that are not the signed ones, and a full download hashes ~half as many bytes. Releases from before
+ * the field are still checked by their decoded bytes.
+ */
+t.test("a frame's stored bytes are checked against the manifest before they are decoded", { skip: skipUnless({ commands: ['mke2fs', 'debugfs'] }) }, async (t) => {
+  const dir = t.testdir();
+  const { pub, image, url, manifest } = await servedRelease(t, dir, '1.0');
+  const payload = readFileSync(path.join(pub.releases, 'releases/1.0/image.lz4'));
+  const frames = manifest.payload.frames as Array<F & { payloadSha256: string }>;
+  const stored = (f: F) => payload.subarray(f.offset, f.offset + f.length);
+  t.ok(
+    frames.every((f) => f.payloadSha256 === createHash('sha256').update(stored(f)).digest('hex')),
+    `each of the ${frames.length} frames carries the SHA-256 of its bytes in the payload`,
+  );
+  const k = frames.findIndex((f, i) => i > 0 && !isZero(f));
+  await pub.publish('2.0', [], image);
+  await pub.publish('3.0', [], image);
+  // 2.0: the payload is intact but the manifest signs other bytes for frame k.
+  await resign(pub.releases, '2.0', pub.key, (m) => (m.payload.frames[k].payloadSha256 = createHash('sha256').update('other bytes').digest('hex')));
+  // 3.0: as a publisher from before the field wrote it.
+  await resign(pub.releases, '3.0', pub.key, (m) => m.payload.frames.forEach((f: { payloadSha256?: string }) => delete f.payloadSha256));
+
+  await t.test('bytes other than the signed ones are refused, even when they decode to the right image', async (t) => {
+    const root = makeMachine(dir, 'signed-other', url, pub.pub, '[prepare]\nparallel = 2\n');
+    const r = await upgradectl(['--root', root, '--json', 'prepare', '2.0']);
+    t.not(r.code, 0);
+    t.equal(r.json?.error?.code, 'CORRUPT');
+    t.match(r.json?.error?.message, new RegExp(`frame ${k} of .* is corrupt: SHA-256 of its stored bytes mismatch`));
+    t.match(r.stderr, new RegExp(`frame ${k} of .* failed its check .*; fetching it again`), 'fetched once more before it is refused');
+    t.notOk(existsSync(path.join(root, 'images/2.0.img')), 'nothing installed');
+  });
+
+  await t.test('a release without stored-byte hashes is checked by its decoded bytes', async (t) => {
+    const root = makeMachine(dir, 'older', url, pub.pub, '[prepare]\nparallel = 2\n');
+    const r = await upgradectl(['--root', root, '--json', 'prepare', '3.0']);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(sha256File(path.join(root, 'images/3.0.img')), sha256File(image), 'byte-identical');
+  });
+
+  await t.test('the same check where a frame is fetched on the main thread and handed to a worker (decode-write)', async (t) => {
+    const out = path.join(dir, 'decoded.img');
+    const fd = openSync(out, 'w+');
+    ftruncateSync(fd, manifest.image.size);
+    const pool = new FramePool(1);
+    t.teardown(async () => {
+      await pool.close();
+      closeSync(fd);
+    });
+    const f = frames[k]!;
+    const frameSize = manifest.payload.frameSize as number;
+    const task = (check: { sha256: string; payloadSha256?: string }) => pool.run({ op: 'decode-write', frame: Buffer.from(stored(f)), rawLength: f.rawLength, ...check, fd, position: k * frameSize, keepRaw: false });
+    const refused = await task({ sha256: f.sha256, payloadSha256: createHash('sha256').update('other bytes').digest('hex') });
+    t.notOk(refused.ok, 'refused');
+    t.match(!refused.ok && refused.reason, /stored bytes/);
+    t.ok(readFileSync(out).subarray(k * frameSize, (k + 1) * frameSize).every((b) => b === 0), 'nothing written');
+    // The stored bytes are what is checked when the manifest has their hash: the decoded ones are not
+    // hashed a second time (that pass is what the field saves).
+    const trusted = await task({ sha256: '0'.repeat(64), payloadSha256: f.payloadSha256 });
+    t.ok(trusted.ok, 'matching stored bytes are decoded and written');
+    t.equal(createHash('sha256').update(readFileSync(out).subarray(k * frameSize, k * frameSize + f.rawLength)).digest('hex'), f.sha256, 'the image bytes the frame stands for');
+  });
 });

@@ -4,21 +4,10 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import path from 'node:path';
 import { upgradectl } from '../helpers/cli.js';
 import { startHttpServer } from '../helpers/http-server.js';
-import { makeMachine, makePublisher, servedRelease, sha256File } from '../helpers/release-fixture.js';
+import { makeMachine, makePublisher, resign, servedRelease, sha256File } from '../helpers/release-fixture.js';
 import { skipUnless } from '../helpers/requirements.js';
-import { loadPrivateKey, signBytes } from '../../src/release/signing.js';
 
 const imagesOf = (root: string) => readdirSync(path.join(root, 'images')).filter((n) => n.endsWith('.img')).sort();
-
-/** Re-sign a manifest after changing it: a publisher bug or a deliberate test case, validly signed. */
-async function resign(releases: string, version: string, key: string, change: (m: any) => void): Promise<void> {
-  const file = path.join(releases, 'releases', version, 'manifest.json');
-  const m = JSON.parse(readFileSync(file, 'utf8'));
-  change(m);
-  const bytes = Buffer.from(JSON.stringify(m));
-  writeFileSync(file, bytes);
-  writeFileSync(`${file}.sig`, signBytes(bytes, await loadPrivateKey(key)));
-}
 
 t.test('publish to a directory, prepare from the channel: the image arrives byte-identical, sparse', { skip: skipUnless({ commands: ['mke2fs', 'debugfs', 'lz4'] }) }, async (t) => {
   const dir = t.testdir();
