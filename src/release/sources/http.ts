@@ -11,6 +11,18 @@ import { refusePlainHttp, type ObjectInfo, type PieceTaker, type RetryPolicy, ty
 type Response = Dispatcher.ResponseData;
 /** The URL a request of `method` goes to instead of `url` (the same origin): `url` signed, for example. */
 export type RequestSigner = (method: 'GET' | 'HEAD', url: URL) => Promise<URL>;
+
+/** A store read over HTTP that is not a plain web server (S3 without the SDK: s3-direct.ts). */
+export interface StoreAccess {
+  /** Each request goes to the URL this returns for its method and URL (signed per request). */
+  sign?: RequestSigner;
+  /** What messages call the source's URL instead, e.g. `s3://bucket/prefix/`. */
+  shownBase: string;
+  /** The hint when the server refuses access (HTTP 401, 403): the default is about user:password in the URL. */
+  refusedHint: string;
+}
+
+const REFUSED_HINT = 'check the URL, and the credentials if the server needs them (https://user:password@host/prefix in [source] url)';
 /** What the status and header checks read: undici's response or range-socket.ts's head alike. */
 type Head = Pick<Response, 'statusCode' | 'headers'>;
 
@@ -40,15 +52,15 @@ export class HttpSource implements Source {
   private readonly signed: { key: string; url: URL } | undefined;
 
   /**
-   * With `signedKey`, `url` is that object's pre-signed URL, not a prefix. With `signer`, each request
-   * goes to the URL it returns for the request's method and URL (S3 read without the SDK: s3-direct.ts);
-   * messages name the URL unsigned.
+   * With `signedKey`, `url` is that object's pre-signed URL, not a prefix. With `store`, messages name
+   * objects under its `shownBase` (and requests are signed when it signs); otherwise they name the URL
+   * without credentials or query.
    */
   constructor(
     url: URL,
     opts: SourceOptions = {},
     signedKey?: string,
-    private readonly signer?: RequestSigner,
+    private readonly store?: StoreAccess,
   ) {
     refusePlainHttp(url, printable(url));
     this.spec = { url: url.href, opts };
@@ -66,7 +78,20 @@ export class HttpSource implements Source {
     base.hash = '';
     if (!base.pathname.endsWith('/') && !this.signed) base.pathname += '/';
     this.base = base;
-    this.url = printable(base);
+    this.url = this.shown(base);
+  }
+
+  /** `url` as messages and logs name it. */
+  private shown(url: URL): string {
+    const plain = printable(url);
+    if (!this.store) return plain;
+    const prefix = printable(this.base);
+    return plain.startsWith(prefix) ? `${this.store.shownBase}${plain.slice(prefix.length)}` : plain;
+  }
+
+  /** throwForStatus with this source's names and hint. */
+  private checkStatus(res: Head, url: URL, etag: string | undefined): void {
+    throwForStatus(res, this.shown(url), etag, this.store?.refusedHint ?? REFUSED_HINT);
   }
 
   /** undici's keep-alive Agent, made on first use (a frame worker's ranges may never need it). */
@@ -91,17 +116,17 @@ export class HttpSource implements Source {
     return withRetry(
       async () => {
         const direct = await this.viaSockets('GET', url, {}, (head, length) => {
-          throwForStatus(head, url, undefined);
+          this.checkStatus(head, url, undefined);
           if (length === undefined) return undefined;
-          if (length > cap) throw metadataTooLarge(printable(url), key);
+          if (length > cap) throw metadataTooLarge(this.shown(url), key);
           return Buffer.allocUnsafe(length);
         });
         if (direct) return direct.body;
         const res = await this.send('GET', url, {});
-        return collect((await this.accept(res, url, undefined)).chunks, cap, () => metadataTooLarge(printable(url), key));
+        return collect((await this.accept(res, url, undefined)).chunks, cap, () => metadataTooLarge(this.shown(url), key));
       },
       this.policy,
-      `GET ${printable(url)}`,
+      `GET ${this.shown(url)}`,
       RETRY_HINT,
     );
   }
@@ -111,7 +136,7 @@ export class HttpSource implements Source {
     return withRetry(
       async () => {
         const direct = await this.viaSockets('HEAD', url, {}, (head) => {
-          throwForStatus(head, url, undefined);
+          this.checkStatus(head, url, undefined);
           return Buffer.alloc(0);
         });
         let res: Head;
@@ -119,26 +144,26 @@ export class HttpSource implements Source {
         else {
           const answer = await this.send('HEAD', url, {});
           await answer.body.dump();
-          throwForStatus(answer, url, undefined);
+          this.checkStatus(answer, url, undefined);
           res = answer;
         }
         const length = header(res, 'content-length');
         if (length === undefined || !/^\d+$/.test(length)) {
-          throw new UpgradeError('NETWORK', `HEAD ${printable(url)} answered without a Content-Length`, {
+          throw new UpgradeError('NETWORK', `HEAD ${this.shown(url)} answered without a Content-Length`, {
             hint: 'the server must report object sizes; serve the release from a plain static file server',
           });
         }
         return { size: Number(length), etag: header(res, 'etag') };
       },
       this.policy,
-      `HEAD ${printable(url)}`,
+      `HEAD ${this.shown(url)}`,
       RETRY_HINT,
     );
   }
 
   async range(key: string, start: number, end: number, etag?: string, into?: Buffer): Promise<Buffer> {
     if (start === end) {
-      checkRange(printable(this.urlOf(key)), start, end);
+      checkRange(this.shown(this.urlOf(key)), start, end);
       return Buffer.alloc(0);
     }
     // One range is one piece: the same request, checks and retries as a worker's several frames.
@@ -152,8 +177,8 @@ export class HttpSource implements Source {
   async rangePieces(key: string, bounds: number[], etag: string | undefined, into: Buffer, take: PieceTaker): Promise<void> {
     const url = this.urlOf(key);
     const last = bounds.length - 1;
-    checkRange(printable(url), bounds[0]!, bounds[last]!);
-    const retrier = new Retrier(this.policy, `GET ${printable(url)} bytes ${bounds[0]}-${bounds[last]! - 1}`, RETRY_HINT);
+    checkRange(this.shown(url), bounds[0]!, bounds[last]!);
+    const retrier = new Retrier(this.policy, `GET ${this.shown(url)} bytes ${bounds[0]}-${bounds[last]! - 1}`, RETRY_HINT);
     /** The first piece not yet taken: a retry asks from there. */
     let next = 0;
     // A piece's own failure (its decode, its write) is the caller's to report, not a network error to retry.
@@ -191,8 +216,8 @@ export class HttpSource implements Source {
         while (next < last) {
           const [from, to] = [bounds[next]!, bounds[next + 1]!];
           const opened = await this.open(url, from, to, etag);
-          const bytes = await collect(opened.chunks, to - from, () => rangeTooLong(printable(url), from, to), into);
-          if (bytes.length < to - from) throw shorterThan(url, from + bytes.length, to);
+          const bytes = await collect(opened.chunks, to - from, () => rangeTooLong(this.shown(url), from, to), into);
+          if (bytes.length < to - from) throw shorterThan(this.shown(url), from + bytes.length, to);
           await handOver(bytes);
         }
       } catch (err) {
@@ -204,8 +229,8 @@ export class HttpSource implements Source {
 
   stream(key: string, start: number, etag?: string): AsyncIterable<Buffer> {
     const url = this.urlOf(key);
-    checkRange(printable(url), start);
-    const retrier = new Retrier(this.policy, `GET ${printable(url)}`, RETRY_HINT);
+    checkRange(this.shown(url), start);
+    const retrier = new Retrier(this.policy, `GET ${this.shown(url)}`, RETRY_HINT);
     return resumingStream((position, pinned) => this.open(url, position, undefined, pinned), start, etag, retrier);
   }
 
@@ -226,10 +251,10 @@ export class HttpSource implements Source {
     let reply: RangeReply;
     try {
       this.sockets ??= new RangeSockets(new URL(url.origin), this.policy.stallTimeoutMs, this.ca);
-      const target = this.signer ? await this.signer(method, url) : url;
+      const target = this.store?.sign ? await this.store.sign(method, url) : url;
       reply = await this.sockets.get({ method, path: `${target.pathname}${target.search}`, headers, accept });
     } catch (err) {
-      throw certificateError(err, url) ?? err;
+      throw certificateError(err, this.shown(url)) ?? err;
     }
     if (reply.kind === 'filled') return reply;
     this.socketsDeclined = true;
@@ -248,9 +273,9 @@ export class HttpSource implements Source {
   private async send(method: 'GET' | 'HEAD', url: URL, headers: Record<string, string>): Promise<Response> {
     if (this.authorization !== undefined) headers.authorization = this.authorization;
     try {
-      return await request(this.signer ? await this.signer(method, url) : url, { dispatcher: this.agent, method, headers });
+      return await request(this.store?.sign ? await this.store.sign(method, url) : url, { dispatcher: this.agent, method, headers });
     } catch (err) {
-      throw certificateError(err, url) ?? err;
+      throw certificateError(err, this.shown(url)) ?? err;
     }
   }
 
@@ -287,11 +312,11 @@ export class HttpSource implements Source {
 
   /** Status, version and Content-Range of a GET response for bytes [start, end) of version `etag`. */
   private checkHead(res: Head, url: URL, etag: string | undefined, start: number, end: number | undefined): void {
-    throwForStatus(res, url, etag);
+    this.checkStatus(res, url, etag);
     const actual = header(res, 'etag');
     // Some servers ignore If-Match; compare ourselves so two versions are never spliced together.
-    if (etag !== undefined && actual !== undefined && actual !== etag) throw changed(url, etag, actual);
-    if (res.statusCode === 206) checkContentRange(res, url, start, end);
+    if (etag !== undefined && actual !== undefined && actual !== etag) throw changed(this.shown(url), etag, actual);
+    if (res.statusCode === 206) checkContentRange(res, this.shown(url), start, end);
     else if ((start > 0 || end !== undefined) && !this.warnedRangeIgnored) {
       this.warnedRangeIgnored = true;
       log.warn(`${this.url} ignores HTTP Range requests; resuming and parallel downloads will re-read from the start`);
@@ -306,10 +331,10 @@ const CERT_CODES = new Set([
 ]);
 
 /** An untrusted server certificate (a private CA, a self-signed mirror): say how to trust its CA. */
-function certificateError(err: unknown, url: URL): UpgradeError | undefined {
+function certificateError(err: unknown, shown: string): UpgradeError | undefined {
   const code = errnoOf(err);
   if (code === undefined || !CERT_CODES.has(code)) return undefined;
-  return new UpgradeError('NETWORK', `${printable(url)}: the server's certificate is not trusted (${code}: ${messageOf(err)})`, {
+  return new UpgradeError('NETWORK', `${shown}: the server's certificate is not trusted (${code}: ${messageOf(err)})`, {
     cause: err,
     hint:
       'if the release server uses a private or self-signed CA, name that CA certificate (PEM) in upgradectl.conf: ' +
@@ -333,25 +358,22 @@ function header(res: Head, name: string): string | undefined {
 }
 
 /** Map a non-success status to the error the operator should see; transient ones are retried. */
-function throwForStatus(res: Head, url: URL, etag: string | undefined): void {
+function throwForStatus(res: Head, shown: string, etag: string | undefined, refusedHint: string): void {
   const status = res.statusCode;
   if (status === 200 || status === 206) return;
-  const shown = printable(url);
   if (status === 404 || status === 410) {
     throw new UpgradeError('NOT_FOUND', `${shown} does not exist (HTTP ${status})`, {
       hint: 'check [source] url and that the release was published there',
     });
   }
-  if (status === 412) throw changed(url, etag ?? '?', header(res, 'etag') ?? 'another version');
+  if (status === 412) throw changed(shown, etag ?? '?', header(res, 'etag') ?? 'another version');
   if (status === 416) {
     throw new UpgradeError('CHANGED', `${shown} is shorter than the range asked (HTTP 416, ${header(res, 'content-range') ?? 'no size given'})`, {
       hint: 'the object was truncated or replaced by another version; run the command again to start over',
     });
   }
   if (status === 401 || status === 403) {
-    throw new UpgradeError('NETWORK', `${shown} refused access (HTTP ${status})`, {
-      hint: 'check the URL, and the credentials if the server needs them (https://user:password@host/prefix in [source] url)',
-    });
+    throw new UpgradeError('NETWORK', `${shown} refused access (HTTP ${status})`, { hint: refusedHint });
   }
   if (status === 408 || status === 429 || status >= 500) {
     throw new TransientError(`HTTP ${status}`, { retryAfterMs: retryAfterMs(header(res, 'retry-after')) });
@@ -366,33 +388,33 @@ function throwForStatus(res: Head, url: URL, etag: string | undefined): void {
   });
 }
 
-function checkContentRange(res: Head, url: URL, start: number, end: number | undefined): void {
+function checkContentRange(res: Head, shown: string, start: number, end: number | undefined): void {
   const value = header(res, 'content-range') ?? '';
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(value);
   const first = m ? Number(m[1]) : NaN;
   const last = m ? Number(m[2]) : NaN;
   const total = m && m[3] !== '*' ? Number(m[3]) : undefined;
   if (first !== start) {
-    throw new UpgradeError('NETWORK', `${printable(url)} answered the range from ${start} with "Content-Range: ${value}"`, {
+    throw new UpgradeError('NETWORK', `${shown} answered the range from ${start} with "Content-Range: ${value}"`, {
       hint: 'the server or a proxy in between mangles range requests; serve the release from a plain static file server',
     });
   }
   if (end !== undefined && last !== end - 1) {
-    if (total !== undefined && total < end) throw shorterThan(url, total, end);
-    throw new UpgradeError('NETWORK', `${printable(url)} answered bytes ${start}-${end - 1} with "Content-Range: ${value}"`, {
+    if (total !== undefined && total < end) throw shorterThan(shown, total, end);
+    throw new UpgradeError('NETWORK', `${shown} answered bytes ${start}-${end - 1} with "Content-Range: ${value}"`, {
       hint: 'the server or a proxy in between shortens range responses; serve the release from a plain static file server',
     });
   }
 }
 
-function changed(url: URL, expected: string, actual: string): UpgradeError {
-  return new UpgradeError('CHANGED', `${printable(url)} changed: ETag ${actual}, expected ${expected}`, {
+function changed(shown: string, expected: string, actual: string): UpgradeError {
+  return new UpgradeError('CHANGED', `${shown} changed: ETag ${actual}, expected ${expected}`, {
     hint: 'the release was re-published while downloading; run the command again to start over',
   });
 }
 
-function shorterThan(url: URL, size: number, wanted: number): UpgradeError {
-  return new UpgradeError('CHANGED', `${printable(url)} has only ${size} bytes, ${wanted} were expected`, {
+function shorterThan(shown: string, size: number, wanted: number): UpgradeError {
+  return new UpgradeError('CHANGED', `${shown} has only ${size} bytes, ${wanted} were expected`, {
     hint: 'the object was truncated or replaced by another version; run the command again to start over',
   });
 }

@@ -1,6 +1,6 @@
-import { UpgradeError } from '../../core/errors.js';
 import { HttpSource } from './http.js';
-import { encodeKey } from './keys.js';
+import { openSpec } from './index.js';
+import { encodeKey, keySegments } from './keys.js';
 import { resolvePolicy } from './retry.js';
 import { presignS3, type AwsCredentials } from './s3-sigv4.js';
 import type { DirectEndpoint } from './s3-endpoint.js';
@@ -12,7 +12,7 @@ import type { ObjectInfo, RetryPolicy, SourceOptions, SourceSpec } from './sourc
  * once half of this is gone, so a slow (max_rate) download keeps going.
  */
 export const SIGNED_LIFETIME_MS = 15 * 60 * 1000;
-const REFUSED_HINT =
+export const S3_REFUSED_HINT =
   'check the AWS credentials in use (AWS_PROFILE, environment, instance role), the bucket policy and [source] region; ' +
   'without s3:ListBucket, S3 answers 403 rather than 404 for an object that does not exist';
 /** A URL signed for one request of this thread: used at once, so it need not live long. */
@@ -40,25 +40,29 @@ export class S3Direct {
     private readonly opts: SourceOptions,
   ) {
     this.policy = resolvePolicy(opts.retry);
-    this.http = new HttpSource(prefixBase, opts, undefined, async (method, url) => this.signed(method, url, REQUEST_LIFETIME_S, await this.credentials()));
+    this.http = new HttpSource(prefixBase, opts, undefined, {
+      sign: async (method, url) => this.signed(method, url, REQUEST_LIFETIME_S, await this.credentials()),
+      shownBase: `${shownBase}/`,
+      refusedHint: S3_REFUSED_HINT,
+    });
   }
 
   get(key: string): Promise<Buffer> {
-    return this.named(this.http.get(key));
+    return this.http.get(key);
   }
 
   head(key: string): Promise<ObjectInfo> {
-    return this.named(this.http.head(key));
+    return this.http.head(key);
   }
 
   range(key: string, start: number, end: number, etag?: string, into?: Buffer): Promise<Buffer> {
-    return this.named(this.http.range(key, start, end, etag, into));
+    return this.http.range(key, start, end, etag, into);
   }
 
   /** Two bytes of `key` through a fresh worker URL: what a worker will do, tried before relying on it. */
   async tryWorkerUrl(key: string): Promise<SourceSpec> {
     const spec = (await this.workerSpecs.get(key))!;
-    await this.named(probeWorkerUrl(spec));
+    await probeWorkerUrl(spec);
     return spec;
   }
 
@@ -72,7 +76,8 @@ export class S3Direct {
     const url = this.signed('GET', new URL(encodeKey(key), this.prefixBase), SIGNED_LIFETIME_MS / 1000, credentials, signedAt);
     // Signed with temporary credentials, a URL stops working when they expire, whatever it says.
     const expiresAt = Math.min(signedAt + SIGNED_LIFETIME_MS, credentials.expiration?.getTime() ?? Infinity);
-    return { url: url.href, opts: { retry: this.policy, ca: this.opts.ca }, signedKey: key, signedAt, expiresAt };
+    const shown = { name: `${this.shownBase}/${keySegments(key).join('/')}`, refusedHint: S3_REFUSED_HINT };
+    return { url: url.href, opts: { retry: this.policy, ca: this.opts.ca }, signedKey: key, signedAt, expiresAt, shown };
   }
 
   private signed(method: 'GET' | 'HEAD', url: URL, seconds: number, credentials: AwsCredentials, now = Date.now()): URL {
@@ -84,24 +89,11 @@ export class S3Direct {
     this.provider ??= import('@aws-sdk/credential-provider-node').then((m) => m.defaultProvider());
     return (await this.provider)();
   }
-
-  /** An HttpSource error names the endpoint's URL: name the object as the operator configured it. */
-  private async named<T>(op: Promise<T>): Promise<T> {
-    try {
-      return await op;
-    } catch (err) {
-      const base = this.prefixBase.href;
-      if (!(err instanceof UpgradeError) || !err.message.includes(base)) throw err;
-      // HttpSource's hint for a refusal is about user:password in the URL; S3 refuses for its own reasons.
-      const hint = /refused access \(HTTP 40[13]\)/.test(err.message) ? REFUSED_HINT : err.hint;
-      throw new UpgradeError(err.code, err.message.split(base).join(`${this.shownBase}/`), { hint, cause: err });
-    }
-  }
 }
 
 /** Two bytes of a worker spec's object through its pre-signed URL, as a worker would read it (`opts`: the spec's own by default). */
 export async function probeWorkerUrl(spec: SourceSpec, opts: SourceOptions = spec.opts): Promise<void> {
-  const probe = new HttpSource(new URL(spec.url), opts, spec.signedKey);
+  const probe = openSpec({ ...spec, opts });
   try {
     // Not bytes=0-0: s3rver answers that with the whole object.
     await probe.range(spec.signedKey!, 0, 2, undefined, Buffer.alloc(2));

@@ -7,7 +7,7 @@ import { checkRange, keySegments, metadataCap, metadataTooLarge, rangeTooLong } 
 import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
 import { S3_REQUEST_BYTES, refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
 import { presignGet } from './s3-presign.js';
-import { RenewingSpecs, SIGNED_LIFETIME_MS, probeWorkerUrl } from './s3-direct.js';
+import { RenewingSpecs, S3_REFUSED_HINT, SIGNED_LIFETIME_MS, probeWorkerUrl } from './s3-direct.js';
 import { log } from '../../core/log.js';
 
 const PART_SIZE = 16 * 1024 * 1024;
@@ -97,7 +97,8 @@ export class S3Store implements Source, Target {
     // that (the SDK hands out fresh credentials well before the old ones expire).
     const credentialsExpire = (await this.credentialsExpiry()) ?? Infinity;
     const expiresAt = Math.min(signedAt + SIGNED_LIFETIME_MS, credentialsExpire);
-    const spec: SourceSpec = { url, opts: { retry: this.policy, ca: this.ca }, signedKey: key, signedAt, expiresAt };
+    const shown = { name: this.shown(objectKey), refusedHint: S3_REFUSED_HINT };
+    const spec: SourceSpec = { url, opts: { retry: this.policy, ca: this.ca }, signedKey: key, signedAt, expiresAt, shown };
     return (await this.tryUrl(spec, objectKey)) ? spec : undefined;
   }
 
@@ -333,7 +334,7 @@ export class S3Store implements Source, Target {
     }
     if (status === 401 || status === 403) {
       return new UpgradeError('NETWORK', `${verb} ${shown} refused: ${name} (HTTP ${status})`, {
-        hint: 'check the AWS credentials in use (AWS_PROFILE, environment, instance role), the bucket policy and [source] region',
+        hint: S3_REFUSED_HINT,
         cause: err,
       });
     }

@@ -32,6 +32,8 @@ export interface SourceSpec {
   /** When the URL was made, and when it stops working (the shorter of its own life and its credentials'). */
   signedAt?: number;
   expiresAt?: number;
+  /** With `signedKey`: what messages call the object (s3://bucket/key), and what to check when it is refused. */
+  shown?: { name: string; refusedHint: string };
 }
 
 export interface Source {

@@ -4,7 +4,7 @@ import path from 'node:path';
 import t from 'tap';
 import { S3Client } from '@aws-sdk/client-s3';
 import { setLogLevel } from '../../../src/core/log.js';
-import { openSource, openTarget, type SourceOptions } from '../../../src/release/sources/index.js';
+import { openSource, openSpec, openTarget, type SourceOptions } from '../../../src/release/sources/index.js';
 import { presignS3 } from '../../../src/release/sources/s3-sigv4.js';
 import { directEndpoint } from '../../../src/release/sources/s3-endpoint.js';
 import { refusingPresignedProxy, startS3Server, useS3rverCredentials } from '../../helpers/s3-server.js';
@@ -156,4 +156,13 @@ t.test('a refusal after reads have worked is that read\'s own failure, with what
   t.match(err.message, 's3://upgrades/fleet/stable/releases/2.0/manifest.json refused access (HTTP 403)');
   t.match(err.hint ?? '', /AWS credentials in use.*s3:ListBucket/, 'what to check on S3, not user:password in a URL');
   t.same(server.served.slice(from), [], 'not asked again through the SDK');
+
+  // A frame worker reads by the pre-signed URL alone, and says the same.
+  const spec = (await source.workerSpec!('releases/2.0/manifest.json'))!;
+  const worker = openSpec(spec);
+  t.teardown(() => worker.close());
+  const inWorker = await failure(worker.range('releases/2.0/manifest.json', 0, 2));
+  t.match(inWorker.message, 's3://upgrades/fleet/stable/releases/2.0/manifest.json refused access (HTTP 403)', 'a worker names the object too');
+  t.notMatch(inWorker.message, /X-Amz|127\.0\.0\.1/, 'not its signed URL');
+  t.match(inWorker.hint ?? '', /AWS credentials in use/);
 });
