@@ -3,6 +3,13 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { isLoopbackHost, type SourceOptions } from './source.js';
 
+/** Bucket and key prefix of an s3://BUCKET/PREFIX source, and how messages name the prefix. */
+export function s3Location(url: URL): { bucket: string; prefix: string; shown: string } {
+  const bucket = url.hostname;
+  const prefix = decodeURIComponent(url.pathname).replace(/^\/+|\/+$/g, '');
+  return { bucket, prefix, shown: `s3://${bucket}${prefix === '' ? '' : `/${prefix}`}` };
+}
+
 /** Where a bucket's objects are when the common rules suffice: `base` + the encoded object key. */
 export interface DirectEndpoint {
   base: URL;

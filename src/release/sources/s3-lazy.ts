@@ -1,7 +1,7 @@
 import { log } from '../../core/log.js';
 import { messageOf } from '../../core/errors.js';
 import { S3Direct } from './s3-direct.js';
-import { directEndpoint } from './s3-endpoint.js';
+import { directEndpoint, s3Location } from './s3-endpoint.js';
 import { S3_REQUEST_BYTES, type ObjectInfo, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
 import type { S3Store } from './s3.js';
 
@@ -24,16 +24,15 @@ export class LazyS3 implements Source, Target {
     private readonly parsed: URL,
     private readonly opts: SourceOptions,
   ) {
-    this.url = `s3://${parsed.host}${parsed.pathname.replace(/\/+$/, '')}`;
-    const bucket = parsed.hostname;
-    const prefix = decodeURIComponent(parsed.pathname).replace(/^\/+|\/+$/g, '');
+    const { bucket, prefix, shown } = s3Location(parsed);
+    this.url = shown;
     const where = bucket === '' ? { sdk: 'no bucket' } : directEndpoint(bucket, opts);
     if ('sdk' in where) {
       log.debug(`${this.url}: read through the AWS SDK (${where.sdk})`);
       return;
     }
     const prefixBase = new URL(prefix === '' ? '' : `${prefix.split('/').map(encodeURIComponent).join('/')}/`, where.base);
-    this.direct = new S3Direct(where, `s3://${bucket}${prefix === '' ? '' : `/${prefix}`}`, prefixBase, opts);
+    this.direct = new S3Direct(where, shown, prefixBase, opts);
   }
 
   private load(): Promise<S3Store> {

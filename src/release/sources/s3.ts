@@ -7,6 +7,7 @@ import { checkRange, keySegments, metadataCap, metadataTooLarge, rangeTooLong } 
 import { Retrier, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
 import { S3_REQUEST_BYTES, refusePlainHttp, type ObjectInfo, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type Target } from './source.js';
 import { presignGet } from './s3-presign.js';
+import { s3Location } from './s3-endpoint.js';
 import { RenewingSpecs, S3_REFUSED_HINT, SIGNED_LIFETIME_MS, probeWorkerUrl } from './s3-direct.js';
 import { log } from '../../core/log.js';
 
@@ -30,12 +31,10 @@ export class S3Store implements Source, Target {
   private readonly ca: string | undefined;
 
   constructor(url: URL, opts: SourceOptions = {}) {
-    this.bucket = url.hostname;
+    ({ bucket: this.bucket, prefix: this.prefix, shown: this.url } = s3Location(url));
     if (this.bucket === '') {
       throw new UpgradeError('USAGE', `no bucket in ${url.href}`, { hint: 'write an S3 source as s3://BUCKET/PREFIX' });
     }
-    this.prefix = decodeURIComponent(url.pathname).replace(/^\/+|\/+$/g, '');
-    this.url = `s3://${this.bucket}/${this.prefix}`;
     this.policy = resolvePolicy(opts.retry);
     this.ca = opts.ca;
     if (opts.endpoint) refusePlainHttp(new URL(opts.endpoint), `the S3 endpoint ${opts.endpoint} ([source] endpoint)`);
