@@ -276,6 +276,9 @@ function writeAll(fd: number, pieces: Buffer[], position: number): number {
   return total;
 }
 
+/** SHA-256 of a whole buffer, in hex. */
+const sha256Of = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+
 type Verified = { ok: true; written: number; sha256: string; raw?: Buffer } | { ok: false; got: string; reason: string };
 
 /**
@@ -288,7 +291,7 @@ type Verified = { ok: true; written: number; sha256: string; raw?: Buffer } | { 
  */
 function decodeVerify(frame: Buffer, rawLength: number, sha256: string, payloadSha256: string | undefined): { ok: true; parts: Buffer[]; sha256: string } | { ok: false; got: string; reason: string } {
   if (payloadSha256 !== undefined) {
-    const got = createHash('sha256').update(frame).digest('hex');
+    const got = sha256Of(frame);
     if (got !== payloadSha256) return { ok: false, got, reason: 'SHA-256 of its stored bytes mismatch' };
   }
   const hash = payloadSha256 === undefined ? createHash('sha256') : undefined;
@@ -430,7 +433,7 @@ function assemble(task: AssembleTask): FrameResult {
     }
   }
   if (badBlocks.length) return { op: 'assemble', ok: false, badBlocks };
-  const sha256 = createHash('sha256').update(frame).digest('hex');
+  const sha256 = sha256Of(frame);
   if (sha256 !== task.sha256) return { op: 'assemble', ok: false, badBlocks: [] };
   return { op: 'assemble', ok: true, sha256, written: writeNonZero(task.fd, [frame], task.position, task.directFd) };
 }
@@ -457,13 +460,11 @@ let scratch: Buffer | undefined;
 setFlagsFromString('--expose-gc');
 const collect = runInNewContext('gc') as (opts?: { type: 'minor' | 'major' }) => void;
 
-const sha256Of = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
-
 export function handle(task: FrameTask): { result: FrameResult; transfer: ArrayBuffer[] } {
   switch (task.op) {
     case 'compress': {
       const raw = Buffer.from(task.raw.buffer, task.raw.byteOffset, task.raw.byteLength);
-      const sha256 = createHash('sha256').update(raw).digest('hex');
+      const sha256 = sha256Of(raw);
       if (!task.chunkSize) {
         const frame = encodeFrame(raw);
         return { result: { op: 'compress', frame, sha256, payloadSha256: sha256Of(frame), allocated: allocatedBytes(raw) }, transfer: [frame.buffer as ArrayBuffer] };

@@ -35,6 +35,11 @@ function u32s(perFrame: number[][]): Buffer {
   return out;
 }
 
+/** `n` 4-byte little-endian numbers of `buf` from `at`. */
+function readU32s(buf: Buffer, at: number, n: number): number[] {
+  return Array.from({ length: n }, (_, k) => buf.readUInt32LE(at + 4 * k));
+}
+
 /** Offsets of consecutive pieces of `lengths` from `start`, plus the end. */
 function runningSum(start: number, lengths: number[]): number[] {
   const offsets = [start];
@@ -72,7 +77,7 @@ export function decodeIndex(buf: Buffer, manifest: Manifest, where: string): Rel
   if (buf.length !== want) bad(`${buf.length} bytes, expected ${want}`);
   let at = 8;
   const lengthsOf = (i: number) => {
-    const lengths = Array.from({ length: counts[i]! }, (_, k) => buf.readUInt32LE(at + 4 * k));
+    const lengths = readU32s(buf, at, counts[i]!);
     at += 4 * counts[i]!;
     return lengths;
   };
@@ -119,7 +124,7 @@ export function decodeZstdIndex(buf: Buffer, manifest: Manifest, where: string):
   let at = 8;
   const offsets = tiling(
     counts.map((n) => {
-      const lengths = Array.from({ length: n }, (_, k) => buf.readUInt32LE(at + 4 * k));
+      const lengths = readU32s(buf, at, n);
       at += 4 * n;
       return lengths;
     }),

@@ -6,20 +6,16 @@ import { log } from '../../core/log.js';
 import { byteWindow, collect } from './body.js';
 import { checkRange, encodeKey, metadataCap, metadataTooLarge, rangeTooLong } from './keys.js';
 import { Retrier, TransientError, resolvePolicy, resumingStream, withRetry, type OpenedBody } from './retry.js';
-import { refusePlainHttp, type ObjectInfo, type PieceTaker, type RetryPolicy, type Source, type SourceOptions, type SourceSpec } from './source.js';
+import { refusePlainHttp, type ObjectInfo, type PieceTaker, type RetryPolicy, type Source, type SourceOptions, type SourceSpec, type StoreNames } from './source.js';
 
 type Response = Dispatcher.ResponseData;
 /** The URL a request of `method` goes to instead of `url` (the same origin): `url` signed, for example. */
 export type RequestSigner = (method: 'GET' | 'HEAD', url: URL) => Promise<URL>;
 
-/** A store read over HTTP that is not a plain web server (S3 without the SDK: s3-direct.ts). */
-export interface StoreAccess {
+/** A store read over HTTP that is not a plain web server: its names, and a signer for its requests (s3-direct.ts). */
+export interface StoreAccess extends StoreNames {
   /** Each request goes to the URL this returns for its method and URL (signed per request). */
   sign?: RequestSigner;
-  /** What messages call the source's URL instead, e.g. `s3://bucket/prefix/`. */
-  shownBase: string;
-  /** The hint when the server refuses access (HTTP 401, 403): the default is about user:password in the URL. */
-  refusedHint: string;
 }
 
 const REFUSED_HINT = 'check the URL, and the credentials if the server needs them (https://user:password@host/prefix in [source] url)';

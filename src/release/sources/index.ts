@@ -31,10 +31,7 @@ export function openSource(url: string, opts: SourceOptions = {}): Source {
  * HTTP(S): the worker needs neither the SDK (~27 MB and its start-up per thread) nor credentials.
  */
 export function openSpec(spec: SourceSpec): Source {
-  if (spec.signedKey !== undefined) {
-    const store = spec.shown && { shownBase: spec.shown.name, refusedHint: spec.shown.refusedHint };
-    return new HttpSource(parseUrl(spec.url, SOURCE_FORMS), spec.opts, spec.signedKey, store);
-  }
+  if (spec.signedKey !== undefined) return new HttpSource(parseUrl(spec.url, SOURCE_FORMS), spec.opts, spec.signedKey, spec.store);
   return openSource(spec.url, spec.opts);
 }
 

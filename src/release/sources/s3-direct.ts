@@ -76,8 +76,8 @@ export class S3Direct {
     const url = this.signed('GET', new URL(encodeKey(key), this.prefixBase), SIGNED_LIFETIME_MS / 1000, credentials, signedAt);
     // Signed with temporary credentials, a URL stops working when they expire, whatever it says.
     const expiresAt = Math.min(signedAt + SIGNED_LIFETIME_MS, credentials.expiration?.getTime() ?? Infinity);
-    const shown = { name: `${this.shownBase}/${keySegments(key).join('/')}`, refusedHint: S3_REFUSED_HINT };
-    return { url: url.href, opts: { retry: this.policy, ca: this.opts.ca }, signedKey: key, signedAt, expiresAt, shown };
+    const store = { shownBase: `${this.shownBase}/${keySegments(key).join('/')}`, refusedHint: S3_REFUSED_HINT };
+    return { url: url.href, opts: { retry: this.policy, ca: this.opts.ca }, signedKey: key, signedAt, expiresAt, store };
   }
 
   private signed(method: 'GET' | 'HEAD', url: URL, seconds: number, credentials: AwsCredentials, now = Date.now()): URL {

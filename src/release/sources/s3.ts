@@ -96,8 +96,8 @@ export class S3Store implements Source, Target {
     // that (the SDK hands out fresh credentials well before the old ones expire).
     const credentialsExpire = (await this.credentialsExpiry()) ?? Infinity;
     const expiresAt = Math.min(signedAt + SIGNED_LIFETIME_MS, credentialsExpire);
-    const shown = { name: this.shown(objectKey), refusedHint: S3_REFUSED_HINT };
-    const spec: SourceSpec = { url, opts: { retry: this.policy, ca: this.ca }, signedKey: key, signedAt, expiresAt, shown };
+    const store = { shownBase: this.shown(objectKey), refusedHint: S3_REFUSED_HINT };
+    const spec: SourceSpec = { url, opts: { retry: this.policy, ca: this.ca }, signedKey: key, signedAt, expiresAt, store };
     return (await this.tryUrl(spec, objectKey)) ? spec : undefined;
   }
 

@@ -33,7 +33,15 @@ export interface SourceSpec {
   signedAt?: number;
   expiresAt?: number;
   /** With `signedKey`: what messages call the object (s3://bucket/key), and what to check when it is refused. */
-  shown?: { name: string; refusedHint: string };
+  store?: StoreNames;
+}
+
+/** How messages name a store read over HTTP that is not a plain web server (S3 without the SDK). */
+export interface StoreNames {
+  /** What messages call the source's URL instead, e.g. `s3://bucket/prefix/` (or one object's s3:// name). */
+  shownBase: string;
+  /** The hint when the server refuses access (HTTP 401, 403): the default is about user:password in the URL. */
+  refusedHint: string;
 }
 
 export interface Source {
